@@ -1,0 +1,179 @@
+//! The engine-wide sections of [`Settings`](crate::Settings): server, buffer,
+//! metrics and log. (The memory and retry sections are the buffer crate's own
+//! [`MemoryGateConfig`](sluice_buffer::MemoryGateConfig) and
+//! [`RetryPolicy`](sluice_buffer::RetryPolicy).)
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_buffer::{Limit, Limits, Watermarks};
+
+/// One mebibyte.
+const MIB: u64 = 1024 * 1024;
+
+/// `[server]`: the gRPC endpoint sources connect to.
+///
+/// ```toml
+/// [server]
+/// listen = "127.0.0.1:50051"
+/// max_message_bytes = 16777216
+/// keepalive_interval = "30s"
+/// keepalive_timeout = "10s"
+/// shutdown_timeout = "30s"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the gRPC server binds. Default `127.0.0.1:50051` (local only).
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted or sent, in bytes. Default 16 MiB, above
+    /// tonic's 4 MiB default so that a full batch of larger records fits.
+    pub max_message_bytes: usize,
+    /// Period of HTTP/2 keepalive pings. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long to wait for a keepalive ping's answer before closing the
+    /// connection. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// On shutdown, how long open streams get to finish before they are cut.
+    /// Default `30s`; `0s` stops at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
+            max_message_bytes: 16 * MIB as usize,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[buffer]`: the limits of the buffer manager and the backpressure
+/// watermarks.
+///
+/// The three limits are the buffer crate's [`Limit`] type; [`limits`](Self::limits)
+/// and [`watermarks`](Self::watermarks) give the buffer crate's aggregate types.
+///
+/// ```toml
+/// [buffer]
+/// high_watermark = 0.8
+/// low_watermark = 0.5
+///
+/// [buffer.global]
+/// records = 1000000
+/// bytes = 268435456
+///
+/// [buffer.per_stage]
+/// records = 100000
+/// bytes = 67108864
+///
+/// [buffer.per_source]
+/// records = 100000
+/// bytes = 67108864
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferSettings {
+    /// Utilization (0–1] of any limit at which sources are told to slow down.
+    pub high_watermark: f64,
+    /// Utilization (0–1], below `high_watermark`, at which slowed or paused
+    /// sources are resumed.
+    pub low_watermark: f64,
+    /// Bound over everything buffered in the process.
+    pub global: Limit,
+    /// Bound for each stage's queue.
+    pub per_stage: Limit,
+    /// Bound for each source's records in the engine.
+    pub per_source: Limit,
+}
+
+impl Default for BufferSettings {
+    /// The buffer crate's defaults ([`Limits::default`], [`Watermarks::default`]).
+    fn default() -> Self {
+        let limits = Limits::default();
+        let marks = Watermarks::default();
+        Self {
+            high_watermark: marks.high,
+            low_watermark: marks.low,
+            global: limits.global,
+            per_stage: limits.per_stage,
+            per_source: limits.per_source,
+        }
+    }
+}
+
+impl BufferSettings {
+    /// The three limits as the buffer crate's [`Limits`].
+    pub fn limits(&self) -> Limits {
+        Limits {
+            global: self.global,
+            per_stage: self.per_stage,
+            per_source: self.per_source,
+        }
+    }
+
+    /// The watermarks as the buffer crate's [`Watermarks`].
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            high: self.high_watermark,
+            low: self.low_watermark,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Whether the endpoint is served. Default `true`.
+    pub enabled: bool,
+    /// Address of the HTTP endpoint. Default `127.0.0.1:9090`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+        }
+    }
+}
+
+/// Output format of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` env-filter directive such as `info` or
+    /// `info,sluice_buffer=debug`. Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Semantic checks of a [`Settings`]: every problem is collected, none stops
+//! the others from being found.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use sluice_buffer::Limit;
+
+use crate::pipeline::{PipelineSpec, SinkSpec, TransformSpec};
+use crate::Settings;
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// Path of the offending key, as written in a file: `buffer.low_watermark`,
+    /// `pipelines[0].stages[1].name`.
+    pub key: String,
+    /// The whole sentence, beginning with the key and naming the rule, e.g.
+    /// `buffer.low_watermark (0.9) must be below buffer.high_watermark (0.8)`.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a configuration; displayed one per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors {
+    errors: Vec<ValidationError>,
+}
+
+impl ValidationErrors {
+    /// No problems yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a problem. `message` should begin with `key`.
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let (key, message) = (key.into(), message.into());
+        debug_assert!(message.starts_with(&key), "{message:?} should begin with {key:?}");
+        self.errors.push(ValidationError { key, message });
+    }
+
+    /// The problems, in the order found.
+    pub fn iter(&self) -> std::slice::Iter<'_, ValidationError> {
+        self.errors.iter()
+    }
+
+    /// Number of problems.
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// True when there is no problem.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Whether some problem is about `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.errors.iter().any(|e| e.key == key)
+    }
+
+    /// `Ok(())` when empty, else `Err(self)`.
+    pub fn into_result(self) -> Result<(), Self> {
+        if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl IntoIterator for ValidationErrors {
+    type Item = ValidationError;
+    type IntoIter = std::vec::IntoIter<ValidationError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a ValidationErrors {
+    type Item = &'a ValidationError;
+    type IntoIter = std::slice::Iter<'a, ValidationError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.iter()
+    }
+}
+
+/// Runs every rule on `s`.
+pub(crate) fn validate(s: &Settings) -> ValidationErrors {
+    let mut e = ValidationErrors::new();
+    server(s, &mut e);
+    buffer(s, &mut e);
+    memory(s, &mut e);
+    retry(s, &mut e);
+    if s.log.filter.trim().is_empty() {
+        e.push("log.filter", "log.filter must not be empty (e.g. \"info\")");
+    }
+    pipelines(s, &mut e);
+    e
+}
+
+fn positive(e: &mut ValidationErrors, key: &str, value: u64) {
+    if value == 0 {
+        e.push(key, format!("{key} must be greater than 0"));
+    }
+}
+
+fn server(s: &Settings, e: &mut ValidationErrors) {
+    let sv = &s.server;
+    positive(e, "server.max_message_bytes", sv.max_message_bytes as u64);
+    if sv.keepalive_interval.is_zero() {
+        e.push(
+            "server.keepalive_interval",
+            "server.keepalive_interval must be greater than 0s",
+        );
+    }
+    if sv.keepalive_timeout.is_zero() {
+        e.push(
+            "server.keepalive_timeout",
+            "server.keepalive_timeout must be greater than 0s",
+        );
+    }
+    if s.metrics.enabled && s.metrics.listen == sv.listen && sv.listen.port() != 0 {
+        e.push(
+            "metrics.listen",
+            format!(
+                "metrics.listen ({}) must differ from server.listen ({})",
+                s.metrics.listen, sv.listen
+            ),
+        );
+    }
+}
+
+fn buffer(s: &Settings, e: &mut ValidationErrors) {
+    let b = &s.buffer;
+    let levels: [(&str, &Limit); 3] = [
+        ("global", &b.global),
+        ("per_stage", &b.per_stage),
+        ("per_source", &b.per_source),
+    ];
+    for (name, limit) in levels {
+        positive(e, &format!("buffer.{name}.records"), limit.records);
+        positive(e, &format!("buffer.{name}.bytes"), limit.bytes);
+    }
+    for (name, limit) in &levels[1..] {
+        for (dim, value, global) in [
+            ("records", limit.records, b.global.records),
+            ("bytes", limit.bytes, b.global.bytes),
+        ] {
+            if value > global {
+                let key = format!("buffer.{name}.{dim}");
+                e.push(
+                    key.clone(),
+                    format!("{key} ({value}) must not exceed buffer.global.{dim} ({global})"),
+                );
+            }
+        }
+    }
+    let unit = |x: f64| x > 0.0 && x <= 1.0;
+    for (key, value) in [
+        ("buffer.high_watermark", b.high_watermark),
+        ("buffer.low_watermark", b.low_watermark),
+    ] {
+        if !unit(value) {
+            e.push(key, format!("{key} ({value}) must be in (0, 1]"));
+        }
+    }
+    if b.low_watermark >= b.high_watermark {
+        e.push(
+            "buffer.low_watermark",
+            format!(
+                "buffer.low_watermark ({}) must be below buffer.high_watermark ({})",
+                b.low_watermark, b.high_watermark
+            ),
+        );
+    }
+}
+
+fn memory(s: &Settings, e: &mut ValidationErrors) {
+    let m = &s.memory;
+    let percent = |x: f64| x > 0.0 && x <= 100.0;
+    for (key, value) in [
+        ("memory.activate_percent", m.activate_percent),
+        ("memory.resume_percent", m.resume_percent),
+    ] {
+        if !percent(value) {
+            e.push(key, format!("{key} ({value}) must be in (0, 100]"));
+        }
+    }
+    if m.resume_percent >= m.activate_percent {
+        e.push(
+            "memory.resume_percent",
+            format!(
+                "memory.resume_percent ({}) must be below memory.activate_percent ({})",
+                m.resume_percent, m.activate_percent
+            ),
+        );
+    }
+    positive(e, "memory.refresh_ms", m.refresh_ms);
+    if m.limit_bytes == Some(0) {
+        e.push(
+            "memory.limit_bytes",
+            "memory.limit_bytes must be greater than 0 (omit it to use the cgroup or host limit)",
+        );
+    }
+}
+
+fn retry(s: &Settings, e: &mut ValidationErrors) {
+    let r = &s.retry;
+    if r.max_backoff < r.initial_backoff {
+        e.push(
+            "retry.max_backoff",
+            format!(
+                "retry.max_backoff ({:?}) must not be below retry.initial_backoff ({:?})",
+                r.max_backoff, r.initial_backoff
+            ),
+        );
+    }
+}
+
+fn pipelines(s: &Settings, e: &mut ValidationErrors) {
+    if s.pipelines.is_empty() {
+        e.push("pipelines", "pipelines must contain at least one pipeline");
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    // (dir, prefix) of every file sink -> the key that first uses it.
+    let mut files: HashMap<(&Path, &str), String> = HashMap::new();
+    for (i, p) in s.pipelines.iter().enumerate() {
+        let key = format!("pipelines[{i}]");
+        pipeline(&key, p, e);
+        if !p.name.is_empty() {
+            if let Some(first) = names.get(p.name.as_str()) {
+                e.push(
+                    format!("{key}.name"),
+                    format!(
+                        "{key}.name {:?} is already the name of pipelines[{first}]; pipeline names must be unique",
+                        p.name
+                    ),
+                );
+            } else {
+                names.insert(&p.name, i);
+            }
+        }
+        for (field, sink) in [("sink", &p.sink), ("dead_letter", &p.dead_letter)] {
+            if let SinkSpec::File { dir, prefix, .. } = sink {
+                let here = format!("{key}.{field}");
+                if let Some(first) = files.get(&(dir.as_path(), prefix.as_str())) {
+                    e.push(
+                        here.clone(),
+                        format!(
+                            "{here} writes the same files as {first} (dir {:?}, prefix {prefix:?}); give each file sink its own dir or prefix",
+                            dir.display().to_string()
+                        ),
+                    );
+                } else {
+                    files.insert((dir.as_path(), prefix.as_str()), here);
+                }
+            }
+        }
+    }
+}
+
+fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
+    if p.name.trim().is_empty() {
+        e.push(format!("{key}.name"), format!("{key}.name must not be empty"));
+    }
+    if p.stages.is_empty() {
+        e.push(
+            format!("{key}.stages"),
+            format!(
+                "{key}.stages must contain at least one stage (use kind = \"identity\" to pass records through)"
+            ),
+        );
+    }
+    let mut stage_names: HashMap<&str, usize> = HashMap::new();
+    for (j, stage) in p.stages.iter().enumerate() {
+        let skey = format!("{key}.stages[{j}]");
+        if stage.name.trim().is_empty() {
+            e.push(format!("{skey}.name"), format!("{skey}.name must not be empty"));
+        } else if let Some(first) = stage_names.get(stage.name.as_str()) {
+            e.push(
+                format!("{skey}.name"),
+                format!(
+                    "{skey}.name {:?} is already the name of {key}.stages[{first}]; stage names must be unique within a pipeline",
+                    stage.name
+                ),
+            );
+        } else {
+            stage_names.insert(&stage.name, j);
+        }
+        transform(&format!("{skey}.transform"), &stage.transform, e);
+    }
+    sink(&format!("{key}.sink"), &p.sink, e);
+    sink(&format!("{key}.dead_letter"), &p.dead_letter, e);
+    positive(e, &format!("{key}.batch.max_records"), p.batch.max_records as u64);
+    positive(e, &format!("{key}.batch.max_bytes"), p.batch.max_bytes as u64);
+}
+
+fn non_empty(e: &mut ValidationErrors, key: String, value: &str) {
+    if value.trim().is_empty() {
+        e.push(key.clone(), format!("{key} must not be empty"));
+    }
+}
+
+fn fraction(e: &mut ValidationErrors, key: String, value: f64) {
+    if !(0.0..=1.0).contains(&value) {
+        e.push(key.clone(), format!("{key} ({value}) must be in [0, 1]"));
+    }
+}
+
+fn transform(key: &str, t: &TransformSpec, e: &mut ValidationErrors) {
+    match t {
+        TransformSpec::Filter { field, op, value } => {
+            non_empty(e, format!("{key}.field"), field);
+            let op_name = serde_json::to_value(op)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match (op.takes_value(), value) {
+                (true, None) => e.push(
+                    format!("{key}.value"),
+                    format!("{key}.value is required by op \"{op_name}\""),
+                ),
+                (false, Some(_)) => e.push(
+                    format!("{key}.value"),
+                    format!("{key}.value must be omitted with op \"{op_name}\""),
+                ),
+                _ => {}
+            }
+        }
+        TransformSpec::Set { field, .. } => non_empty(e, format!("{key}.field"), field),
+        TransformSpec::Rename { from, to } => {
+            non_empty(e, format!("{key}.from"), from);
+            non_empty(e, format!("{key}.to"), to);
+            if !from.is_empty() && from == to {
+                e.push(
+                    format!("{key}.to"),
+                    format!("{key}.to ({to:?}) must differ from {key}.from"),
+                );
+            }
+        }
+        TransformSpec::Drop { fields } => {
+            if fields.is_empty() {
+                e.push(
+                    format!("{key}.fields"),
+                    format!("{key}.fields must name at least one field"),
+                );
+            }
+            for (k, f) in fields.iter().enumerate() {
+                non_empty(e, format!("{key}.fields[{k}]"), f);
+            }
+        }
+        TransformSpec::Identity => {}
+        TransformSpec::Fail { rate } => fraction(e, format!("{key}.rate"), *rate),
+    }
+}
+
+fn sink(key: &str, s: &SinkSpec, e: &mut ValidationErrors) {
+    if let SinkSpec::File {
+        dir,
+        prefix,
+        rotate_bytes,
+        ..
+    } = s
+    {
+        if dir.as_os_str().is_empty() {
+            e.push(format!("{key}.dir"), format!("{key}.dir must not be empty"));
+        }
+        non_empty(e, format!("{key}.prefix"), prefix);
+        positive(e, &format!("{key}.rotate_bytes"), *rotate_bytes);
+    }
+    fraction(e, format!("{key}.fail_rate"), s.fail_rate());
+}

@@ -1,0 +1,51 @@
+//! The `sluice` command: a thin front end over the sluice crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_engine::config::Settings;
+
+/// sluice: an ETL engine for records pushed by remote sources.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine server.
+    Serve {
+        /// TOML configuration file; `SLUICE__SECTION__KEY` variables override it.
+        #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the effective configuration (defaults < file < environment) as TOML.
+    Config {
+        /// TOML configuration file; `SLUICE__SECTION__KEY` variables override it.
+        #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (path, serve) = match cli.command {
+        Command::Serve { config } => (config, true),
+        Command::Config { config } => (config, false),
+    };
+    let toml = match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string()) {
+        Ok(toml) => toml,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if serve {
+        println!("# engine not yet implemented; effective configuration:");
+    }
+    print!("{toml}");
+    ExitCode::SUCCESS
+}
