@@ -30,13 +30,33 @@
 //! ```
 //!
 //! See `examples/embed.rs` for producers held back by their limits.
+//!
+//! On top of the manager, a [`BackpressureController`] grants credits
+//! (reservations) fairly among sources and tells each one to slow down,
+//! pause or resume through a hysteresis state machine; a [`MemoryMonitor`]
+//! closes a memory gate near the process's memory limit, which pauses every
+//! source. The [`metrics`] module names the metrics they record. See
+//! `examples/memory_gate.rs`.
 #![warn(missing_docs)]
 
+mod backpressure;
 mod error;
 mod limits;
 mod manager;
+mod memory;
+pub mod metrics;
 mod record;
 mod snapshot;
+
+pub use backpressure::{
+    BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
+    DEFAULT_EXPECTED_RECORD_BYTES, SignalKind, SignalReason, SignalReceiver, SourceHandle,
+    SourceState, SourceStatus,
+};
+pub use memory::{
+    Gate, GateState, GateTransition, ManualProbe, MemoryError, MemoryMonitor, MemoryProbe,
+    MemoryReading, MemorySource, ProbeError, SysinfoProbe,
+};
 
 pub use error::{BufferError, BuildError, Level, RejectReason, Unit};
 pub use limits::{Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks};

@@ -139,7 +139,10 @@ pub struct Watermarks {
 impl Default for Watermarks {
     /// High 0.8, low 0.5.
     fn default() -> Self {
-        Self { high: 0.8, low: 0.5 }
+        Self {
+            high: 0.8,
+            low: 0.5,
+        }
     }
 }
 

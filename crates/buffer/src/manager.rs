@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 
 use crate::error::{BufferError, BuildError, Level, RejectReason, Unit};
 use crate::limits::{Limit, Limits, RetryPolicy};
-use crate::record::{BufferedRecord, ByteSize, DeadLetter, PipelineId, RetryState, SourceId, StageId};
+use crate::record::{
+    BufferedRecord, ByteSize, DeadLetter, PipelineId, RetryState, SourceId, StageId,
+};
 use crate::snapshot::{LevelSnapshot, Pressure, Snapshot, SourceSnapshot, StageSnapshot};
 
 /// An amount of capacity reserved for a source: records and the bytes they may carry.
@@ -464,7 +466,11 @@ impl<T> State<T> {
     /// Takes up to `max` ready records of `stage`, first moving retried
     /// records whose backoff has passed. `Err` carries the earliest time a
     /// delayed record becomes due, if any.
-    fn take(&mut self, stage: usize, max: BatchSize) -> Result<Vec<BufferedRecord<T>>, Option<Instant>> {
+    fn take(
+        &mut self,
+        stage: usize,
+        max: BatchSize,
+    ) -> Result<Vec<BufferedRecord<T>>, Option<Instant>> {
         let st = &mut self.stages[stage];
         if !st.delayed.is_empty() {
             let now = Instant::now();
@@ -542,8 +548,14 @@ impl<T> BufferManager<T> {
     /// A source keeps its id, sequence position and counts for the life of
     /// the manager, so a source that reconnects under the same name carries
     /// on where it left off (see [`admitted_through`](Self::admitted_through)).
-    pub fn register_source(&self, name: &str, pipeline: PipelineId) -> Result<SourceId, BufferError> {
-        let info = self.pipeline(pipeline).ok_or(BufferError::UnknownPipeline(pipeline))?;
+    pub fn register_source(
+        &self,
+        name: &str,
+        pipeline: PipelineId,
+    ) -> Result<SourceId, BufferError> {
+        let info = self
+            .pipeline(pipeline)
+            .ok_or(BufferError::UnknownPipeline(pipeline))?;
         let entry = info.stages[0];
         let mut st = self.state.lock();
         if let Some(&id) = st.names.get(name) {
@@ -586,14 +598,20 @@ impl<T> BufferManager<T> {
     /// The highest sequence number of `source` admitted so far (0 if none).
     pub fn admitted_through(&self, source: SourceId) -> Result<u64, BufferError> {
         let st = self.state.lock();
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
         Ok(s.admitted_through)
     }
 
     /// The cumulative ack position of `source` (0 if nothing completed).
     pub fn acked_through(&self, source: SourceId) -> Result<u64, BufferError> {
         let st = self.state.lock();
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
         Ok(s.acks.through)
     }
 
@@ -601,7 +619,10 @@ impl<T> BufferManager<T> {
     /// smallest free room of the global level, its entry stage and itself.
     pub fn available(&self, source: SourceId) -> Result<Credit, BufferError> {
         let st = self.state.lock();
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
         Ok(self.free_for(&st, s))
     }
 
@@ -630,7 +651,10 @@ impl<T> BufferManager<T> {
         if st.shutdown {
             return Err(BufferError::Closed);
         }
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
         let grant = self.free_for(&st, s).min(want);
         if grant.is_zero() {
             return Ok(Credit::ZERO);
@@ -651,7 +675,10 @@ impl<T> BufferManager<T> {
     /// The capacity currently reserved for `source`.
     pub fn reserved(&self, source: SourceId) -> Result<Credit, BufferError> {
         let st = self.state.lock();
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
         Ok(s.reserved)
     }
 
@@ -663,7 +690,10 @@ impl<T> BufferManager<T> {
         {
             let mut st = self.state.lock();
             let st = &mut *st;
-            let s = st.sources.get_mut(source.index()).ok_or(BufferError::UnknownSource(source))?;
+            let s = st
+                .sources
+                .get_mut(source.index())
+                .ok_or(BufferError::UnknownSource(source))?;
             released = s.reserved.min(amount);
             if released == Credit::ZERO {
                 return Ok(released);
@@ -691,7 +721,12 @@ impl<T> BufferManager<T> {
     /// limit that was hit (so admitted sequence numbers stay contiguous).
     /// Leading records already admitted before (a resend) are counted as
     /// duplicates and dropped. A batch that would leave a gap is refused whole.
-    pub fn admit(&self, source: SourceId, first_seq: u64, mut payloads: Vec<T>) -> Result<Admission<T>, BufferError>
+    pub fn admit(
+        &self,
+        source: SourceId,
+        first_seq: u64,
+        mut payloads: Vec<T>,
+    ) -> Result<Admission<T>, BufferError>
     where
         T: ByteSize,
     {
@@ -700,7 +735,10 @@ impl<T> BufferManager<T> {
         }
         let n = payloads.len();
         if n > 0 && first_seq.checked_add(n as u64 - 1).is_none() {
-            return Err(BufferError::SequenceOverflow { first: first_seq, count: n });
+            return Err(BufferError::SequenceOverflow {
+                first: first_seq,
+                count: n,
+            });
         }
         let now = Instant::now();
         let mut st = self.state.lock();
@@ -708,8 +746,15 @@ impl<T> BufferManager<T> {
             return Err(BufferError::Closed);
         }
         let st = &mut *st;
-        let s = st.sources.get(source.index()).ok_or(BufferError::UnknownSource(source))?;
-        let expected = if s.started { s.admitted_through + 1 } else { first_seq };
+        let s = st
+            .sources
+            .get(source.index())
+            .ok_or(BufferError::UnknownSource(source))?;
+        let expected = if s.started {
+            s.admitted_through + 1
+        } else {
+            first_seq
+        };
         if first_seq > expected {
             return Err(BufferError::SequenceGap {
                 source_id: source,
@@ -781,20 +826,22 @@ impl<T> BufferManager<T> {
             s.admitted += admitted as u64;
             let pipeline = s.pipeline;
             let mut bytes = 0u64;
-            stage.ready.extend(payloads.drain(skip..).enumerate().map(|(i, payload)| {
-                let size = payload.byte_size() as u32;
-                bytes += u64::from(size);
-                BufferedRecord {
-                    payload,
-                    seq: first_seq + (skip + i) as u64,
-                    source,
-                    pipeline,
-                    stage: entry,
-                    size,
-                    buffered_at: now,
-                    retry: None,
-                }
-            }));
+            stage
+                .ready
+                .extend(payloads.drain(skip..).enumerate().map(|(i, payload)| {
+                    let size = payload.byte_size() as u32;
+                    bytes += u64::from(size);
+                    BufferedRecord {
+                        payload,
+                        seq: first_seq + (skip + i) as u64,
+                        source,
+                        pipeline,
+                        stage: entry,
+                        size,
+                        buffered_at: now,
+                        retry: None,
+                    }
+                }));
             stage.queued.add(Credit::new(admitted as u64, bytes));
         }
         let s = &mut st.sources[source.index()];
@@ -832,7 +879,14 @@ impl<T> BufferManager<T> {
     }
 
     /// The level that blocks one more record after `new` was taken.
-    fn limit_hit(&self, st: &State<T>, source: SourceId, entry: StageId, unit: Unit, new: Credit) -> RejectReason {
+    fn limit_hit(
+        &self,
+        st: &State<T>,
+        source: SourceId,
+        entry: StageId,
+        unit: Unit,
+        new: Credit,
+    ) -> RejectReason {
         let pick = |c: Credit| match unit {
             Unit::Records => c.records,
             Unit::Bytes => c.bytes,
@@ -842,8 +896,16 @@ impl<T> BufferManager<T> {
             Unit::Bytes => l.bytes,
         };
         let levels = [
-            (Level::Source(source), st.sources[source.index()].usage.used, self.limits.per_source),
-            (Level::Stage(entry), st.stages[entry.index()].usage.used, self.limits.per_stage),
+            (
+                Level::Source(source),
+                st.sources[source.index()].usage.used,
+                self.limits.per_source,
+            ),
+            (
+                Level::Stage(entry),
+                st.stages[entry.index()].usage.used,
+                self.limits.per_stage,
+            ),
             (Level::Global, st.global.used, self.limits.global),
         ];
         let (level, used, limit) = levels
@@ -864,7 +926,11 @@ impl<T> BufferManager<T> {
     /// handed out only after their backoff; while only such records wait,
     /// this sleeps until the earliest is due. Cancel-safe: if the future is
     /// dropped, nothing was taken.
-    pub async fn next_batch(&self, stage: StageId, max: impl Into<BatchSize>) -> Option<Vec<BufferedRecord<T>>> {
+    pub async fn next_batch(
+        &self,
+        stage: StageId,
+        max: impl Into<BatchSize>,
+    ) -> Option<Vec<BufferedRecord<T>>> {
         let max = max.into();
         let signals = self.signals.get(stage.index())?;
         loop {
@@ -910,7 +976,11 @@ impl<T> BufferManager<T> {
     /// Records move in order, as many as fit at a time. If the manager shuts
     /// down, or the future is dropped, the records not yet moved go back to
     /// their current stage's queue, still counted: nothing is lost.
-    pub async fn forward(&self, records: Vec<BufferedRecord<T>>, next: StageId) -> Result<(), BufferError> {
+    pub async fn forward(
+        &self,
+        records: Vec<BufferedRecord<T>>,
+        next: StageId,
+    ) -> Result<(), BufferError> {
         let target = self.stage(next).ok_or(BufferError::UnknownStage(next))?;
         if let Some(r) = records.iter().find(|r| r.pipeline != target.pipeline) {
             return Err(BufferError::WrongPipeline {
@@ -942,7 +1012,9 @@ impl<T> BufferManager<T> {
                     if r.stage != next && (free.records == 0 || free.bytes < size) {
                         break;
                     }
-                    let Some(mut r) = pending.records.pop_front() else { break };
+                    let Some(mut r) = pending.records.pop_front() else {
+                        break;
+                    };
                     if r.stage != next {
                         free.sub(Credit::new(1, size));
                         st.stages[r.stage.index()].usage.sub(Credit::new(1, size));
@@ -986,7 +1058,11 @@ impl<T> BufferManager<T> {
         self.finish(dead.iter().map(|d| &d.record), true)
     }
 
-    fn finish<'a>(&self, records: impl Iterator<Item = &'a BufferedRecord<T>>, dead: bool) -> Completion
+    fn finish<'a>(
+        &self,
+        records: impl Iterator<Item = &'a BufferedRecord<T>>,
+        dead: bool,
+    ) -> Completion
     where
         T: 'a,
     {
@@ -1060,13 +1136,20 @@ impl<T> BufferManager<T> {
     /// `max_retries` retries come back as [`DeadLetter`]s, still counted, for
     /// the caller to write to a dead-letter sink and then
     /// [`complete_dead_letters`](Self::complete_dead_letters).
-    pub fn retry(&self, records: Vec<BufferedRecord<T>>, error: impl Into<Arc<str>>) -> Vec<DeadLetter<T>> {
+    pub fn retry(
+        &self,
+        records: Vec<BufferedRecord<T>>,
+        error: impl Into<Arc<str>>,
+    ) -> Vec<DeadLetter<T>> {
         let error = error.into();
         self.retry_each(records.into_iter().map(|r| (r, error.clone())))
     }
 
     /// Like [`retry`](Self::retry), with an error per record.
-    pub fn retry_each(&self, failed: impl IntoIterator<Item = (BufferedRecord<T>, Arc<str>)>) -> Vec<DeadLetter<T>> {
+    pub fn retry_each(
+        &self,
+        failed: impl IntoIterator<Item = (BufferedRecord<T>, Arc<str>)>,
+    ) -> Vec<DeadLetter<T>> {
         let mut dead = Vec::new();
         let mut woken: Vec<StageId> = Vec::new();
         let now = Instant::now();
@@ -1145,11 +1228,28 @@ impl<T> BufferManager<T> {
         }
     }
 
-    /// Waits until capacity is released somewhere (a completion, a released
-    /// reservation) or the manager shuts down. Credit granters use it to
-    /// retry a grant that found no room, without polling.
-    pub async fn capacity_freed(&self) {
-        self.freed.notified().await
+    /// A future that completes when capacity is released somewhere (a
+    /// completion, a released reservation) or the manager shuts down.
+    ///
+    /// It registers at once, when this method is called, not when it is
+    /// first polled: take it *before* the attempt that found no room, then
+    /// await it, and no release in between is missed.
+    ///
+    /// ```
+    /// # use sluice_buffer::{BufferManager, Limits, Credit};
+    /// # async fn f(buffer: &BufferManager<Vec<u8>>, source: sluice_buffer::SourceId) {
+    /// loop {
+    ///     let freed = buffer.capacity_freed();
+    ///     let credit = buffer.reserve(source, Credit::new(100, 100_000)).unwrap();
+    ///     if !credit.is_zero() {
+    ///         break;
+    ///     }
+    ///     freed.await;
+    /// }
+    /// # }
+    /// ```
+    pub fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     /// Stops the manager: `admit` and `reserve` fail, `next_batch` returns
@@ -1174,7 +1274,11 @@ impl<T> BufferManager<T> {
     pub fn pressures(&self) -> Vec<(SourceId, Pressure)> {
         let st = self.state.lock();
         let global = util(st.global.used, self.limits.global);
-        let stage_utils: Vec<f64> = st.stages.iter().map(|s| util(s.usage.used, self.limits.per_stage)).collect();
+        let stage_utils: Vec<f64> = st
+            .stages
+            .iter()
+            .map(|s| util(s.usage.used, self.limits.per_stage))
+            .collect();
         st.sources
             .iter()
             .enumerate()
@@ -1199,7 +1303,10 @@ impl<T> BufferManager<T> {
 
     /// Utilization of every level `source` touches.
     pub fn pressure(&self, source: SourceId) -> Option<Pressure> {
-        self.pressures().into_iter().find(|(id, _)| *id == source).map(|(_, p)| p)
+        self.pressures()
+            .into_iter()
+            .find(|(id, _)| *id == source)
+            .map(|(_, p)| p)
     }
 
     /// A consistent snapshot of every level and source.
@@ -1264,13 +1371,33 @@ impl<T> BufferManager<T> {
                 problems.push(format!("{what}: {used:?} exceeds {limit:?}"));
             }
         };
-        check_limit(&mut problems, "global".into(), st.global.used, self.limits.global);
-        check_limit(&mut problems, "global peak".into(), st.global.peak, self.limits.global);
+        check_limit(
+            &mut problems,
+            "global".into(),
+            st.global.used,
+            self.limits.global,
+        );
+        check_limit(
+            &mut problems,
+            "global peak".into(),
+            st.global.peak,
+            self.limits.global,
+        );
         let mut sum_sources = Credit::ZERO;
         let mut sum_reserved = Credit::ZERO;
         for (i, s) in st.sources.iter().enumerate() {
-            check_limit(&mut problems, format!("source {i}"), s.usage.used, self.limits.per_source);
-            check_limit(&mut problems, format!("source {i} peak"), s.usage.peak, self.limits.per_source);
+            check_limit(
+                &mut problems,
+                format!("source {i}"),
+                s.usage.used,
+                self.limits.per_source,
+            );
+            check_limit(
+                &mut problems,
+                format!("source {i} peak"),
+                s.usage.peak,
+                self.limits.per_source,
+            );
             sum_sources.add(s.usage.used);
             sum_reserved.add(s.reserved);
             let in_engine = s.usage.used.records - s.reserved.records;
@@ -1283,28 +1410,53 @@ impl<T> BufferManager<T> {
         }
         let mut sum_stages = Credit::ZERO;
         for (i, s) in st.stages.iter().enumerate() {
-            check_limit(&mut problems, format!("stage {i}"), s.usage.used, self.limits.per_stage);
-            check_limit(&mut problems, format!("stage {i} peak"), s.usage.peak, self.limits.per_stage);
+            check_limit(
+                &mut problems,
+                format!("stage {i}"),
+                s.usage.used,
+                self.limits.per_stage,
+            );
+            check_limit(
+                &mut problems,
+                format!("stage {i} peak"),
+                s.usage.peak,
+                self.limits.per_stage,
+            );
             sum_stages.add(s.usage.used);
             let q_records = (s.ready.len() + s.delayed.len()) as u64;
             let q_bytes: u64 = s.ready.iter().map(|r| u64::from(r.size)).sum::<u64>()
-                + s.delayed.iter().map(|d| u64::from(d.0.record.size)).sum::<u64>();
+                + s.delayed
+                    .iter()
+                    .map(|d| u64::from(d.0.record.size))
+                    .sum::<u64>();
             if s.queued != Credit::new(q_records, q_bytes) {
                 problems.push(format!("stage {i}: queued count {:?} != queue contents {q_records} records, {q_bytes} bytes", s.queued));
             }
             let held = s.reserved.records + s.queued.records;
             if held > s.usage.used.records {
-                problems.push(format!("stage {i}: reserved + queued {held} > used {}", s.usage.used.records));
+                problems.push(format!(
+                    "stage {i}: reserved + queued {held} > used {}",
+                    s.usage.used.records
+                ));
             }
         }
         if sum_sources != st.global.used {
-            problems.push(format!("sum of sources {sum_sources:?} != global {:?}", st.global.used));
+            problems.push(format!(
+                "sum of sources {sum_sources:?} != global {:?}",
+                st.global.used
+            ));
         }
         if sum_stages != st.global.used {
-            problems.push(format!("sum of stages {sum_stages:?} != global {:?}", st.global.used));
+            problems.push(format!(
+                "sum of stages {sum_stages:?} != global {:?}",
+                st.global.used
+            ));
         }
         if sum_reserved != st.global_reserved {
-            problems.push(format!("sum of reservations {sum_reserved:?} != global reserved {:?}", st.global_reserved));
+            problems.push(format!(
+                "sum of reservations {sum_reserved:?} != global reserved {:?}",
+                st.global_reserved
+            ));
         }
         if problems.is_empty() {
             Ok(())

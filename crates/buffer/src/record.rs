@@ -71,6 +71,17 @@ impl ByteSize for &'static str {
         self.len()
     }
 }
+#[cfg(feature = "bytes")]
+impl ByteSize for bytes::Bytes {
+    fn byte_size(&self) -> usize {
+        self.len()
+    }
+}
+impl ByteSize for &'static [u8] {
+    fn byte_size(&self) -> usize {
+        self.len()
+    }
+}
 impl ByteSize for () {
     fn byte_size(&self) -> usize {
         0

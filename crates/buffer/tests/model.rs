@@ -7,23 +7,51 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use proptest::prelude::*;
-use sluice_buffer::{BufferManager, BufferedRecord, Credit, DeadLetter, Limit, Limits, RetryPolicy, SourceId, StageId};
+use sluice_buffer::{
+    BufferManager, BufferedRecord, Credit, DeadLetter, Limit, Limits, RetryPolicy, SourceId,
+    StageId,
+};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Reserve { src: usize, records: u64, bytes: u64 },
-    Release { src: usize },
-    Admit { src: usize, sizes: Vec<u8>, resend: u8 },
-    Take { stage: usize, max: usize },
-    Forward { take: usize },
-    Complete { take: usize },
-    Retry { take: usize },
-    FinishDead { take: usize },
+    Reserve {
+        src: usize,
+        records: u64,
+        bytes: u64,
+    },
+    Release {
+        src: usize,
+    },
+    Admit {
+        src: usize,
+        sizes: Vec<u8>,
+        resend: u8,
+    },
+    Take {
+        stage: usize,
+        max: usize,
+    },
+    Forward {
+        take: usize,
+    },
+    Complete {
+        take: usize,
+    },
+    Retry {
+        take: usize,
+    },
+    FinishDead {
+        take: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..3usize, 0..8u64, 0..400u64).prop_map(|(src, records, bytes)| Op::Reserve { src, records, bytes }),
+        (0..3usize, 0..8u64, 0..400u64).prop_map(|(src, records, bytes)| Op::Reserve {
+            src,
+            records,
+            bytes
+        }),
         (0..3usize).prop_map(|src| Op::Release { src }),
         (0..3usize, prop::collection::vec(0..60u8, 0..12), 0..3u8)
             .prop_map(|(src, sizes, resend)| Op::Admit { src, sizes, resend }),
@@ -78,22 +106,42 @@ impl Harness {
             buf.register_source("s2", b.id).unwrap(),
         ];
         let stages = vec![a.stages[0], a.stages[1], b.stages[0]];
-        Harness { buf, sources, stages, held: Vec::new(), dead: Vec::new(), model: Model::default() }
+        Harness {
+            buf,
+            sources,
+            stages,
+            held: Vec::new(),
+            dead: Vec::new(),
+            model: Model::default(),
+        }
     }
 
     fn finish(&mut self, records: impl IntoIterator<Item = (SourceId, u64)>) {
         for (src, seq) in records {
             let i = self.sources.iter().position(|s| *s == src).unwrap();
-            assert!(self.model.admitted[&i].contains(&seq), "finished a record never admitted: {i}/{seq}");
-            assert!(self.model.finished.entry(i).or_default().insert(seq), "record finished twice: {i}/{seq}");
+            assert!(
+                self.model.admitted[&i].contains(&seq),
+                "finished a record never admitted: {i}/{seq}"
+            );
+            assert!(
+                self.model.finished.entry(i).or_default().insert(seq),
+                "record finished twice: {i}/{seq}"
+            );
         }
     }
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Reserve { src, records, bytes } => {
+            Op::Reserve {
+                src,
+                records,
+                bytes,
+            } => {
                 let before = self.buf.available(self.sources[src]).unwrap();
-                let got = self.buf.reserve(self.sources[src], Credit::new(records, bytes)).unwrap();
+                let got = self
+                    .buf
+                    .reserve(self.sources[src], Credit::new(records, bytes))
+                    .unwrap();
                 assert!(got.records <= records && got.bytes <= bytes);
                 assert!(got.records <= before.records && got.bytes <= before.bytes);
             }
@@ -107,16 +155,26 @@ impl Harness {
                 let first = next.saturating_sub(u64::from(resend)).max(1);
                 let dup = (next - first) as usize;
                 let reserved = self.buf.reserved(id).unwrap();
-                let payloads: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![src as u8; n as usize]).collect();
+                let payloads: Vec<Vec<u8>> =
+                    sizes.iter().map(|&n| vec![src as u8; n as usize]).collect();
                 let new_sizes: Vec<u64> = sizes.iter().skip(dup).map(|&n| u64::from(n)).collect();
-                let compliant = new_sizes.len() as u64 <= reserved.records && new_sizes.iter().sum::<u64>() <= reserved.bytes;
+                let compliant = new_sizes.len() as u64 <= reserved.records
+                    && new_sizes.iter().sum::<u64>() <= reserved.bytes;
                 let n = payloads.len();
                 let out = self.buf.admit(id, first, payloads).unwrap();
                 assert_eq!(out.duplicates, dup.min(n));
                 let rejected = out.rejected.as_ref().map_or(0, |r| r.payloads.len());
-                assert_eq!(out.duplicates + out.admitted + rejected, n, "every payload accounted for");
+                assert_eq!(
+                    out.duplicates + out.admitted + rejected,
+                    n,
+                    "every payload accounted for"
+                );
                 if compliant {
-                    assert!(out.rejected.is_none(), "a source within its credits was rejected: {:?}", out.rejected.map(|r| r.reason));
+                    assert!(
+                        out.rejected.is_none(),
+                        "a source within its credits was rejected: {:?}",
+                        out.rejected.map(|r| r.reason)
+                    );
                 }
                 if let Some(r) = &out.rejected {
                     assert_eq!(r.first_seq, first + (out.duplicates + out.admitted) as u64);
@@ -136,8 +194,15 @@ impl Harness {
             Op::Forward { take } => {
                 // Forward held records of stage a0 to a1; a full a1 leaves the
                 // rest pending, and dropping the future must put it back.
-                let idx: Vec<usize> = (0..self.held.len()).filter(|&i| self.held[i].stage() == self.stages[0]).take(take).collect();
-                let recs: Vec<_> = idx.iter().rev().map(|&i| self.held.swap_remove(i)).collect();
+                let idx: Vec<usize> = (0..self.held.len())
+                    .filter(|&i| self.held[i].stage() == self.stages[0])
+                    .take(take)
+                    .collect();
+                let recs: Vec<_> = idx
+                    .iter()
+                    .rev()
+                    .map(|&i| self.held.swap_remove(i))
+                    .collect();
                 let _ = self.buf.forward(recs, self.stages[1]).now_or_never();
             }
             Op::Complete { take } => {
@@ -160,7 +225,10 @@ impl Harness {
             Op::FinishDead { take } => {
                 let n = take.min(self.dead.len());
                 let dead: Vec<_> = self.dead.drain(..n).collect();
-                let keys: Vec<_> = dead.iter().map(|d| (d.record.source(), d.record.seq())).collect();
+                let keys: Vec<_> = dead
+                    .iter()
+                    .map(|d| (d.record.source(), d.record.seq()))
+                    .collect();
                 self.buf.complete_dead_letters(dead);
                 self.finish(keys);
             }
@@ -178,7 +246,10 @@ impl Harness {
             self.buf.complete(held);
             self.finish(keys);
             let dead: Vec<_> = self.dead.drain(..).collect();
-            let keys: Vec<_> = dead.iter().map(|d| (d.record.source(), d.record.seq())).collect();
+            let keys: Vec<_> = dead
+                .iter()
+                .map(|d| (d.record.source(), d.record.seq()))
+                .collect();
             self.buf.complete_dead_letters(dead);
             self.finish(keys);
             let mut any = false;
@@ -195,10 +266,16 @@ impl Harness {
         for (i, &id) in self.sources.iter().enumerate() {
             let admitted = self.model.admitted.get(&i).cloned().unwrap_or_default();
             let finished = self.model.finished.get(&i).cloned().unwrap_or_default();
-            assert_eq!(admitted, finished, "source {i}: every admitted record finished exactly once");
+            assert_eq!(
+                admitted, finished,
+                "source {i}: every admitted record finished exactly once"
+            );
             let snap = self.buf.snapshot();
             let s = &snap.sources[id.index()];
-            assert_eq!(s.acked_through, s.admitted_through, "source {i}: acks caught up");
+            assert_eq!(
+                s.acked_through, s.admitted_through,
+                "source {i}: acks caught up"
+            );
             assert_eq!(s.delivered + s.dead_lettered, admitted.len() as u64);
         }
         self.buf.audit().unwrap();

@@ -111,10 +111,7 @@ impl Settings {
         K: Into<String>,
         V: Into<String>,
     {
-        let env = env
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         load::load(path, Some(env))
     }
 

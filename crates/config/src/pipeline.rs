@@ -57,7 +57,10 @@ pub struct PipelineSpec {
     /// Where records go that failed more than `retry.max_retries` times.
     /// Default: a file sink in `./sluice-data/dead-letters` with prefix
     /// `dead-letters`.
-    #[serde(default = "SinkSpec::default_dead_letter", deserialize_with = "tagged_sink")]
+    #[serde(
+        default = "SinkSpec::default_dead_letter",
+        deserialize_with = "tagged_sink"
+    )]
     pub dead_letter: SinkSpec,
     /// How records are grouped before they are handed to the sink.
     #[serde(default)]
@@ -224,7 +227,11 @@ pub enum SinkSpec {
         #[serde(default = "yes")]
         fsync: bool,
         /// Testing: pause before each batch. Default `0s`.
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Duration::is_zero"
+        )]
         delay: Duration,
         /// Testing: fraction of batches that fail. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
@@ -233,7 +240,11 @@ pub enum SinkSpec {
     /// Newline-delimited JSON on standard output.
     Stdout {
         /// Testing: pause before each batch. Default `0s`.
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Duration::is_zero"
+        )]
         delay: Duration,
         /// Testing: fraction of batches that fail. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
@@ -242,7 +253,11 @@ pub enum SinkSpec {
     /// Discards records (committing them at once).
     Null {
         /// Testing: pause before each batch. Default `0s`.
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Duration::is_zero"
+        )]
         delay: Duration,
         /// Testing: fraction of batches that fail. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
@@ -379,6 +394,15 @@ fn tagged_transform<'de, D: Deserializer<'de>>(d: D) -> Result<TransformSpec, D:
         known: TransformSpec::KINDS,
         aliases: TransformSpec::ALIASES,
     })?;
+    // serde ignores extra keys of an internally tagged unit variant.
+    if let Some(serde_json::Value::String(kind)) = table.get("kind")
+        && (kind == "identity" || kind == "passthrough")
+        && let Some(extra) = table.keys().find(|k| *k != "kind")
+    {
+        return Err(de::Error::custom(format_args!(
+            "unknown field `{extra}`, transform kind {kind:?} takes no other keys"
+        )));
+    }
     serde_json::from_value(serde_json::Value::Object(table)).map_err(de::Error::custom)
 }
 

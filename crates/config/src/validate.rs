@@ -7,8 +7,8 @@ use std::path::Path;
 
 use sluice_buffer::Limit;
 
-use crate::pipeline::{PipelineSpec, SinkSpec, TransformSpec};
 use crate::Settings;
+use crate::pipeline::{PipelineSpec, SinkSpec, TransformSpec};
 
 /// One problem in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,10 @@ impl ValidationErrors {
     /// Records a problem. `message` should begin with `key`.
     pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         let (key, message) = (key.into(), message.into());
-        debug_assert!(message.starts_with(&key), "{message:?} should begin with {key:?}");
+        debug_assert!(
+            message.starts_with(&key),
+            "{message:?} should begin with {key:?}"
+        );
         self.errors.push(ValidationError { key, message });
     }
 
@@ -277,7 +280,10 @@ fn pipelines(s: &Settings, e: &mut ValidationErrors) {
 
 fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
     if p.name.trim().is_empty() {
-        e.push(format!("{key}.name"), format!("{key}.name must not be empty"));
+        e.push(
+            format!("{key}.name"),
+            format!("{key}.name must not be empty"),
+        );
     }
     if p.stages.is_empty() {
         e.push(
@@ -291,7 +297,10 @@ fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
     for (j, stage) in p.stages.iter().enumerate() {
         let skey = format!("{key}.stages[{j}]");
         if stage.name.trim().is_empty() {
-            e.push(format!("{skey}.name"), format!("{skey}.name must not be empty"));
+            e.push(
+                format!("{skey}.name"),
+                format!("{skey}.name must not be empty"),
+            );
         } else if let Some(first) = stage_names.get(stage.name.as_str()) {
             e.push(
                 format!("{skey}.name"),
@@ -307,8 +316,16 @@ fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
     }
     sink(&format!("{key}.sink"), &p.sink, e);
     sink(&format!("{key}.dead_letter"), &p.dead_letter, e);
-    positive(e, &format!("{key}.batch.max_records"), p.batch.max_records as u64);
-    positive(e, &format!("{key}.batch.max_bytes"), p.batch.max_bytes as u64);
+    positive(
+        e,
+        &format!("{key}.batch.max_records"),
+        p.batch.max_records as u64,
+    );
+    positive(
+        e,
+        &format!("{key}.batch.max_bytes"),
+        p.batch.max_bytes as u64,
+    );
 }
 
 fn non_empty(e: &mut ValidationErrors, key: String, value: &str) {

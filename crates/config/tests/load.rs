@@ -48,13 +48,19 @@ fn defaults_alone_load_and_are_valid() {
     assert_eq!(p.name, "default");
     assert_eq!(p.stages.len(), 1);
     assert_eq!(p.stages[0].transform, TransformSpec::Identity);
-    assert!(matches!(&p.sink, SinkSpec::File { dir, .. } if dir == &PathBuf::from("./sluice-data")));
     assert!(
-        matches!(&p.dead_letter, SinkSpec::File { dir, prefix, .. }
-            if dir == &PathBuf::from("./sluice-data/dead-letters") && prefix == "dead-letters")
+        matches!(&p.sink, SinkSpec::File { dir, .. } if dir == &PathBuf::from("./sluice-data"))
     );
-    assert_eq!(s.server.listen, "127.0.0.1:50051".parse::<SocketAddr>().unwrap());
-    assert_eq!(s.metrics.listen, "127.0.0.1:9090".parse::<SocketAddr>().unwrap());
+    assert!(matches!(&p.dead_letter, SinkSpec::File { dir, prefix, .. }
+            if dir == &PathBuf::from("./sluice-data/dead-letters") && prefix == "dead-letters"));
+    assert_eq!(
+        s.server.listen,
+        "127.0.0.1:50051".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        s.metrics.listen,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
     assert!(s.metrics.enabled);
     assert_eq!(s.log.format, LogFormat::Text);
     assert_eq!(s.log.filter, "info");
@@ -73,7 +79,7 @@ fn file_overrides_defaults_key_by_key() {
         high_watermark = 0.9
 
         [buffer.global]
-        records = 5000
+        records = 5000000
 
         [retry]
         max_backoff = "10s"
@@ -84,13 +90,16 @@ fn file_overrides_defaults_key_by_key() {
         &[],
     )
     .unwrap();
-    assert_eq!(s.server.listen, "0.0.0.0:7000".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        s.server.listen,
+        "0.0.0.0:7000".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(s.server.keepalive_interval, Duration::from_secs(60));
     // untouched keys of a touched section keep their defaults
     assert_eq!(s.server.keepalive_timeout, Duration::from_secs(10));
     assert_eq!(s.buffer.high_watermark, 0.9);
     assert_eq!(s.buffer.low_watermark, 0.5);
-    assert_eq!(s.buffer.global.records, 5000);
+    assert_eq!(s.buffer.global.records, 5_000_000);
     assert_eq!(s.buffer.global.bytes, 256 * 1024 * 1024);
     assert_eq!(s.retry.max_backoff, Duration::from_secs(10));
     assert_eq!(s.retry.max_retries, 3);
@@ -140,7 +149,7 @@ fn environment_overrides_defaults() {
             ("SLUICE__SERVER__LISTEN", "127.0.0.1:6000"),
             ("SLUICE__SERVER__SHUTDOWN_TIMEOUT", "5s"),
             ("SLUICE__BUFFER__HIGH_WATERMARK", "0.9"),
-            ("SLUICE__BUFFER__GLOBAL__RECORDS", "5000"),
+            ("SLUICE__BUFFER__GLOBAL__RECORDS", "5000000"),
             ("SLUICE__BUFFER__PER_SOURCE__BYTES", "1048576"),
             ("SLUICE__MEMORY__ENABLED", "false"),
             ("SLUICE__MEMORY__ACTIVATE_PERCENT", "90"),
@@ -162,7 +171,7 @@ fn environment_overrides_defaults() {
     assert_eq!(s.server.listen.port(), 6000);
     assert_eq!(s.server.shutdown_timeout, Duration::from_secs(5));
     assert_eq!(s.buffer.high_watermark, 0.9);
-    assert_eq!(s.buffer.global.records, 5000);
+    assert_eq!(s.buffer.global.records, 5_000_000);
     assert_eq!(s.buffer.global.bytes, 256 * 1024 * 1024);
     assert_eq!(s.buffer.per_source.bytes, 1 << 20);
     assert!(!s.memory.enabled);
@@ -189,7 +198,7 @@ fn environment_beats_file() {
         max_message_bytes = 1000
 
         [buffer.global]
-        records = 4000
+        records = 4000000
 
         [[pipelines]]
         name = "p"
@@ -198,15 +207,18 @@ fn environment_beats_file() {
         "#,
         &[
             ("SLUICE__SERVER__LISTEN", "127.0.0.1:6000"),
-            ("SLUICE__BUFFER__GLOBAL__RECORDS", "5000"),
+            ("SLUICE__BUFFER__GLOBAL__RECORDS", "5000000"),
             ("SLUICE__PIPELINES__0__NAME", "q"),
-            ("SLUICE__PIPELINES__0__STAGES__0__TRANSFORM__FIELDS", "a,b.c"),
+            (
+                "SLUICE__PIPELINES__0__STAGES__0__TRANSFORM__FIELDS",
+                "a,b.c",
+            ),
         ],
     )
     .unwrap();
     assert_eq!(s.server.listen.port(), 6000);
     assert_eq!(s.server.max_message_bytes, 1000);
-    assert_eq!(s.buffer.global.records, 5000);
+    assert_eq!(s.buffer.global.records, 5_000_000);
     assert_eq!(s.pipelines[0].name, "q");
     assert_eq!(
         s.pipelines[0].stages[0].transform,
@@ -283,7 +295,10 @@ fn unknown_transform_kind_is_refused_naming_the_key_and_the_kinds() {
         "#,
         &[],
     );
-    assert_eq!(key.as_deref(), Some("pipelines[0].stages[1].transform.kind"));
+    assert_eq!(
+        key.as_deref(),
+        Some("pipelines[0].stages[1].transform.kind")
+    );
     assert_eq!(
         message,
         r#"unknown transform "frobnicate" (known: filter, set, rename, drop, identity, fail)"#
@@ -296,12 +311,12 @@ fn unknown_transform_kind_is_refused_naming_the_key_and_the_kinds() {
 
 #[test]
 fn unknown_sink_kind_is_refused_naming_the_key_and_the_kinds() {
-    let (key, message, _) = load_error(
-        "",
-        &[("SLUICE__PIPELINES__0__DEAD_LETTER__KIND", "kafka")],
-    );
+    let (key, message, _) = load_error("", &[("SLUICE__PIPELINES__0__DEAD_LETTER__KIND", "kafka")]);
     assert_eq!(key.as_deref(), Some("pipelines[0].dead_letter.kind"));
-    assert_eq!(message, r#"unknown sink "kafka" (known: file, stdout, null)"#);
+    assert_eq!(
+        message,
+        r#"unknown sink "kafka" (known: file, stdout, null)"#
+    );
 }
 
 #[test]
@@ -317,10 +332,8 @@ fn wrong_types_and_missing_fields_name_the_key() {
     assert_eq!(key.as_deref(), Some("pipelines[0].sink"));
     assert_eq!(message, "missing required field");
 
-    let (key, message, _) = load_error(
-        "[[pipelines]]\nname = \"p\"\nsink = { dir = \"x\" }\n",
-        &[],
-    );
+    let (key, message, _) =
+        load_error("[[pipelines]]\nname = \"p\"\nsink = { dir = \"x\" }\n", &[]);
     assert_eq!(key.as_deref(), Some("pipelines[0].sink.kind"));
     assert_eq!(message, "missing required field");
 }
@@ -330,10 +343,16 @@ fn unreadable_and_unparsable_files_name_the_file() {
     let missing = std::env::temp_dir().join("sluice-config-test-does-not-exist.toml");
     let err = Settings::load_with_env(Some(&missing), NO_ENV).unwrap_err();
     assert!(matches!(&err, ConfigError::Load { path: Some(p), .. } if p == &missing));
-    assert!(err.to_string().contains("sluice-config-test-does-not-exist.toml"));
+    assert!(
+        err.to_string()
+            .contains("sluice-config-test-does-not-exist.toml")
+    );
 
     let err = load("[server\nlisten = 1", &[]).unwrap_err();
-    assert!(matches!(err, ConfigError::Load { path: Some(_), .. }), "{err}");
+    assert!(
+        matches!(err, ConfigError::Load { path: Some(_), .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -351,27 +370,42 @@ fn to_toml_string_round_trips() {
     s.pipelines.push(PipelineSpec {
         name: "second".into(),
         stages: vec![
-            stage("f", TransformSpec::Filter {
-                field: "n".into(),
-                op: FilterOp::Ge,
-                value: Some(serde_json::json!(10)),
-            }),
-            stage("e", TransformSpec::Filter {
-                field: "a.b".into(),
-                op: FilterOp::Exists,
-                value: None,
-            }),
-            stage("s", TransformSpec::Set {
-                field: "tag".into(),
-                value: serde_json::json!({"k": [1, 2.5, "x", true]}),
-            }),
-            stage("r", TransformSpec::Rename {
-                from: "a".into(),
-                to: "b".into(),
-            }),
-            stage("d", TransformSpec::Drop {
-                fields: vec!["x".into(), "y".into()],
-            }),
+            stage(
+                "f",
+                TransformSpec::Filter {
+                    field: "n".into(),
+                    op: FilterOp::Ge,
+                    value: Some(serde_json::json!(10)),
+                },
+            ),
+            stage(
+                "e",
+                TransformSpec::Filter {
+                    field: "a.b".into(),
+                    op: FilterOp::Exists,
+                    value: None,
+                },
+            ),
+            stage(
+                "s",
+                TransformSpec::Set {
+                    field: "tag".into(),
+                    value: serde_json::json!({"k": [1, 2.5, "x", true]}),
+                },
+            ),
+            stage(
+                "r",
+                TransformSpec::Rename {
+                    from: "a".into(),
+                    to: "b".into(),
+                },
+            ),
+            stage(
+                "d",
+                TransformSpec::Drop {
+                    fields: vec!["x".into(), "y".into()],
+                },
+            ),
             stage("x", TransformSpec::Fail { rate: 0.25 }),
         ],
         sink: SinkSpec::Null {
@@ -398,4 +432,37 @@ fn stage(name: &str, transform: TransformSpec) -> StageSpec {
         name: name.into(),
         transform,
     }
+}
+
+#[test]
+fn identity_takes_no_other_keys() {
+    let (key, message, _) = load_error(
+        r#"
+        [[pipelines]]
+        name = "p"
+        sink = { kind = "null" }
+        stages = [{ name = "s", transform = { kind = "identity", foo = 1 } }]
+        "#,
+        &[],
+    );
+    assert_eq!(key.as_deref(), Some("pipelines[0].stages[0].transform.foo"));
+    assert_eq!(
+        message,
+        r#"unknown key; transform kind "identity" takes no other keys"#
+    );
+}
+
+#[test]
+fn transform_field_errors_name_the_transform() {
+    let (key, message, _) = load_error(
+        r#"
+        [[pipelines]]
+        name = "p"
+        sink = { kind = "null" }
+        stages = [{ name = "s", transform = { kind = "rename", from = "a" } }]
+        "#,
+        &[],
+    );
+    assert_eq!(key.as_deref(), Some("pipelines[0].stages[0].transform"));
+    assert_eq!(message, "missing field `to`");
 }

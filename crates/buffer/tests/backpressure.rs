@@ -1,0 +1,588 @@
+//! The BackpressureController: credit rules (window, refill at half, fair
+//! share, SLOW_DOWN shrink, nothing while PAUSED), the hysteresis seen
+//! through subscriptions (anti-flapping), fairness under a slow consumer,
+//! and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sluice_buffer::{
+    BackpressureController, BufferManager, ControllerConfig, ControllerError, Credit, Limit,
+    Limits, SignalKind, SignalReason, SourceId, SourceState, StageId, Watermarks,
+};
+
+type Manager = BufferManager<Vec<u8>>;
+
+/// A manager with one pipeline `p` of stages `a`, `b`, and sources `s0`…`sN-1`
+/// plus a `filler` source that tests use to move the global level directly.
+fn setup(limits: Limits, sources: usize) -> (Arc<Manager>, Vec<SourceId>, SourceId, Vec<StageId>) {
+    let m = Arc::new(
+        Manager::builder(limits)
+            .pipeline("p", ["a", "b"])
+            .build()
+            .unwrap(),
+    );
+    let p = m.pipeline_by_name("p").unwrap().clone();
+    let ids = (0..sources)
+        .map(|i| m.register_source(&format!("s{i}"), p.id).unwrap())
+        .collect();
+    let filler = m.register_source("filler", p.id).unwrap();
+    (m, ids, filler, p.stages)
+}
+
+fn limits(global: u64, per_stage: u64, per_source: u64) -> Limits {
+    Limits {
+        global: Limit::new(global, 1 << 30),
+        per_stage: Limit::new(per_stage, 1 << 30),
+        per_source: Limit::new(per_source, 1 << 30),
+    }
+}
+
+fn config(window_records: u64, high: f64, low: f64) -> ControllerConfig {
+    ControllerConfig {
+        watermarks: Watermarks { high, low },
+        ..ControllerConfig::default()
+    }
+    .with_window_records(window_records, 10)
+}
+
+fn payloads(n: u64) -> Vec<Vec<u8>> {
+    (0..n).map(|_| vec![0u8; 10]).collect()
+}
+
+/// Sets the filler's reservation to exactly `records`.
+fn fill(m: &Manager, filler: SourceId, records: u64) {
+    let held = m.reserved(filler).unwrap();
+    if held.records > records {
+        m.release(
+            filler,
+            Credit::new(held.records - records, (held.records - records) * 10),
+        )
+        .unwrap();
+    } else if held.records < records {
+        let more = records - held.records;
+        assert_eq!(
+            m.reserve(filler, Credit::new(more, more * 10))
+                .unwrap()
+                .records,
+            more
+        );
+    }
+}
+
+#[test]
+fn window_and_refill_at_half() {
+    let (m, ids, _, _) = setup(limits(1000, 1000, 1000), 1);
+    let flow = BackpressureController::new(m.clone(), config(100, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    assert_eq!(h.grant(), Credit::new(100, 1000), "a full window first");
+    assert_eq!(
+        m.reserved(ids[0]).unwrap(),
+        Credit::new(100, 1000),
+        "reserved at once"
+    );
+    assert_eq!(h.grant(), Credit::ZERO, "nothing used yet");
+
+    let a = h.admit(1, payloads(49)).unwrap();
+    assert_eq!(a.admitted, 49);
+    assert_eq!(h.outstanding(), Credit::new(51, 510));
+    assert_eq!(h.grant(), Credit::ZERO, "less than half used");
+    let _ = h.admit(50, payloads(1)).unwrap();
+    assert_eq!(
+        h.grant(),
+        Credit::new(50, 500),
+        "half used: topped up to a full window"
+    );
+    assert_eq!(h.outstanding(), Credit::new(100, 1000));
+    assert_eq!(
+        m.reserved(ids[0]).unwrap(),
+        h.outstanding(),
+        "the session's view matches the manager"
+    );
+
+    // Close gives the unused credit back.
+    assert_eq!(h.close(), Credit::new(100, 1000));
+    assert_eq!(m.reserved(ids[0]).unwrap(), Credit::ZERO);
+    m.audit().unwrap();
+    flow.audit().unwrap();
+}
+
+#[test]
+fn window_is_capped_by_the_per_source_limit() {
+    let (m, ids, _, _) = setup(limits(1000, 1000, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(1000, 0.8, 0.5), None).unwrap();
+    assert_eq!(
+        flow.window(SourceState::Normal).records,
+        50,
+        "low watermark × per-source limit"
+    );
+    assert_eq!(
+        flow.window(SourceState::SlowedDown).records,
+        12,
+        "a quarter in SLOW_DOWN"
+    );
+    assert_eq!(flow.window(SourceState::Paused), Credit::ZERO);
+    let h = flow.open_source(ids[0]).unwrap();
+    assert_eq!(h.grant().records, 50);
+    // Reserving a full window never pushes the source out of NORMAL by itself.
+    flow.evaluate();
+    assert_eq!(h.status().state, SourceState::Normal);
+}
+
+#[test]
+fn dropped_handle_releases_its_credit_and_engine_admits_are_derived() {
+    let (m, ids, _, _) = setup(limits(1000, 1000, 1000), 1);
+    let flow = BackpressureController::new(m.clone(), config(100, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    assert_eq!(h.grant().records, 100);
+    // An engine that admits through the manager and never reports usage
+    // still gets refills: the unused credit is derived from the reservation.
+    let _ = m.admit(ids[0], 1, payloads(60)).unwrap();
+    assert_eq!(h.grant(), Credit::new(60, 600));
+    drop(h);
+    assert_eq!(
+        m.reserved(ids[0]).unwrap(),
+        Credit::ZERO,
+        "drop released the credit"
+    );
+    m.audit().unwrap();
+}
+
+#[test]
+fn fair_share_is_max_min_among_wanting_sessions() {
+    let (m, ids, filler, _) = setup(limits(100, 100, 100), 3);
+    // Watermarks out of the way: this test is about shares only.
+    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
+    let a = flow.open_source(ids[0]).unwrap();
+    assert_eq!(a.grant().records, 40);
+    let _ = a.admit(1, payloads(20)).unwrap(); // a wants 20 more
+    let b = flow.open_source(ids[1]).unwrap();
+    let c = flow.open_source(ids[2]).unwrap();
+    fill(&m, filler, 0);
+    // a holds 40 (20 unused credit + 20 in the engine): 60 free.
+    assert_eq!(m.global_available().records, 60);
+    // Demands a 20, b 40, c 40 over 60 free: the max-min level is 20.
+    assert_eq!(b.grant().records, 20);
+    // 40 free; b holds 20 of its 40 and still wants 20: demands [20, 20, 40]
+    // → level 14 (40 / 3, rounded up).
+    assert_eq!(c.grant().records, 14);
+    // 26 free; demands a 20, b 20, c 26 → level 9.
+    assert_eq!(a.grant().records, 9);
+    assert_eq!(m.global_available().records, 17);
+    m.audit().unwrap();
+}
+
+#[test]
+fn small_demand_leaves_the_rest_to_others() {
+    let (m, ids, filler, _) = setup(limits(200, 200, 100), 3);
+    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
+    let a = flow.open_source(ids[0]).unwrap();
+    assert_eq!(a.grant().records, 40);
+    let _ = a.admit(1, payloads(20)).unwrap(); // a: 20 unused, wants 20 more
+    let b = flow.open_source(ids[1]).unwrap();
+    let _c = flow.open_source(ids[2]).unwrap();
+    fill(&m, filler, 200 - 40 - 80);
+    assert_eq!(m.global_available().records, 80);
+    // Demands a 20, b 40, c 40 over 80: a needs less than a third, so b and c
+    // share the remaining 60: 30 each (not 80 / 3).
+    assert_eq!(b.grant().records, 30);
+}
+
+#[test]
+fn grant_never_exceeds_the_sources_free_room() {
+    let (m, ids, _, stages) = setup(limits(1000, 1000, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.95), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    // 90 records of this source already in the engine (admitted without credit).
+    let _ = m.admit(ids[0], 1, payloads(90)).unwrap();
+    assert_eq!(h.grant().records, 10, "per-source room is 10");
+    let batch = m.try_batch(stages[0], 1000);
+    m.complete(batch);
+    m.audit().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_down_shrinks_the_window_and_pause_grants_nothing() {
+    let (m, ids, filler, _) = setup(limits(100, 100, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(40, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    let mut rx = h.subscribe();
+
+    fill(&m, filler, 80);
+    flow.evaluate();
+    let st = rx.changed().await.unwrap();
+    assert_eq!(st.state, SourceState::SlowedDown);
+    let sig = st.signal.unwrap();
+    assert_eq!(
+        (sig.kind, sig.reason),
+        (SignalKind::SlowDown, SignalReason::Global)
+    );
+    assert!((sig.utilization - 0.8).abs() < 1e-9);
+    assert!(sig.retry_after > Duration::ZERO);
+    assert_eq!(h.window().records, 10);
+    assert_eq!(
+        h.grant().records,
+        10,
+        "a quarter of the window, not the full 40"
+    );
+
+    fill(&m, filler, 90); // 90 + 10 reserved = full
+    assert_eq!(h.grant(), Credit::ZERO, "nothing used, and full anyway");
+    flow.evaluate();
+    let st = rx.changed().await.unwrap();
+    assert_eq!(st.state, SourceState::Paused);
+    assert_eq!(st.signal.unwrap().kind, SignalKind::Pause);
+    let _ = h.admit(1, payloads(10)).unwrap(); // its credit is still honoured
+    assert_eq!(h.grant(), Credit::ZERO, "paused: nothing");
+
+    fill(&m, filler, 60); // 70 %: not full, but above low
+    flow.evaluate();
+    assert_eq!(h.grant(), Credit::ZERO, "paused until at or below low");
+    assert!(!rx.has_changed());
+
+    fill(&m, filler, 30); // 40 %
+    assert_eq!(
+        h.grant().records,
+        40,
+        "the grant path itself resumes a paused source"
+    );
+    let st = rx.changed().await.unwrap();
+    assert_eq!(st.state, SourceState::Normal);
+    let sig = st.signal.unwrap();
+    assert_eq!(
+        (sig.kind, sig.reason),
+        (SignalKind::Resume, SignalReason::Global)
+    );
+    assert_eq!(sig.retry_after, Duration::ZERO);
+    flow.audit().unwrap();
+}
+
+#[tokio::test]
+async fn stage_reason_names_the_stage() {
+    let (m, ids, _, stages) = setup(
+        Limits {
+            global: Limit::new(1000, 1 << 20),
+            per_stage: Limit::new(10, 1 << 20),
+            per_source: Limit::new(1000, 1 << 20),
+        },
+        2,
+    );
+    let flow = BackpressureController::new(m.clone(), config(4, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    // Another source fills stage b (index 1) to 90 %.
+    let _ = m.admit(ids[1], 1, payloads(9)).unwrap();
+    let batch = m.try_batch(stages[0], 100);
+    m.forward(batch, stages[1]).await.unwrap();
+    flow.evaluate();
+    let st = h.status();
+    assert_eq!(st.state, SourceState::SlowedDown);
+    let sig = st.signal.unwrap();
+    assert_eq!(sig.reason, SignalReason::Stage(stages[1]));
+    assert_eq!(sig.stage_name.as_deref(), Some("b"));
+}
+
+/// Anti-flapping: utilization oscillating between the watermarks gives one
+/// SLOW_DOWN and no RESUME until it is at or below the low watermark.
+#[tokio::test(start_paused = true)]
+async fn oscillation_between_watermarks_does_not_flap() {
+    let (m, ids, filler, _) = setup(limits(100, 100, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(10, 0.8, 0.5), None).unwrap();
+    let mut rx = flow.subscribe(ids[0]).unwrap();
+    let mut signals = Vec::new();
+    let mut levels = vec![30, 85];
+    for _ in 0..50 {
+        levels.extend([60, 85, 51, 79, 99, 55]);
+    }
+    for level in levels {
+        fill(&m, filler, level);
+        signals.extend(flow.evaluate().into_iter().map(|(_, s)| s.kind));
+        if rx.has_changed() {
+            signals.push(rx.latest().signal.unwrap().kind); // same signal, seen by the subscriber
+        }
+    }
+    assert_eq!(
+        signals,
+        [SignalKind::SlowDown, SignalKind::SlowDown],
+        "one SLOW_DOWN (returned and published)"
+    );
+    assert_eq!(rx.current().seq, 1);
+    fill(&m, filler, 50);
+    let resumed = flow.evaluate();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].1.kind, SignalKind::Resume);
+    let st = rx.changed().await.unwrap();
+    assert_eq!((st.state, st.seq), (SourceState::Normal, 2));
+    flow.audit().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_task_follows_completions() {
+    let (m, ids, _, stages) = setup(limits(100, 100, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(50, 0.8, 0.5), None).unwrap();
+    let task = flow.spawn();
+    let h = flow.open_source(ids[0]).unwrap();
+    let mut rx = h.subscribe();
+    // Fill the source's level to 90 % without credit (the engine admits
+    // beyond credit when there is room), then let the task notice.
+    let _ = m.admit(ids[0], 1, payloads(90)).unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(1), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.state, SourceState::SlowedDown);
+    // Complete everything: capacity_freed wakes the task, which resumes the source.
+    let b = m.try_batch(stages[0], 1000);
+    m.forward(b, stages[1]).await.unwrap();
+    let b = m.try_batch(stages[1], 1000);
+    m.complete(b);
+    let st = tokio::time::timeout(Duration::from_secs(1), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.state, SourceState::Normal);
+    flow.shutdown();
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_credit_wakes_when_capacity_frees() {
+    let (m, ids, filler, _) = setup(limits(100, 100, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(20, 0.99, 0.9), None).unwrap();
+    let _task = flow.spawn();
+    let h = flow.open_source(ids[0]).unwrap();
+    fill(&m, filler, 98);
+    assert_eq!(h.grant().records, 2);
+    let _ = h.admit(1, payloads(2)).unwrap(); // full now: 98 + 2 in engine
+    let waited = tokio::time::timeout(Duration::from_millis(200), h.wait_credit()).await;
+    assert!(waited.is_err(), "no capacity, no credit");
+    assert_eq!(h.status().state, SourceState::Paused);
+    fill(&m, filler, 0);
+    let credit = tokio::time::timeout(Duration::from_secs(1), h.wait_credit())
+        .await
+        .expect("woken once capacity was released")
+        .expect("not shut down");
+    assert!(credit.records > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_pauses_everyone_for_good() {
+    let (m, ids, _, _) = setup(limits(100, 100, 100), 2);
+    let flow = BackpressureController::new(m.clone(), config(10, 0.8, 0.5), None).unwrap();
+    let task = flow.spawn();
+    let a = flow.open_source(ids[0]).unwrap();
+    let b = flow.open_source(ids[1]).unwrap();
+    let mut rxs = [a.subscribe(), b.subscribe()];
+    assert!(a.grant().records > 0);
+    let waiter = tokio::spawn({
+        let flow = flow.clone();
+        let id = ids[1];
+        async move {
+            let h = flow.open_source(id).unwrap();
+            // Nothing used after the first grant: waits until shutdown ends it.
+            let _ = h.grant();
+            h.wait_credit().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    flow.shutdown();
+    for rx in &mut rxs {
+        let st = rx.changed().await.unwrap();
+        assert_eq!(st.state, SourceState::Paused);
+        let sig = st.signal.unwrap();
+        assert_eq!(
+            (sig.kind, sig.reason),
+            (SignalKind::Pause, SignalReason::Shutdown)
+        );
+    }
+    assert_eq!(waiter.await.unwrap(), None, "a credit waiter is told");
+    let _ = a.admit(1, payloads(10)).unwrap();
+    assert_eq!(a.grant(), Credit::ZERO);
+    assert!(matches!(
+        flow.open_source(ids[0]),
+        Err(ControllerError::Closed)
+    ));
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .unwrap()
+        .unwrap();
+    flow.audit().unwrap();
+}
+
+#[test]
+fn manager_shutdown_is_seen_as_shutdown() {
+    let (m, ids, _, _) = setup(limits(100, 100, 100), 1);
+    let flow = BackpressureController::new(m.clone(), config(10, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    m.shutdown();
+    assert_eq!(h.grant(), Credit::ZERO);
+    flow.evaluate();
+    let sig = h.status().signal.unwrap();
+    assert_eq!(
+        (sig.kind, sig.reason),
+        (SignalKind::Pause, SignalReason::Shutdown)
+    );
+    assert!(flow.is_shut_down());
+}
+
+#[test]
+fn config_is_validated_and_sources_are_checked() {
+    let (m, _, _, _) = setup(limits(100, 100, 100), 0);
+    for marks in [(0.5, 0.5), (0.8, 0.9), (1.1, 0.5), (0.8, 0.0)] {
+        let c = config(10, marks.0, marks.1);
+        assert!(matches!(
+            BackpressureController::new(m.clone(), c, None),
+            Err(ControllerError::InvalidConfig(_))
+        ));
+    }
+    let c = ControllerConfig {
+        window: Credit::ZERO,
+        ..ControllerConfig::default()
+    };
+    assert!(BackpressureController::new(m.clone(), c, None).is_err());
+    let flow = BackpressureController::new(m.clone(), ControllerConfig::default(), None).unwrap();
+    // A source id our manager (which has one source) never handed out.
+    let other = Manager::builder(limits(100, 100, 100))
+        .pipeline("x", ["y"])
+        .build()
+        .unwrap();
+    let pipeline = other.pipelines()[0].id;
+    let bogus = (0..5)
+        .map(|i| other.register_source(&format!("x{i}"), pipeline).unwrap())
+        .last()
+        .unwrap();
+    assert!(matches!(
+        flow.open_source(bogus),
+        Err(ControllerError::Buffer(_))
+    ));
+    assert!(flow.subscribe(bogus).is_err());
+}
+
+/// Fairness: four sources of equal demand into one slow consumer get equal
+/// shares of what is admitted (Jain's index ≥ 0.95, each within ±10% of the
+/// mean), and, since they stay within their credits, none is ever rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_equal_sources_share_a_slow_consumer_fairly() {
+    const RECORD: usize = 16;
+    let limits = Limits {
+        global: Limit::new(2_000, 1 << 30),
+        per_stage: Limit::new(2_000, 1 << 30),
+        per_source: Limit::new(2_000, 1 << 30),
+    };
+    let (m, ids, _, stages) = setup(limits, 4);
+    let flow = BackpressureController::new(
+        m.clone(),
+        ControllerConfig::default().with_window_records(200, RECORD as u64),
+        None,
+    )
+    .unwrap();
+    let task = flow.spawn();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut producers = Vec::new();
+    for &id in &ids {
+        let flow = flow.clone();
+        let stop = stop.clone();
+        producers.push(tokio::spawn(async move {
+            let h = flow.open_source(id).unwrap();
+            let (mut records, mut bytes, mut seq) = (0u64, 0u64, 1u64);
+            while !stop.load(Ordering::Relaxed) {
+                if records == 0 || bytes < RECORD as u64 {
+                    let wait =
+                        tokio::time::timeout(Duration::from_millis(50), h.wait_credit()).await;
+                    match wait {
+                        Ok(Some(c)) => {
+                            records += c.records;
+                            bytes += c.bytes;
+                        }
+                        Ok(None) => break,
+                        Err(_) => continue,
+                    }
+                }
+                let n = records.min(bytes / RECORD as u64).min(50);
+                if n == 0 {
+                    continue;
+                }
+                let batch = (0..n).map(|_| vec![7u8; RECORD]).collect();
+                let a = h.admit(seq, batch).unwrap();
+                assert!(
+                    a.rejected.is_none(),
+                    "a source within its credits is never rejected"
+                );
+                seq += n;
+                records -= n;
+                bytes -= n * RECORD as u64;
+                tokio::task::yield_now().await;
+            }
+            // What it holds unused equals the manager's reservation.
+            assert_eq!(h.outstanding(), flow.manager().reserved(id).unwrap());
+            h.close();
+        }));
+    }
+
+    let consumer = {
+        let m = m.clone();
+        let stages = stages.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut batches = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(Some(b)) =
+                    tokio::time::timeout(Duration::from_millis(50), m.next_batch(stages[0], 64))
+                        .await
+                else {
+                    continue;
+                };
+                m.forward(b, stages[1]).await.unwrap();
+                let b = m.try_batch(stages[1], 1000);
+                m.complete(b);
+                batches += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await; // the slow part
+            }
+            batches
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let batches = consumer.await.unwrap();
+    flow.shutdown();
+    task.await.unwrap();
+
+    let snap = m.snapshot();
+    let admitted: Vec<f64> = ids
+        .iter()
+        .map(|id| snap.sources[id.index()].admitted as f64)
+        .collect();
+    let rejected: u64 = ids.iter().map(|id| snap.sources[id.index()].rejected).sum();
+    assert_eq!(rejected, 0);
+    let sum: f64 = admitted.iter().sum();
+    let sum_sq: f64 = admitted.iter().map(|x| x * x).sum();
+    let jain = sum * sum / (admitted.len() as f64 * sum_sq);
+    let mean = sum / admitted.len() as f64;
+    eprintln!("admitted per source {admitted:?}, Jain {jain:.4}, {batches} consumer batches");
+    assert!(
+        sum > 2_000.0 * 4.0,
+        "the consumer was kept busy: {sum} records"
+    );
+    assert!(
+        snap.global.peak_records as f64 >= 0.8 * 2_000.0,
+        "the consumer was the bottleneck (peak {})",
+        snap.global.peak_records
+    );
+    assert!(jain >= 0.95, "Jain's index {jain} for {admitted:?}");
+    for x in &admitted {
+        assert!(
+            (x - mean).abs() <= 0.1 * mean,
+            "{x} is not within 10% of {mean}: {admitted:?}"
+        );
+    }
+    m.audit().unwrap();
+    flow.audit().unwrap();
+}

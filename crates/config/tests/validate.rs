@@ -1,0 +1,306 @@
+//! Validation: each rule, with its message, and all problems at once.
+
+use std::io::Write;
+use std::time::Duration;
+
+use sluice_config::{
+    ConfigError, FilterOp, PipelineSpec, Settings, SinkSpec, TransformSpec, ValidationErrors,
+};
+
+/// The messages of `s`'s problems.
+fn problems(s: &Settings) -> Vec<String> {
+    match s.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(|e| e.message.clone()).collect(),
+    }
+}
+
+/// Asserts that `s` has exactly the one problem `message`, about `key`.
+#[track_caller]
+fn only(s: &Settings, key: &str, message: &str) {
+    let errors: ValidationErrors = s.validate().expect_err("expected a problem");
+    let all: Vec<_> = errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(all, vec![(key, message)]);
+}
+
+#[test]
+fn defaults_are_valid() {
+    assert!(problems(&Settings::default()).is_empty());
+}
+
+#[test]
+fn low_watermark_must_be_below_high() {
+    let mut s = Settings::default();
+    s.buffer.low_watermark = 0.9;
+    only(
+        &s,
+        "buffer.low_watermark",
+        "buffer.low_watermark (0.9) must be below buffer.high_watermark (0.8)",
+    );
+    s.buffer.low_watermark = 0.8;
+    only(
+        &s,
+        "buffer.low_watermark",
+        "buffer.low_watermark (0.8) must be below buffer.high_watermark (0.8)",
+    );
+}
+
+#[test]
+fn watermarks_must_be_fractions() {
+    let mut s = Settings::default();
+    s.buffer.high_watermark = 1.5;
+    only(
+        &s,
+        "buffer.high_watermark",
+        "buffer.high_watermark (1.5) must be in (0, 1]",
+    );
+    let mut s = Settings::default();
+    s.buffer.low_watermark = 0.0;
+    only(
+        &s,
+        "buffer.low_watermark",
+        "buffer.low_watermark (0) must be in (0, 1]",
+    );
+    let mut s = Settings::default();
+    s.buffer.high_watermark = 1.0;
+    assert!(problems(&s).is_empty(), "1.0 is allowed");
+}
+
+#[test]
+fn stage_and_source_limits_must_not_exceed_global() {
+    let mut s = Settings::default();
+    s.buffer.per_source.records = 2_000_000;
+    only(
+        &s,
+        "buffer.per_source.records",
+        "buffer.per_source.records (2000000) must not exceed buffer.global.records (1000000)",
+    );
+    let mut s = Settings::default();
+    s.buffer.per_stage.bytes = 512 * 1024 * 1024;
+    only(
+        &s,
+        "buffer.per_stage.bytes",
+        "buffer.per_stage.bytes (536870912) must not exceed buffer.global.bytes (268435456)",
+    );
+}
+
+#[test]
+fn zero_limits_are_refused() {
+    let mut s = Settings::default();
+    s.buffer.global.bytes = 0;
+    let p = problems(&s);
+    assert!(
+        p.contains(&"buffer.global.bytes must be greater than 0".to_owned()),
+        "{p:?}"
+    );
+    let mut s = Settings::default();
+    s.buffer.per_stage.records = 0;
+    only(
+        &s,
+        "buffer.per_stage.records",
+        "buffer.per_stage.records must be greater than 0",
+    );
+}
+
+#[test]
+fn memory_rules() {
+    let mut s = Settings::default();
+    s.memory.resume_percent = 90.0;
+    only(
+        &s,
+        "memory.resume_percent",
+        "memory.resume_percent (90) must be below memory.activate_percent (85)",
+    );
+    let mut s = Settings::default();
+    s.memory.activate_percent = 150.0;
+    only(
+        &s,
+        "memory.activate_percent",
+        "memory.activate_percent (150) must be in (0, 100]",
+    );
+    let mut s = Settings::default();
+    s.memory.resume_percent = -1.0;
+    only(
+        &s,
+        "memory.resume_percent",
+        "memory.resume_percent (-1) must be in (0, 100]",
+    );
+    let mut s = Settings::default();
+    s.memory.refresh_ms = 0;
+    only(
+        &s,
+        "memory.refresh_ms",
+        "memory.refresh_ms must be greater than 0",
+    );
+    let mut s = Settings::default();
+    s.memory.limit_bytes = Some(0);
+    assert!(s.validate().unwrap_err().has_key("memory.limit_bytes"));
+}
+
+#[test]
+fn retry_max_backoff_must_not_be_below_initial() {
+    let mut s = Settings::default();
+    s.retry.initial_backoff = Duration::from_secs(5);
+    s.retry.max_backoff = Duration::from_secs(1);
+    only(
+        &s,
+        "retry.max_backoff",
+        "retry.max_backoff (1s) must not be below retry.initial_backoff (5s)",
+    );
+}
+
+fn two_pipelines() -> Settings {
+    let mut s = Settings::default();
+    s.pipelines.push(PipelineSpec {
+        name: "second".into(),
+        sink: SinkSpec::Null {
+            delay: Duration::ZERO,
+            fail_rate: 0.0,
+        },
+        dead_letter: SinkSpec::Stdout {
+            delay: Duration::ZERO,
+            fail_rate: 0.0,
+        },
+        ..Default::default()
+    });
+    assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+    s
+}
+
+#[test]
+fn pipeline_names_must_be_unique_and_non_empty() {
+    let mut s = two_pipelines();
+    s.pipelines[1].name = "default".into();
+    only(
+        &s,
+        "pipelines[1].name",
+        "pipelines[1].name \"default\" is already the name of pipelines[0]; pipeline names must be unique",
+    );
+    let mut s = two_pipelines();
+    s.pipelines[1].name = String::new();
+    only(
+        &s,
+        "pipelines[1].name",
+        "pipelines[1].name must not be empty",
+    );
+}
+
+#[test]
+fn at_least_one_pipeline_and_one_stage() {
+    let mut s = Settings::default();
+    s.pipelines.clear();
+    only(
+        &s,
+        "pipelines",
+        "pipelines must contain at least one pipeline",
+    );
+    let mut s = Settings::default();
+    s.pipelines[0].stages.clear();
+    only(
+        &s,
+        "pipelines[0].stages",
+        "pipelines[0].stages must contain at least one stage (use kind = \"identity\" to pass records through)",
+    );
+}
+
+#[test]
+fn batch_sizes_must_be_positive() {
+    let mut s = Settings::default();
+    s.pipelines[0].batch.max_records = 0;
+    only(
+        &s,
+        "pipelines[0].batch.max_records",
+        "pipelines[0].batch.max_records must be greater than 0",
+    );
+}
+
+#[test]
+fn stage_and_transform_rules() {
+    let mut s = Settings::default();
+    let p = &mut s.pipelines[0];
+    p.stages.push(p.stages[0].clone());
+    p.stages[1].transform = TransformSpec::Filter {
+        field: "level".into(),
+        op: FilterOp::Eq,
+        value: None,
+    };
+    let p = problems(&s);
+    assert_eq!(
+        p,
+        vec![
+            "pipelines[0].stages[1].name \"identity\" is already the name of pipelines[0].stages[0]; stage names must be unique within a pipeline",
+            "pipelines[0].stages[1].transform.value is required by op \"eq\"",
+        ]
+    );
+
+    let mut s = Settings::default();
+    s.pipelines[0].stages[0].transform = TransformSpec::Fail { rate: 2.0 };
+    only(
+        &s,
+        "pipelines[0].stages[0].transform.rate",
+        "pipelines[0].stages[0].transform.rate (2) must be in [0, 1]",
+    );
+}
+
+#[test]
+fn file_sinks_must_not_share_files() {
+    let mut s = two_pipelines();
+    s.pipelines[1].dead_letter = SinkSpec::default_dead_letter();
+    only(
+        &s,
+        "pipelines[1].dead_letter",
+        "pipelines[1].dead_letter writes the same files as pipelines[0].dead_letter (dir \"./sluice-data/dead-letters\", prefix \"dead-letters\"); give each file sink its own dir or prefix",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut s = Settings::default();
+    s.buffer.low_watermark = 0.9;
+    s.memory.refresh_ms = 0;
+    s.pipelines[0].name = String::new();
+    let e = s.validate().unwrap_err();
+    assert_eq!(e.len(), 3, "{e}");
+    assert_eq!(e.to_string().lines().count(), 3);
+}
+
+#[test]
+fn load_refuses_an_invalid_file_with_every_problem() {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(
+        br#"
+        [buffer]
+        low_watermark = 0.9
+
+        [buffer.per_source]
+        records = 2000000
+
+        [retry]
+        initial_backoff = "5s"
+        max_backoff = "1s"
+        "#,
+    )
+    .unwrap();
+    let err = Settings::load_with_env(Some(f.path()), [("SLUICE__MEMORY__RESUME_PERCENT", "99")])
+        .unwrap_err();
+    let ConfigError::Invalid(errors) = &err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "buffer.per_source.records",
+            "buffer.low_watermark",
+            "memory.resume_percent",
+            "retry.max_backoff"
+        ]
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("invalid configuration:\n"), "{text}");
+    assert!(text.contains("buffer.low_watermark (0.9) must be below buffer.high_watermark (0.8)"));
+    assert_eq!(text.lines().count(), 5, "{text}");
+}
