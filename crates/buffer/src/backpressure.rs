@@ -44,12 +44,16 @@
 //!   (default a quarter), so a slowed source really gets less, not just a
 //!   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
 //!   gate is closed.
-//! - **Fair share.** The free global capacity is shared max-min fairly among
-//!   the sessions that want credit (not paused, at least half of their window
-//!   used): a session that needs less than an equal share leaves the rest to
-//!   the others. The grant is `min(window − unused credit, the source's free
-//!   room (global, entry stage, source), fair share)`, computed per
-//!   dimension (records, bytes).
+//! - **Fair share.** The claimants are the sessions that want credit (not
+//!   paused, at least half of their window used). The free global capacity
+//!   plus the unused credit the claimants already hold is shared max-min
+//!   fairly among them, each capped at its window: every claimant is topped
+//!   up to the same level `s` (a claimant whose window is below `s` leaves
+//!   the rest to the others). The grant is `min(min(window, s) − unused
+//!   credit, the source's free room (global, entry stage, source))`, per
+//!   dimension (records, bytes). Since a grant only moves capacity from
+//!   "free" to "held", `s` does not depend on the order in which claimants
+//!   ask, which is what makes the shares equal under contention.
 //!
 //! # Evaluation
 //!
@@ -517,28 +521,20 @@ fn wants(window: Credit, outstanding: Credit) -> bool {
             || outstanding.bytes.saturating_mul(2) <= window.bytes)
 }
 
-/// What a wanting session asks for: up to a full window, with at least one
-/// record and one byte (a reservation needs both; e.g. zero-byte records
-/// never use byte credit).
-fn demand(window: Credit, outstanding: Credit) -> Credit {
-    let d = sub_sat(window, outstanding);
-    Credit::new(d.records.max(1), d.bytes.max(1))
-}
-
-/// Max-min fair share of `free` among `demands`: the level `s` such that
-/// giving each demand `min(d, s)` shares out `free` (rounded up, so that a
-/// remainder smaller than the number of claimants still goes to someone),
-/// or `u64::MAX` when every demand fits.
-pub(crate) fn fair_share(free: u64, demands: &mut [u64]) -> u64 {
-    demands.sort_unstable();
-    let mut remaining = free;
-    let mut n = demands.len() as u64;
-    for &d in demands.iter() {
+/// Max-min fair level of `pool` among claimants capped at `caps`: the level
+/// `s` such that giving each claimant `min(cap, s)` shares out `pool`
+/// (rounded up, so that a remainder smaller than the number of claimants
+/// still goes to someone), or `u64::MAX` when every cap fits.
+pub(crate) fn fair_share(pool: u64, caps: &mut [u64]) -> u64 {
+    caps.sort_unstable();
+    let mut remaining = pool;
+    let mut n = caps.len() as u64;
+    for &c in caps.iter() {
         let share = remaining.div_ceil(n.max(1));
-        if d > share {
+        if c > share {
             return share;
         }
-        remaining -= d;
+        remaining -= c;
         n -= 1;
     }
     u64::MAX
@@ -983,29 +979,42 @@ impl<T> BackpressureController<T> {
         if !wants(window, outstanding) {
             return Credit::ZERO;
         }
-        let own = demand(window, outstanding);
-        let mut records = vec![own.records];
-        let mut bytes = vec![own.bytes];
+        // Max-min fairness over *holdings*: the claimants are the sessions
+        // that want credit; the pool is the free global capacity plus the
+        // unused credit they hold; each is topped up to the fair level `s`
+        // of that pool (capped at its window). Granting moves capacity from
+        // "free" to "held" and leaves the pool unchanged, so the level does
+        // not depend on the order in which claimants ask.
+        let free = self.manager.global_available();
+        let mut pool = Credit::new(free.records + outstanding.records, free.bytes + outstanding.bytes);
+        let mut records = vec![window.records];
+        let mut bytes = vec![window.bytes];
         for (&id, s) in &inner.sessions {
             if id == session {
                 continue;
             }
             let w = self.window(state_of(inner, s.source));
             if wants(w, s.outstanding) {
-                let d = demand(w, s.outstanding);
-                records.push(d.records);
-                bytes.push(d.bytes);
+                records.push(w.records);
+                bytes.push(w.bytes);
+                pool.records += s.outstanding.records;
+                pool.bytes += s.outstanding.bytes;
             }
         }
-        let free = self.manager.global_available();
-        let share = Credit::new(
-            fair_share(free.records, &mut records),
-            fair_share(free.bytes, &mut bytes),
+        let level = Credit::new(
+            fair_share(pool.records, &mut records),
+            fair_share(pool.bytes, &mut bytes),
         );
+        let mut want = sub_sat(min_credit(window, level), outstanding);
+        // A reservation needs both records and bytes: a session that wants
+        // only one (e.g. it sends zero-byte records) gets one unit of the other.
+        if want.records > 0 || want.bytes > 0 {
+            want = Credit::new(want.records.max(1), want.bytes.max(1));
+        }
         let Ok(available) = self.manager.available(source) else {
             return Credit::ZERO;
         };
-        let want = min_credit(min_credit(own, share), available);
+        let want = min_credit(want, available);
         if want.is_zero() {
             return Credit::ZERO;
         }
@@ -1121,8 +1130,9 @@ impl<T> SourceHandle<T> {
     /// The next credit for this session, already reserved in the manager:
     /// zero unless at least half of its window is used (in records or
     /// bytes), the source is not paused, the gate is open and there is free
-    /// capacity; else `min(window − unused, the source's free room, its fair
-    /// share of the free global capacity)`. See the [module docs](self).
+    /// capacity; else what tops its unused credit up to its fair level
+    /// (at most its window), within the source's free room. See the
+    /// [module docs](self).
     pub fn grant(&self) -> Credit {
         self.controller.grant_session(self.session)
     }
@@ -1330,7 +1340,6 @@ mod tests {
             !wants(Credit::ZERO, Credit::ZERO),
             "a paused window never wants"
         );
-        assert_eq!(demand(w, Credit::new(50, 1000)), Credit::new(50, 1));
     }
 
     proptest! {

@@ -155,38 +155,39 @@ fn fair_share_is_max_min_among_wanting_sessions() {
     // Watermarks out of the way: this test is about shares only.
     let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
     let a = flow.open_source(ids[0]).unwrap();
-    assert_eq!(a.grant().records, 40);
-    let _ = a.admit(1, payloads(20)).unwrap(); // a wants 20 more
+    assert_eq!(a.grant().records, 40, "alone: a full window");
+    let _ = a.admit(1, payloads(20)).unwrap(); // a holds 20 unused, wants 20 more
     let b = flow.open_source(ids[1]).unwrap();
     let c = flow.open_source(ids[2]).unwrap();
     fill(&m, filler, 0);
-    // a holds 40 (20 unused credit + 20 in the engine): 60 free.
     assert_eq!(m.global_available().records, 60);
-    // Demands a 20, b 40, c 40 over 60 free: the max-min level is 20.
-    assert_eq!(b.grant().records, 20);
-    // 40 free; b holds 20 of its 40 and still wants 20: demands [20, 20, 40]
-    // → level 14 (40 / 3, rounded up).
-    assert_eq!(c.grant().records, 14);
-    // 26 free; demands a 20, b 20, c 26 → level 9.
-    assert_eq!(a.grant().records, 9);
-    assert_eq!(m.global_available().records, 17);
+    // Claimants a (holds 20), b, c (hold 0): pool 60 + 20 = 80 over three
+    // windows of 40 → level 27 (rounded up). b is topped up to 27.
+    assert_eq!(b.grant().records, 27);
+    // b (27 of 40) no longer wants. Claimants a (20) and c: pool 33 + 20 = 53
+    // → level 27: the same level, whatever the order of asking.
+    assert_eq!(c.grant().records, 27);
+    // a alone: pool 6 + 20 = 26 → it gets the last 6.
+    assert_eq!(a.grant().records, 6);
+    assert_eq!(m.global_available().records, 0);
     m.audit().unwrap();
 }
 
 #[test]
-fn small_demand_leaves_the_rest_to_others() {
-    let (m, ids, filler, _) = setup(limits(200, 200, 100), 3);
+fn credit_already_held_counts_against_the_share() {
+    let (m, ids, filler, _) = setup(limits(140, 140, 100), 2);
     let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
     let a = flow.open_source(ids[0]).unwrap();
     assert_eq!(a.grant().records, 40);
-    let _ = a.admit(1, payloads(20)).unwrap(); // a: 20 unused, wants 20 more
+    let _ = a.admit(1, payloads(20)).unwrap(); // a: 20 unused, 20 in the engine
     let b = flow.open_source(ids[1]).unwrap();
-    let _c = flow.open_source(ids[2]).unwrap();
-    fill(&m, filler, 200 - 40 - 80);
-    assert_eq!(m.global_available().records, 80);
-    // Demands a 20, b 40, c 40 over 80: a needs less than a third, so b and c
-    // share the remaining 60: 30 each (not 80 / 3).
+    fill(&m, filler, 140 - 40 - 40);
+    assert_eq!(m.global_available().records, 40);
+    // Not 40 / 2 = 20 each: a still holds 20, so b gets 30 and a 10, and
+    // both hold 30.
     assert_eq!(b.grant().records, 30);
+    assert_eq!(a.grant().records, 10);
+    assert_eq!(a.outstanding().records, b.outstanding().records);
 }
 
 #[test]
@@ -447,7 +448,7 @@ fn config_is_validated_and_sources_are_checked() {
     // A source id our manager (which has one source) never handed out.
     let other = Manager::builder(limits(100, 100, 100))
         .pipeline("x", ["y"])
-        .build()
+        .build::<Vec<u8>>()
         .unwrap();
     let pipeline = other.pipelines()[0].id;
     let bogus = (0..5)
