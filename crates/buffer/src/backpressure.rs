@@ -44,16 +44,19 @@
 //!   (default a quarter), so a slowed source really gets less, not just a
 //!   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
 //!   gate is closed.
-//! - **Fair share.** The claimants are the sessions that want credit (not
-//!   paused, at least half of their window used). The free global capacity
-//!   plus the unused credit the claimants already hold is shared max-min
-//!   fairly among them, each capped at its window: every claimant is topped
-//!   up to the same level `s` (a claimant whose window is below `s` leaves
-//!   the rest to the others). The grant is `min(min(window, s) − unused
-//!   credit, the source's free room (global, entry stage, source))`, per
-//!   dimension (records, bytes). Since a grant only moves capacity from
-//!   "free" to "held", `s` does not depend on the order in which claimants
-//!   ask, which is what makes the shares equal under contention.
+//! - **Fair share.** The claimants are the sources with an open session
+//!   that is not paused. The free global capacity plus what the claimants
+//!   already use (unused credit and records in the engine) is shared
+//!   max-min fairly among them: each claimant's share lies between what it
+//!   uses now (in use cannot be taken back) and that plus its demand (what
+//!   tops its sessions up to their windows); a claimant that needs less than
+//!   an equal share leaves the rest to the others. The grant is
+//!   `min(window − unused credit, share − usage, the source's free room
+//!   (global, entry stage, source))`, per dimension (records, bytes). Equal
+//!   usage means equal throughput through FIFO stages; and since a grant
+//!   only moves capacity from free to used, the share does not depend on
+//!   the order in which claimants ask, which is what keeps it fair under
+//!   contention.
 //!
 //! # Evaluation
 //!
@@ -521,23 +524,34 @@ fn wants(window: Credit, outstanding: Credit) -> bool {
             || outstanding.bytes.saturating_mul(2) <= window.bytes)
 }
 
-/// Max-min fair level of `pool` among claimants capped at `caps`: the level
-/// `s` such that giving each claimant `min(cap, s)` shares out `pool`
-/// (rounded up, so that a remainder smaller than the number of claimants
-/// still goes to someone), or `u64::MAX` when every cap fits.
-pub(crate) fn fair_share(pool: u64, caps: &mut [u64]) -> u64 {
-    caps.sort_unstable();
-    let mut remaining = pool;
-    let mut n = caps.len() as u64;
-    for &c in caps.iter() {
-        let share = remaining.div_ceil(n.max(1));
-        if c > share {
-            return share;
-        }
-        remaining -= c;
-        n -= 1;
+/// Max-min fair level of `pool` among claimants, each with a floor (what it
+/// already uses) and a cap (what it would use with its demand met): the
+/// smallest level `s` with `Σ clamp(s, floor, cap) ≥ pool` (so that a
+/// remainder smaller than the number of claimants still goes to someone),
+/// or `u64::MAX` when every cap fits in the pool.
+pub(crate) fn fair_level(pool: u64, claimants: &[(u64, u64)]) -> u64 {
+    let fill = |s: u64| -> u128 {
+        claimants
+            .iter()
+            .map(|&(lo, hi)| u128::from(s.max(lo).min(hi.max(lo))))
+            .sum()
+    };
+    let top = claimants.iter().map(|&(lo, hi)| hi.max(lo)).max().unwrap_or(0);
+    if fill(top) <= u128::from(pool) {
+        return u64::MAX;
     }
-    u64::MAX
+    // fill(0) = Σ floors ≤ pool < fill(top): binary search for the smallest
+    // s with fill(s) ≥ pool.
+    let (mut lo, mut hi) = (0u64, top);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fill(mid) >= u128::from(pool) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
 }
 
 impl<T> BackpressureController<T> {
@@ -979,37 +993,16 @@ impl<T> BackpressureController<T> {
         if !wants(window, outstanding) {
             return Credit::ZERO;
         }
-        // Max-min fairness over *holdings*: the claimants are the sessions
-        // that want credit; the pool is the free global capacity plus the
-        // unused credit they hold; each is topped up to the fair level `s`
-        // of that pool (capped at its window). Granting moves capacity from
-        // "free" to "held" and leaves the pool unchanged, so the level does
-        // not depend on the order in which claimants ask.
-        let free = self.manager.global_available();
-        let mut pool = Credit::new(free.records + outstanding.records, free.bytes + outstanding.bytes);
-        let mut records = vec![window.records];
-        let mut bytes = vec![window.bytes];
-        for (&id, s) in &inner.sessions {
-            if id == session {
-                continue;
-            }
-            let w = self.window(state_of(inner, s.source));
-            if wants(w, s.outstanding) {
-                records.push(w.records);
-                bytes.push(w.bytes);
-                pool.records += s.outstanding.records;
-                pool.bytes += s.outstanding.bytes;
-            }
+        let own = sub_sat(window, outstanding);
+        let mut want = self.fair_grant(inner, session, source, window, own);
+        // A reservation needs both records and bytes: a session that needs
+        // only one (e.g. it sends zero-byte records, so its byte credit is
+        // never used) gets one unit of the other with it.
+        if own.records == 0 && want.bytes > 0 {
+            want.records = 1;
         }
-        let level = Credit::new(
-            fair_share(pool.records, &mut records),
-            fair_share(pool.bytes, &mut bytes),
-        );
-        let mut want = sub_sat(min_credit(window, level), outstanding);
-        // A reservation needs both records and bytes: a session that wants
-        // only one (e.g. it sends zero-byte records) gets one unit of the other.
-        if want.records > 0 || want.bytes > 0 {
-            want = Credit::new(want.records.max(1), want.bytes.max(1));
+        if own.bytes == 0 && want.records > 0 {
+            want.bytes = 1;
         }
         let Ok(available) = self.manager.available(source) else {
             return Credit::ZERO;
@@ -1031,6 +1024,88 @@ impl<T> BackpressureController<T> {
             m::credits_granted(&e.name, granted);
         }
         granted
+    }
+
+    /// Caps `own` (what the session asks for) at its source's max-min fair
+    /// share of the global capacity. The claimants are the sources with an
+    /// open session that is not paused (whether or not it is due for a
+    /// refill: one that still holds credit is competing all the same, and
+    /// leaving it out would let whoever asks first take its share); the
+    /// demand of a session is one window. The pool is the
+    /// free global capacity plus
+    /// what the claimants already use (reserved or in the engine); each
+    /// claimant's allocation lies between what it uses now (the floor: what
+    /// is in use cannot be taken back) and that plus its demand (the cap).
+    /// Equal usage means equal throughput through a FIFO stage, and a grant
+    /// moves capacity from free to used without changing the pool, so the
+    /// level does not depend on the order in which claimants ask.
+    fn fair_grant(
+        &self,
+        inner: &Inner,
+        session: u64,
+        source: SourceId,
+        window: Credit,
+        own: Credit,
+    ) -> Credit {
+        let state_of = |src: SourceId| {
+            inner
+                .entries
+                .get(src.index())
+                .and_then(|e| e.as_ref())
+                .map_or(SourceState::Paused, |e| e.state)
+        };
+        // Demand per claimant source, this one first: one window per open
+        // session, whatever the session holds right now. (What a session
+        // holds is already in its source's usage; counting only the rest of
+        // its window would let a source that is busy sending lower its own
+        // cap, and whoever asks at that moment rise above the others.)
+        let mut demands: Vec<(SourceId, Credit)> = vec![(source, window)];
+        for (&id, s) in &inner.sessions {
+            if id == session {
+                continue;
+            }
+            let w = self.window(state_of(s.source));
+            if w.is_zero() {
+                continue; // paused
+            }
+            let d = w;
+            match demands.iter_mut().find(|(src, _)| *src == s.source) {
+                Some((_, total)) => {
+                    *total = Credit::new(total.records + d.records, total.bytes + d.bytes)
+                }
+                None => demands.push((s.source, d)),
+            }
+        }
+        if demands.len() == 1 {
+            // Alone: the source's free room (applied by the caller) is the limit.
+            return own;
+        }
+        // One consistent reading of the usages (O(sources + stages), like
+        // the evaluation that precedes every grant).
+        let snapshot = self.manager.snapshot();
+        let g = &snapshot.global;
+        let mut pool = Credit::new(
+            g.limit.records.saturating_sub(g.records),
+            g.limit.bytes.saturating_sub(g.bytes),
+        );
+        let mut records = Vec::with_capacity(demands.len());
+        let mut bytes = Vec::with_capacity(demands.len());
+        for (src, d) in &demands {
+            let used = snapshot
+                .sources
+                .get(src.index())
+                .map_or(Credit::ZERO, |s| Credit::new(s.level.records, s.level.bytes));
+            pool = Credit::new(pool.records + used.records, pool.bytes + used.bytes);
+            records.push((used.records, used.records + d.records));
+            bytes.push((used.bytes, used.bytes + d.bytes));
+        }
+        let level = Credit::new(fair_level(pool.records, &records), fair_level(pool.bytes, &bytes));
+        // This source's room up to the level, shared by nobody else.
+        let room = Credit::new(
+            level.records.min(records[0].1).saturating_sub(records[0].0),
+            level.bytes.min(bytes[0].1).saturating_sub(bytes[0].0),
+        );
+        min_credit(own, room)
     }
 
     fn on_admitted(&self, session: u64, used: Credit) {
@@ -1317,16 +1392,17 @@ mod tests {
     }
 
     #[test]
-    fn fair_share_is_max_min() {
-        assert_eq!(fair_share(100, &mut [10, 100, 100]), 45);
-        assert_eq!(fair_share(100, &mut [10, 20]), u64::MAX);
-        assert_eq!(fair_share(90, &mut [100, 100, 100]), 30);
-        assert_eq!(
-            fair_share(2, &mut [5, 5, 5]),
-            1,
-            "a small remainder still goes to someone"
-        );
-        assert_eq!(fair_share(0, &mut [5]), 0);
+    fn fair_level_is_max_min_with_floors_and_caps() {
+        let no_floor = |caps: &[u64]| caps.iter().map(|&c| (0, c)).collect::<Vec<_>>();
+        assert_eq!(fair_level(100, &no_floor(&[10, 100, 100])), 45, "a small cap leaves the rest");
+        assert_eq!(fair_level(100, &no_floor(&[10, 20])), u64::MAX, "everyone fits");
+        assert_eq!(fair_level(90, &no_floor(&[100, 100, 100])), 30);
+        assert_eq!(fair_level(2, &no_floor(&[5, 5, 5])), 1, "a small remainder still goes to someone");
+        assert_eq!(fair_level(0, &no_floor(&[5])), 0);
+        // A claimant already using 40 keeps it (the floor); the others share the rest.
+        assert_eq!(fair_level(100, &[(40, 60), (0, 40), (0, 40)]), 30);
+        assert_eq!(fair_level(70, &[(40, 60), (0, 40)]), 30);
+        assert_eq!(fair_level(200, &[(40, 60), (0, 40)]), u64::MAX);
     }
 
     #[test]

@@ -1,7 +1,29 @@
-//! sluice-engine: the server and pipeline runtime of the sluice ETL engine;
-//! under construction.
+//! sluice-engine: the server and pipeline runtime of the sluice ETL engine.
 //!
-//! For now it only re-exports the settings it will run from.
+//! - [`Engine`] / [`EngineBuilder`] / [`EngineHandle`] ([`server`]): the gRPC
+//!   server (`Ingest`, `Admin`, health, reflection) over a buffer manager,
+//!   flow control and a memory gate, with graceful shutdown.
+//! - [`pipeline`]: stage workers; [`transform`]: per-record transforms;
+//!   [`sink`]: sinks and dead-letter sinks; [`ack`]: ack progress per source;
+//!   [`record`]: the engine's record type.
 #![warn(missing_docs)]
 
 pub use sluice_config as config;
+
+pub mod client;
+pub mod demo;
+pub mod send;
+
+// Server and pipeline runtime.
+pub mod ack;
+pub mod pipeline;
+pub mod record;
+pub mod server;
+mod session;
+pub mod sink;
+pub mod transform;
+
+pub use server::{
+    DEFAULT_MAX_BATCH_RECORDS, Engine, EngineBuilder, EngineError, EngineHandle, ShutdownReport,
+    init_logging, run_until_signal, serve_command,
+};

@@ -166,9 +166,7 @@ fn parent_mut<'a>(
         field: path.join("."),
         reason,
     };
-    let (_, parents) = path
-        .split_last()
-        .ok_or_else(|| err("empty path".into()))?;
+    let (_, parents) = path.split_last().ok_or_else(|| err("empty path".into()))?;
     let mut cur = v;
     for (i, k) in parents.iter().enumerate() {
         let obj = match cur {

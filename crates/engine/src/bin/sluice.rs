@@ -28,13 +28,22 @@ enum Command {
         #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Stream a file of JSON lines (or standard input) into an engine.
+    Send(sluice_engine::send::SendCommand),
+    /// Watch backpressure: an in-process engine with a slow sink and three sources.
+    Demo(sluice_engine::demo::DemoCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve { config } = &cli.command {
+        return sluice_engine::serve_command(config.as_deref());
+    }
     let (path, serve) = match cli.command {
         Command::Serve { config } => (config, true),
         Command::Config { config } => (config, false),
+        Command::Send(cmd) => return cmd.run(),
+        Command::Demo(cmd) => return cmd.run(),
     };
     let toml = match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string()) {
         Ok(toml) => toml,

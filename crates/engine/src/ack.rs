@@ -1,0 +1,143 @@
+//! The [`AckHub`]: per-source ack progress, published by the pipeline
+//! workers and read by the ingest sessions.
+//!
+//! Each source has a `watch` channel holding its latest [`AckProgress`]. A
+//! worker publishes after every completion (sink commit, filter, dead
+//! letter); a session waits on the channel and sends an `Ack` when the
+//! position advanced. Every field only moves forward (publications from
+//! concurrent workers are merged by maximum), so acks stay monotonic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use sluice_buffer::{Completion, SourceId};
+use tokio::sync::watch;
+
+/// A source's cumulative completion progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckProgress {
+    /// Every record of the source up to this sequence number is completed.
+    pub through_seq: u64,
+    /// Records committed by the sink (filtered records excluded).
+    pub delivered: u64,
+    /// Records written to the dead-letter sink.
+    pub dead_lettered: u64,
+    /// Records filtered out by a transform.
+    pub filtered: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tx: watch::Sender<AckProgress>,
+    filtered: AtomicU64,
+    received: AtomicU64,
+    rejected: AtomicU64,
+    name: std::sync::OnceLock<Arc<str>>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Self {
+            name: std::sync::OnceLock::new(),
+            tx: watch::channel(AckProgress::default()).0,
+            filtered: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Per-source ack progress and counters, indexed by [`SourceId`].
+#[derive(Debug, Default)]
+pub struct AckHub {
+    entries: Mutex<Vec<Option<Arc<Entry>>>>,
+}
+
+impl AckHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entry(&self, source: SourceId) -> Arc<Entry> {
+        let mut entries = self.entries.lock();
+        if entries.len() <= source.index() {
+            entries.resize_with(source.index() + 1, || None);
+        }
+        entries[source.index()]
+            .get_or_insert_with(|| Arc::new(Entry::new()))
+            .clone()
+    }
+
+    /// Records the name `source` was registered under (its `source_id`).
+    pub fn set_name(&self, source: SourceId, name: &str) {
+        let _ = self.entry(source).name.set(Arc::from(name));
+    }
+
+    /// The name of `source`, if it was recorded.
+    pub fn name(&self, source: SourceId) -> Option<Arc<str>> {
+        self.entry(source).name.get().cloned()
+    }
+
+    /// A subscription to `source`'s progress (the current value counts as seen).
+    pub fn subscribe(&self, source: SourceId) -> watch::Receiver<AckProgress> {
+        self.entry(source).tx.subscribe()
+    }
+
+    /// The latest progress of `source`.
+    pub fn progress(&self, source: SourceId) -> AckProgress {
+        *self.entry(source).tx.borrow()
+    }
+
+    /// Counts `n` records of `source` as filtered. Call it *before* the
+    /// completion of those records is published.
+    pub fn add_filtered(&self, source: SourceId, n: u64) {
+        self.entry(source).filtered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` records received from `source` (admitted or not).
+    pub fn add_received(&self, source: SourceId, n: u64) {
+        self.entry(source).received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` records of `source` named in a `Reject`.
+    pub fn add_rejected(&self, source: SourceId, n: u64) {
+        self.entry(source).rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `(received, rejected, filtered)` of `source`.
+    pub fn counters(&self, source: SourceId) -> (u64, u64, u64) {
+        let e = self.entry(source);
+        (
+            e.received.load(Ordering::Relaxed),
+            e.rejected.load(Ordering::Relaxed),
+            e.filtered.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Publishes what a completion changed.
+    pub fn publish(&self, completion: &Completion) {
+        for p in &completion.sources {
+            let e = self.entry(p.source);
+            let filtered = e.filtered.load(Ordering::Relaxed);
+            let new = AckProgress {
+                through_seq: p.acked_through,
+                delivered: p.delivered.saturating_sub(filtered),
+                dead_lettered: p.dead_lettered,
+                filtered,
+            };
+            e.tx.send_if_modified(|cur| {
+                let merged = AckProgress {
+                    through_seq: cur.through_seq.max(new.through_seq),
+                    delivered: cur.delivered.max(new.delivered),
+                    dead_lettered: cur.dead_lettered.max(new.dead_lettered),
+                    filtered: cur.filtered.max(new.filtered),
+                };
+                let changed = merged != *cur;
+                *cur = merged;
+                changed
+            });
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The pipeline runtime: stage workers that move records from admission to
+//! the sink.
+//!
+//! Each configured pipeline becomes one [`BufferManager`] pipeline with one
+//! stage per configured transform stage **plus a final stage named `sink`**
+//! whose worker writes to the sink. (A separate sink stage, rather than
+//! writing from the last transform's worker, gives the sink its own queue,
+//! limit and metrics, so a slow sink shows up as a full `sink` stage and
+//! slows the stages before it.) One worker task runs per stage.
+//!
+//! A worker loop: take a batch ([`BatchSettings`]: at most `max_records`
+//! records and `max_bytes` bytes; when partial, wait up to `linger` for more,
+//! but never while the pipeline is backpressured — a level of the pipeline
+//! at or above the high watermark, or the memory gate closed — because
+//! completing records is what frees capacity); then
+//!
+//! - a transform stage applies its transform per record: kept records are
+//!   forwarded to the next stage (waiting while it is full), filtered ones
+//!   completed (acked, counted as filtered), failed ones returned with
+//!   [`BufferManager::retry_each`];
+//! - the sink stage writes the batch and commits it, then completes it; on
+//!   error the batch is returned with [`BufferManager::retry`].
+//!
+//! Records past `retry.max_retries` come back as dead letters: they are
+//! written to the pipeline's dead-letter sink (retried with backoff until it
+//! succeeds or the engine stops), then completed as dead-lettered. Every
+//! completion is published to the [`AckHub`]. Workers stop when the buffer
+//! manager shuts down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice_buffer::{
+    BatchSize, BufferManager, BufferedRecord, DeadLetter, GateState, PipelineId, SourceId, StageId,
+};
+use sluice_config::BatchSettings;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ack::AckHub;
+use crate::record::EngineRecord;
+use crate::sink::{DeadLetterInfo, Sink, SinkRecord};
+use crate::transform::{Outcome, Transform};
+
+/// The buffer manager as the engine instantiates it.
+pub type Buffer = BufferManager<EngineRecord>;
+
+/// The name of the final stage of every pipeline, whose worker writes to the sink.
+pub const SINK_STAGE: &str = "sink";
+
+/// How often a lingering worker re-checks whether the pipeline is backpressured.
+const PRESSURE_CHECK: Duration = Duration::from_millis(5);
+
+/// Time a stage's worker spent busy, idle (waiting for input) and blocked
+/// (waiting for room in the next stage), in nanoseconds since start.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Processing records (transform, sink write and commit).
+    pub busy_ns: AtomicU64,
+    /// Waiting for records.
+    pub idle_ns: AtomicU64,
+    /// Waiting for room in the next stage.
+    pub blocked_ns: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// What one stage's worker does.
+#[derive(Debug, Clone)]
+pub enum StageWork {
+    /// Applies a transform and forwards to the next stage.
+    Transform(Transform),
+    /// Writes to the sink and completes.
+    Sink(Arc<dyn Sink>),
+}
+
+/// One pipeline as the runtime runs it.
+#[derive(Debug, Clone)]
+pub struct PipelineRuntime {
+    /// The buffer's pipeline id.
+    pub id: PipelineId,
+    /// Its name.
+    pub name: Arc<str>,
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// The dead-letter sink.
+    pub dead_letter: Arc<dyn Sink>,
+    /// The work of each stage, in order (the last one is the sink stage).
+    pub stages: Vec<(StageId, StageWork)>,
+    /// Batching.
+    pub batch: BatchSettings,
+}
+
+/// Shared inputs of every worker.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    /// The buffer.
+    pub buffer: Arc<Buffer>,
+    /// Where completions are published.
+    pub hub: Arc<AckHub>,
+    /// The memory gate, if any.
+    pub gate: Option<watch::Receiver<GateState>>,
+    /// The high watermark (0–1).
+    pub high_watermark: f64,
+}
+
+struct Worker {
+    env: WorkerEnv,
+    pipeline: Arc<PipelineRuntime>,
+    stage: StageId,
+    next: Option<StageId>,
+    work: StageWork,
+    max: BatchSize,
+    linger: Duration,
+    times: Arc<StageTimes>,
+}
+
+/// Spawns one worker per stage of `pipeline`; returns the tasks and each
+/// stage's timing counters.
+pub fn spawn_workers(
+    env: &WorkerEnv,
+    pipeline: Arc<PipelineRuntime>,
+) -> Vec<(StageId, Arc<StageTimes>, JoinHandle<()>)> {
+    let max = BatchSize {
+        records: pipeline.batch.max_records.max(1),
+        bytes: (pipeline.batch.max_bytes as u64).max(1),
+    };
+    let mut out = Vec::new();
+    for (i, (stage, work)) in pipeline.stages.iter().enumerate() {
+        let times = Arc::new(StageTimes::default());
+        let worker = Worker {
+            env: env.clone(),
+            pipeline: pipeline.clone(),
+            stage: *stage,
+            next: pipeline.stages.get(i + 1).map(|(s, _)| *s),
+            work: work.clone(),
+            max,
+            linger: pipeline.batch.linger,
+            times: times.clone(),
+        };
+        out.push((*stage, times, tokio::spawn(worker.run())));
+    }
+    out
+}
+
+impl Worker {
+    async fn run(self) {
+        tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker started");
+        loop {
+            let t = Instant::now();
+            let Some(batch) = self.collect().await else {
+                break;
+            };
+            add(&self.times.idle_ns, t);
+            let go_on = match &self.work {
+                StageWork::Transform(tf) => self.transform(tf, batch).await,
+                StageWork::Sink(sink) => {
+                    self.sink(sink, batch).await;
+                    true
+                }
+            };
+            if !go_on {
+                break;
+            }
+        }
+        tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker stopped");
+    }
+
+    /// Whether any level of this pipeline is at or above the high watermark,
+    /// or the memory gate is closed.
+    fn pressured(&self) -> bool {
+        if self.env.gate.as_ref().is_some_and(|g| g.borrow().closed) {
+            return true;
+        }
+        let high = self.env.high_watermark;
+        let snap = self.env.buffer.snapshot();
+        let pid = self.pipeline.id;
+        snap.global.utilization() >= high
+            || snap
+                .stages
+                .iter()
+                .any(|s| s.pipeline == pid && s.level.utilization() >= high)
+            || snap
+                .sources
+                .iter()
+                .any(|s| s.pipeline == pid && s.level.utilization() >= high)
+    }
+
+    /// A batch: what is ready, topped up for at most `linger` unless the
+    /// pipeline is backpressured. `None` once the buffer is shut down.
+    async fn collect(&self) -> Option<Vec<BufferedRecord<EngineRecord>>> {
+        let buffer = &self.env.buffer;
+        let mut batch = buffer.next_batch(self.stage, self.max).await?;
+        if self.linger.is_zero() {
+            return Some(batch);
+        }
+        let deadline = tokio::time::Instant::now() + self.linger;
+        loop {
+            let bytes: u64 = batch.iter().map(|r| r.size()).sum();
+            if batch.len() >= self.max.records || bytes >= self.max.bytes || self.pressured() {
+                break;
+            }
+            let rest = BatchSize {
+                records: self.max.records - batch.len(),
+                bytes: self.max.bytes - bytes,
+            };
+            let check = deadline.min(tokio::time::Instant::now() + PRESSURE_CHECK);
+            tokio::select! {
+                more = buffer.next_batch(self.stage, rest) => match more {
+                    Some(more) => batch.extend(more),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(check) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Returns false when the worker should stop (the buffer shut down).
+    async fn transform(&self, tf: &Transform, batch: Vec<BufferedRecord<EngineRecord>>) -> bool {
+        let t = Instant::now();
+        let mut keep = Vec::with_capacity(batch.len());
+        let mut filtered = Vec::new();
+        let mut failed: Vec<(BufferedRecord<EngineRecord>, Arc<str>)> = Vec::new();
+        for mut r in batch {
+            let seq = r.seq();
+            match tf.apply(seq, &mut r.payload) {
+                Ok(Outcome::Keep) => keep.push(r),
+                Ok(Outcome::Filtered) => filtered.push(r),
+                Err(e) => failed.push((r, Arc::from(e.to_string()))),
+            }
+        }
+        let buffer = &self.env.buffer;
+        if !filtered.is_empty() {
+            let mut counts: Vec<(SourceId, u64)> = Vec::new();
+            for r in &filtered {
+                match counts.iter_mut().find(|(s, _)| *s == r.source()) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((r.source(), 1)),
+                }
+            }
+            for (s, n) in counts {
+                self.env.hub.add_filtered(s, n);
+            }
+            let done = buffer.complete(filtered);
+            self.env.hub.publish(&done);
+        }
+        if !failed.is_empty() {
+            tracing::debug!(stage = %self.stage, failed = failed.len(), "transform failures, retrying");
+            let dead = buffer.retry_each(failed);
+            self.dead_letters(dead).await;
+        }
+        add(&self.times.busy_ns, t);
+        if keep.is_empty() {
+            return true;
+        }
+        let Some(next) = self.next else {
+            // A transform stage is never last; complete rather than hold.
+            let done = buffer.complete(keep);
+            self.env.hub.publish(&done);
+            return true;
+        };
+        let t = Instant::now();
+        let forwarded = buffer.forward(keep, next).await;
+        add(&self.times.blocked_ns, t);
+        forwarded.is_ok()
+    }
+
+    fn source_name(&self, source: SourceId) -> Arc<str> {
+        self.env
+            .hub
+            .name(source)
+            .unwrap_or_else(|| Arc::from(format!("source-{source}")))
+    }
+
+    async fn sink(&self, sink: &Arc<dyn Sink>, batch: Vec<BufferedRecord<EngineRecord>>) {
+        let t = Instant::now();
+        let names: Vec<Arc<str>> = batch.iter().map(|r| self.source_name(r.source())).collect();
+        let recs: Vec<SinkRecord<'_>> = batch
+            .iter()
+            .zip(&names)
+            .map(|(r, name)| SinkRecord {
+                source: name,
+                seq: r.seq(),
+                record: &r.payload,
+                dead_letter: None,
+            })
+            .collect();
+        let result = async {
+            sink.write(&recs).await?;
+            sink.commit().await
+        }
+        .await;
+        drop(recs);
+        let buffer = &self.env.buffer;
+        match result {
+            Ok(()) => {
+                let done = buffer.complete(batch);
+                self.env.hub.publish(&done);
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline.name, records = batch.len(), error = %e, "sink failed, retrying the batch");
+                let dead = buffer.retry(batch, e.to_string());
+                self.dead_letters(dead).await;
+            }
+        }
+        add(&self.times.busy_ns, t);
+    }
+
+    /// Writes dead letters to the dead-letter sink (retrying with backoff
+    /// until it works or the buffer shuts down), then completes them.
+    async fn dead_letters(&self, dead: Vec<DeadLetter<EngineRecord>>) {
+        if dead.is_empty() {
+            return;
+        }
+        let buffer = &self.env.buffer;
+        let dl = &self.pipeline.dead_letter;
+        let names: Vec<Arc<str>> = dead
+            .iter()
+            .map(|d| self.source_name(d.record.source()))
+            .collect();
+        let stages: Vec<Arc<str>> = dead
+            .iter()
+            .map(|d| {
+                buffer
+                    .stage(d.stage())
+                    .map_or_else(|| Arc::from("?"), |s| s.name.clone())
+            })
+            .collect();
+        let mut attempt = 0u32;
+        loop {
+            let recs: Vec<SinkRecord<'_>> = dead
+                .iter()
+                .zip(names.iter().zip(&stages))
+                .map(|(d, (name, stage))| SinkRecord {
+                    source: name,
+                    seq: d.record.seq(),
+                    record: &d.record.payload,
+                    dead_letter: Some(DeadLetterInfo {
+                        pipeline: &self.pipeline.name,
+                        stage,
+                        error: &d.error,
+                        retries: d.retries(),
+                    }),
+                })
+                .collect();
+            let result = async {
+                dl.write(&recs).await?;
+                dl.commit().await
+            }
+            .await;
+            drop(recs);
+            match result {
+                Ok(()) => {
+                    tracing::info!(pipeline = %self.pipeline.name, records = dead.len(), "records dead-lettered");
+                    let done = buffer.complete_dead_letters(dead);
+                    self.env.hub.publish(&done);
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if buffer.is_shut_down() {
+                        tracing::error!(pipeline = %self.pipeline.name, records = dead.len(), error = %e,
+                            "dead-letter sink failed during shutdown; the records stay unacked and will be resent by their sources");
+                        return;
+                    }
+                    let wait = buffer.retry_policy().backoff(attempt);
+                    tracing::error!(pipeline = %self.pipeline.name, records = dead.len(), error = %e, ?wait,
+                        "dead-letter sink failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}

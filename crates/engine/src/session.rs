@@ -1,0 +1,513 @@
+//! One `Ingest.Stream`: the per-source state machine of the wire contract.
+//!
+//! ```text
+//!  (await Open) ──bad first message──▶ INVALID_ARGUMENT / NOT_FOUND (handler returns the status)
+//!       │ Open ok: register source, open a credit session, Opened{credit}
+//!       ▼
+//!  OPEN ── Batch ──▶ admit ⇒ Reject for any tail, Credit refill
+//!   │  ◀── Credit (controller), Signal (subscription), Ack (AckHub) ──
+//!   │ half-close: release unused credit
+//!   ▼
+//!  CLOSING ── all admitted records acked ──▶ end OK
+//!
+//!  any state: newer stream for the source ──▶ ABORTED
+//!             engine stop (after draining)  ──▶ last Ack, then UNAVAILABLE
+//!             second Open / first_seq 0      ──▶ INVALID_ARGUMENT
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sluice_buffer::{
+    BufferError, ByteSize, Credit, Level, RejectReason as BufReject, SignalKind as BufKind,
+    SignalReason as BufReason, SourceHandle, SourceId, SourceState,
+};
+use sluice_proto::v1::{
+    self, EngineMessage, RejectReason, SignalKind, SignalReason, SourceMessage, engine_message,
+    source_message,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::ack::AckProgress;
+use crate::record::EngineRecord;
+use crate::server::Shared;
+
+/// What the response stream carries.
+pub(crate) type Outbound = Result<EngineMessage, Status>;
+
+/// An active stream of a source, as the registry knows it.
+#[derive(Debug)]
+pub(crate) struct StreamEntry {
+    pub(crate) id: u64,
+    pub(crate) takeover: CancellationToken,
+    pub(crate) half_closed: Arc<AtomicBool>,
+}
+
+fn msg(body: engine_message::Body) -> EngineMessage {
+    EngineMessage { body: Some(body) }
+}
+
+fn credit_msg(c: Credit) -> v1::Credit {
+    v1::Credit {
+        records: c.records,
+        bytes: c.bytes,
+    }
+}
+
+/// The proto form of a flow-control signal.
+pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
+    v1::Signal {
+        kind: match s.kind {
+            BufKind::SlowDown => SignalKind::SlowDown,
+            BufKind::Pause => SignalKind::Pause,
+            BufKind::Resume => SignalKind::Resume,
+        } as i32,
+        reason: match s.reason {
+            BufReason::Global => SignalReason::Global,
+            BufReason::Stage(_) => SignalReason::Stage,
+            BufReason::Source => SignalReason::Source,
+            BufReason::Memory => SignalReason::Memory,
+            BufReason::Shutdown => SignalReason::Shutdown,
+        } as i32,
+        utilization: s.utilization,
+        retry_after_ms: u32::try_from(s.retry_after.as_millis()).unwrap_or(u32::MAX),
+        stage: s.stage_name.as_deref().unwrap_or_default().to_owned(),
+    }
+}
+
+fn reject_reason(r: &BufReject) -> RejectReason {
+    match r {
+        BufReject::Limit { level, .. } => match level {
+            Level::Global => RejectReason::GlobalLimit,
+            Level::Stage(_) => RejectReason::StageLimit,
+            Level::Source(_) => RejectReason::SourceLimit,
+        },
+        BufReject::TooLarge { .. } => RejectReason::RecordTooLarge,
+    }
+}
+
+/// Reads and checks the first message, registers the source and starts the
+/// session task. Errors are the statuses the contract names.
+pub(crate) async fn open(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<SourceMessage>,
+) -> Result<mpsc::Receiver<Outbound>, Status> {
+    let first = tokio::select! {
+        m = inbound.message() => m?,
+        _ = shared.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
+    };
+    let open = match first.and_then(|m| m.body) {
+        Some(source_message::Body::Open(open)) => open,
+        Some(source_message::Body::Batch(_)) => {
+            return Err(Status::invalid_argument(
+                "the first message of a stream must be Open, got Batch",
+            ));
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "the first message of a stream must be Open, got an empty message or end of stream",
+            ));
+        }
+    };
+    if open.source_id.is_empty() {
+        return Err(Status::invalid_argument("Open.source_id must not be empty"));
+    }
+    if shared.draining.is_cancelled() {
+        return Err(Status::unavailable("the engine is shutting down"));
+    }
+    let pipeline = if open.pipeline.is_empty() {
+        shared.pipelines.first()
+    } else {
+        shared.pipelines.iter().find(|p| *p.name == *open.pipeline)
+    }
+    .ok_or_else(|| {
+        let known: Vec<&str> = shared.pipelines.iter().map(|p| &*p.name).collect();
+        Status::not_found(format!(
+            "pipeline {:?} does not exist (known: {})",
+            open.pipeline,
+            known.join(", ")
+        ))
+    })?
+    .clone();
+    let buffer = &shared.buffer;
+    let source = buffer
+        .register_source(&open.source_id, pipeline.id)
+        .map_err(|e| match e {
+            BufferError::PipelineMismatch { .. } => Status::failed_precondition(format!(
+                "source {:?} already feeds another pipeline in this engine process: {e}",
+                open.source_id
+            )),
+            BufferError::Closed => Status::unavailable("the engine is shutting down"),
+            other => Status::internal(other.to_string()),
+        })?;
+    shared.hub.set_name(source, &open.source_id);
+    let handle = shared
+        .controller
+        .open_source(source)
+        .map_err(|_| Status::unavailable("the engine is shutting down"))?;
+    let (stream_id, takeover, half_closed) = shared.register_stream(source);
+    let admitted = buffer.admitted_through(source).unwrap_or(0);
+    let acks = shared.hub.subscribe(source);
+    let acked = shared.hub.progress(source);
+    let signals = handle.subscribe();
+    let status = handle.status();
+    let credit = handle.grant();
+    tracing::info!(source = %open.source_id, pipeline = %pipeline.name, stream = stream_id,
+        admitted_through = admitted, acked_through = acked.through_seq, ?credit, "source opened");
+    let (tx, rx) = mpsc::channel(64);
+    let opened = msg(engine_message::Body::Opened(v1::Opened {
+        admitted_through_seq: admitted,
+        acked_through_seq: acked.through_seq,
+        credit: Some(credit_msg(credit)),
+        max_batch_records: shared.max_batch_records,
+        max_message_bytes: u32::try_from(shared.settings.server.max_message_bytes)
+            .unwrap_or(u32::MAX),
+    }));
+    // The channel is new and has room: these cannot fail.
+    let _ = tx.try_send(Ok(opened));
+    if status.state != SourceState::Normal
+        && let Some(s) = &status.signal
+    {
+        let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s)))));
+    }
+    let session = Session {
+        shared: shared.clone(),
+        source,
+        name: open.source_id,
+        handle: Some(handle),
+        tx,
+        stream_id,
+        takeover,
+        half_closed,
+        last_ack: acked,
+    };
+    tokio::spawn(session.run(inbound, signals, acks));
+    Ok(rx)
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    source: SourceId,
+    name: String,
+    handle: Option<SourceHandle<EngineRecord>>,
+    tx: mpsc::Sender<Outbound>,
+    stream_id: u64,
+    takeover: CancellationToken,
+    half_closed: Arc<AtomicBool>,
+    last_ack: AckProgress,
+}
+
+/// Why the loop ended.
+enum End {
+    /// End with this status (OK = `None`).
+    Status(Option<Status>),
+    /// The client is gone: nothing to send.
+    Gone,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<SourceMessage>,
+        mut signals: sluice_buffer::SignalReceiver,
+        mut acks: watch::Receiver<AckProgress>,
+    ) {
+        let mut input_open = true;
+        let mut credits_open = true;
+        let mut signals_open = true;
+        let mut acks_open = true;
+        let end = loop {
+            if !input_open && self.all_acked() {
+                if self.send_ack().await.is_err() {
+                    break End::Gone;
+                }
+                break End::Status(None);
+            }
+            let handle = self.handle.as_ref();
+            tokio::select! {
+                biased;
+                _ = self.takeover.cancelled() => {
+                    break End::Status(Some(Status::aborted(format!(
+                        "a newer stream opened for source {:?}", self.name))));
+                }
+                _ = self.shared.stop.cancelled() => {
+                    if self.send_ack().await.is_err() {
+                        break End::Gone;
+                    }
+                    break End::Status(Some(Status::unavailable("the engine shut down; resend what was not acked")));
+                }
+                _ = self.tx.closed() => break End::Gone,
+                m = inbound.message(), if input_open => match m {
+                    Ok(Some(m)) => match self.on_message(m) {
+                        Ok(out) => {
+                            if self.send_all(out).await.is_err() {
+                                break End::Gone;
+                            }
+                        }
+                        Err(status) => break End::Status(Some(status)),
+                    },
+                    Ok(None) => {
+                        input_open = false;
+                        self.half_closed.store(true, Ordering::Relaxed);
+                        credits_open = false;
+                        if let Some(h) = self.handle.take() {
+                            let released = h.close();
+                            tracing::debug!(source = %self.name, ?released, "source half-closed; unused credit released");
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(source = %self.name, %status, "source stream failed");
+                        break End::Gone;
+                    }
+                },
+                s = signals.changed(), if signals_open => match s {
+                    Some(status) => {
+                        if let Some(sig) = &status.signal
+                            && self.send(engine_message::Body::Signal(signal_msg(sig))).await.is_err()
+                        {
+                            break End::Gone;
+                        }
+                    }
+                    None => signals_open = false,
+                },
+                r = acks.changed(), if acks_open => match r {
+                    Ok(()) => {
+                        if self.send_ack().await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    Err(_) => acks_open = false,
+                },
+                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open => match c {
+                    Some(c) => {
+                        if self.send(engine_message::Body::Credit(credit_msg(c))).await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    None => credits_open = false,
+                },
+            }
+        };
+        // Release the unused reservation before anything else.
+        drop(self.handle.take());
+        self.half_closed.store(true, Ordering::Relaxed);
+        self.shared.unregister_stream(self.source, self.stream_id);
+        match end {
+            End::Status(None) => {
+                tracing::info!(source = %self.name, acked_through = self.last_ack.through_seq, "source stream completed");
+            }
+            End::Status(Some(status)) => {
+                tracing::info!(source = %self.name, code = ?status.code(), message = status.message(), "source stream ended");
+                let _ = self.tx.send(Err(status)).await;
+            }
+            End::Gone => {
+                tracing::info!(source = %self.name, "source disconnected");
+            }
+        }
+    }
+
+    fn all_acked(&self) -> bool {
+        let admitted = self
+            .shared
+            .buffer
+            .admitted_through(self.source)
+            .unwrap_or(0);
+        self.shared.hub.progress(self.source).through_seq >= admitted
+    }
+
+    async fn send(&self, body: engine_message::Body) -> Result<(), ()> {
+        self.tx.send(Ok(msg(body))).await.map_err(|_| ())
+    }
+
+    async fn send_all(&self, out: Vec<engine_message::Body>) -> Result<(), ()> {
+        for body in out {
+            self.send(body).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends an Ack when the progress moved since the last one sent.
+    async fn send_ack(&mut self) -> Result<(), ()> {
+        let p = self.shared.hub.progress(self.source);
+        if p == self.last_ack || p.through_seq < self.last_ack.through_seq {
+            return Ok(());
+        }
+        self.last_ack = p;
+        self.send(engine_message::Body::Ack(v1::Ack {
+            through_seq: p.through_seq,
+            delivered: p.delivered,
+            dead_lettered: p.dead_lettered,
+            filtered: p.filtered,
+        }))
+        .await
+    }
+
+    fn on_message(&mut self, m: SourceMessage) -> Result<Vec<engine_message::Body>, Status> {
+        match m.body {
+            Some(source_message::Body::Open(_)) => Err(Status::invalid_argument(
+                "Open was sent twice on one stream",
+            )),
+            Some(source_message::Body::Batch(b)) => self.on_batch(b),
+            None => Err(Status::invalid_argument("empty SourceMessage (no body)")),
+        }
+    }
+
+    fn reject(
+        &self,
+        first_seq: u64,
+        count: u64,
+        reason: RejectReason,
+        message: String,
+        retry_after_ms: u32,
+    ) -> engine_message::Body {
+        self.shared.hub.add_rejected(self.source, count);
+        let admitted = self
+            .shared
+            .buffer
+            .admitted_through(self.source)
+            .unwrap_or(0);
+        tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, "records rejected");
+        engine_message::Body::Reject(v1::Reject {
+            first_seq,
+            count,
+            reason: reason as i32,
+            message,
+            retry_after_ms,
+            admitted_through_seq: admitted,
+        })
+    }
+
+    fn on_batch(&mut self, batch: v1::Batch) -> Result<Vec<engine_message::Body>, Status> {
+        let n = batch.records.len();
+        let first = batch.first_seq;
+        if first == 0 {
+            return Err(Status::invalid_argument(
+                "Batch.first_seq must be at least 1 (sequence numbers start at 1)",
+            ));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let last = first.checked_add(n as u64 - 1).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "sequence numbers overflow u64 (first_seq {first}, {n} records)"
+            ))
+        })?;
+        self.shared.hub.add_received(self.source, n as u64);
+        let pause_ms = u32::try_from(
+            self.shared
+                .controller
+                .config()
+                .pause_retry_after
+                .as_millis(),
+        )
+        .unwrap_or(u32::MAX);
+        if self.shared.draining.is_cancelled() {
+            return Ok(vec![self.reject(
+                first,
+                n as u64,
+                RejectReason::ShuttingDown,
+                "the engine is shutting down and admits nothing more".into(),
+                0,
+            )]);
+        }
+        let Some(handle) = self.handle.as_ref() else {
+            return Err(Status::failed_precondition("batch after end of input"));
+        };
+        let mut records: Vec<EngineRecord> = batch.records.into_iter().map(Into::into).collect();
+        // The tail this session refuses itself, before the buffer sees it.
+        let mut tail: Option<(RejectReason, String, u32)> = None;
+        let max = self.shared.max_batch_records as usize;
+        if records.len() > max {
+            records.truncate(max);
+            tail = Some((
+                RejectReason::BatchTooLarge,
+                format!("a batch holds at most {max} records (Opened.max_batch_records); got {n}"),
+                0,
+            ));
+        }
+        if self.shared.gate.borrow().closed {
+            // No credit, no admission while the memory gate is closed: keep
+            // the prefix the session's credit covers (resent duplicates are free).
+            let admitted = self
+                .shared
+                .buffer
+                .admitted_through(self.source)
+                .unwrap_or(0);
+            let dupes = admitted.saturating_sub(first - 1).min(records.len() as u64) as usize;
+            let mut left = handle.outstanding();
+            let mut keep = records.len();
+            for (i, r) in records.iter().enumerate().skip(dupes) {
+                let size = r.byte_size() as u64;
+                if left.records == 0 || left.bytes < size {
+                    keep = i;
+                    break;
+                }
+                left.records -= 1;
+                left.bytes -= size;
+            }
+            if keep < records.len() {
+                records.truncate(keep);
+                tail = Some((
+                    RejectReason::Memory,
+                    "the memory gate is closed: only records within granted credit are admitted"
+                        .into(),
+                    pause_ms,
+                ));
+            }
+        }
+        let kept = records.len() as u64;
+        let mut out = Vec::new();
+        match handle.admit(first, records) {
+            Ok(admission) => {
+                if let Some(rej) = admission.rejected {
+                    let retry = if rej.reason.is_transient() {
+                        pause_ms
+                    } else {
+                        0
+                    };
+                    out.push(self.reject(
+                        rej.first_seq,
+                        last - rej.first_seq + 1,
+                        reject_reason(&rej.reason),
+                        rej.reason.to_string(),
+                        retry,
+                    ));
+                } else if let Some((reason, message, retry)) = tail {
+                    out.push(self.reject(first + kept, n as u64 - kept, reason, message, retry));
+                }
+            }
+            Err(BufferError::SequenceGap { expected, .. }) => {
+                out.push(self.reject(
+                    first,
+                    n as u64,
+                    RejectReason::SequenceGap,
+                    format!(
+                        "expected seq {expected}, got {first}; resend from admitted_through_seq + 1"
+                    ),
+                    0,
+                ));
+            }
+            Err(BufferError::Closed) => {
+                out.push(self.reject(
+                    first,
+                    n as u64,
+                    RejectReason::ShuttingDown,
+                    "the engine is shutting down and admits nothing more".into(),
+                    0,
+                ));
+            }
+            Err(e @ (BufferError::ZeroSequence | BufferError::SequenceOverflow { .. })) => {
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        }
+        let credit = handle.grant();
+        if !credit.is_zero() {
+            out.push(engine_message::Body::Credit(credit_msg(credit)));
+        }
+        Ok(out)
+    }
+}

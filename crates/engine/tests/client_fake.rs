@@ -1,0 +1,596 @@
+//! The source client against a small fake engine written here: small credits,
+//! rejects, signals, lagging acks and one dropped connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use sluice_engine::client::{
+    ClientError, ClientEvent, ClientOptions, ReconnectPolicy, SourceClient, record_size,
+};
+use sluice_proto::v1::ingest_server::{Ingest, IngestServer};
+use sluice_proto::v1::{
+    Ack, Credit, EngineMessage, Opened, Record, Reject, RejectReason, Signal, SignalKind,
+    SignalReason, SourceMessage, engine_message, source_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How the fake engine behaves.
+#[derive(Clone, Default)]
+struct Behavior {
+    /// Record credit window (bytes window is 200 per record).
+    window: u64,
+    /// Reject the second half of every n-th batch (0: never).
+    reject_every: u64,
+    /// End the first stream with UNAVAILABLE once this many records are admitted.
+    drop_after: Option<u64>,
+    /// Never ack.
+    never_ack: bool,
+    /// Reject the record with this payload as too large.
+    too_large: Option<Vec<u8>>,
+    /// Pipelines that exist (empty: all).
+    pipelines: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    admitted: HashMap<String, u64>,
+    acked: HashMap<String, u64>,
+    /// Every admitted (source, seq, payload).
+    received: Vec<(String, u64, Vec<u8>)>,
+    violations: Vec<String>,
+    connections: u32,
+    dropped: bool,
+}
+
+#[derive(Clone)]
+struct Fake {
+    b: Behavior,
+    state: Arc<Mutex<State>>,
+}
+
+type Out = mpsc::UnboundedSender<Result<EngineMessage, Status>>;
+
+fn msg(body: engine_message::Body) -> Result<EngineMessage, Status> {
+    Ok(EngineMessage { body: Some(body) })
+}
+
+#[tonic::async_trait]
+impl Ingest for Fake {
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<EngineMessage, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<SourceMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let Some(SourceMessage {
+            body: Some(source_message::Body::Open(open)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("first message must be Open"));
+        };
+        if !self.b.pipelines.is_empty() && !self.b.pipelines.contains(&open.pipeline) {
+            return Err(Status::not_found(format!(
+                "pipeline {:?} does not exist",
+                open.pipeline
+            )));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fake = self.clone();
+        tokio::spawn(async move { fake.serve(open.source_id, inbound, tx).await });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+impl Fake {
+    async fn serve(self, source: String, mut inbound: Streaming<SourceMessage>, tx: Out) {
+        let window = self.b.window;
+        let byte_window = window * 200;
+        let (admitted0, acked0) = {
+            let mut st = self.state.lock().unwrap();
+            st.connections += 1;
+            (
+                st.admitted.get(&source).copied().unwrap_or(0),
+                st.acked.get(&source).copied().unwrap_or(0),
+            )
+        };
+        let _ = tx.send(msg(engine_message::Body::Opened(Opened {
+            admitted_through_seq: admitted0,
+            acked_through_seq: acked0,
+            credit: Some(Credit {
+                records: window,
+                bytes: byte_window,
+            }),
+            max_batch_records: 8,
+            max_message_bytes: 4 << 20,
+        })));
+        // Acks lag one tick behind admission.
+        let ack_task = if self.b.never_ack {
+            None
+        } else {
+            let (state, source, tx) = (self.state.clone(), source.clone(), tx.clone());
+            Some(tokio::spawn(async move {
+                let mut seen = admitted0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let now = {
+                        let mut st = state.lock().unwrap();
+                        let acked = st.acked.entry(source.clone()).or_default();
+                        if seen > *acked {
+                            *acked = seen;
+                        }
+                        let through = *acked;
+                        let now = st.admitted.get(&source).copied().unwrap_or(0);
+                        (through, now)
+                    };
+                    let ack = Ack {
+                        through_seq: now.0,
+                        delivered: now.0,
+                        ..Ack::default()
+                    };
+                    if tx.send(msg(engine_message::Body::Ack(ack))).is_err() {
+                        return;
+                    }
+                    seen = now.1;
+                }
+            }))
+        };
+        let (mut credit_r, mut credit_b) = (window, byte_window);
+        let mut batches = 0u64;
+        let mut paused = false;
+        while let Ok(Some(m)) = inbound.message().await {
+            let Some(source_message::Body::Batch(batch)) = m.body else {
+                let _ = tx.send(Err(Status::invalid_argument("second Open")));
+                return;
+            };
+            batches += 1;
+            let admitted = self
+                .state
+                .lock()
+                .unwrap()
+                .admitted
+                .get(&source)
+                .copied()
+                .unwrap_or(0);
+            if batch.first_seq > admitted + 1 {
+                let _ = tx.send(msg(engine_message::Body::Reject(Reject {
+                    first_seq: batch.first_seq,
+                    count: batch.records.len() as u64,
+                    reason: RejectReason::SequenceGap as i32,
+                    message: format!("expected {}", admitted + 1),
+                    retry_after_ms: 0,
+                    admitted_through_seq: admitted,
+                })));
+                continue;
+            }
+            let cut = if self.b.reject_every > 0 && batches.is_multiple_of(self.b.reject_every) {
+                batch.records.len() / 2
+            } else {
+                usize::MAX
+            };
+            let mut adm = admitted;
+            for (i, r) in batch.records.iter().enumerate() {
+                let seq = batch.first_seq + i as u64;
+                if seq <= adm {
+                    continue;
+                }
+                let size = record_size(r);
+                let too_large = self.b.too_large.as_deref() == Some(r.payload.as_ref());
+                let over = credit_r == 0 || credit_b < size;
+                if over {
+                    self.state.lock().unwrap().violations.push(format!(
+                        "seq {seq}: credit {credit_r} records / {credit_b} bytes, size {size}"
+                    ));
+                }
+                if i >= cut || over || too_large {
+                    let reason = if too_large {
+                        RejectReason::RecordTooLarge
+                    } else if over {
+                        RejectReason::NoCredit
+                    } else {
+                        RejectReason::StageLimit
+                    };
+                    let _ = tx.send(msg(engine_message::Body::Reject(Reject {
+                        first_seq: seq,
+                        count: batch.records.len() as u64 - i as u64,
+                        reason: reason as i32,
+                        message: "fake".into(),
+                        retry_after_ms: 5,
+                        admitted_through_seq: adm,
+                    })));
+                    break;
+                }
+                credit_r -= 1;
+                credit_b -= size;
+                adm = seq;
+                let mut st = self.state.lock().unwrap();
+                st.admitted.insert(source.clone(), seq);
+                st.received.push((source.clone(), seq, r.payload.to_vec()));
+            }
+            // Signals on a schedule.
+            let signal = |kind: SignalKind, retry| {
+                msg(engine_message::Body::Signal(Signal {
+                    kind: kind as i32,
+                    reason: SignalReason::Stage as i32,
+                    utilization: 0.9,
+                    retry_after_ms: retry,
+                    stage: "s0".into(),
+                }))
+            };
+            match batches {
+                3 => {
+                    let _ = tx.send(signal(SignalKind::SlowDown, 2));
+                }
+                10 => {
+                    paused = true;
+                    let _ = tx.send(signal(SignalKind::Pause, 0));
+                    // The source sends nothing while paused: resume on a timer.
+                    let (tx, resume) = (tx.clone(), signal(SignalKind::Resume, 0));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                        let _ = tx.send(resume);
+                    });
+                }
+                11 => paused = false,
+                _ => {}
+            }
+            // Refill when half used; nothing new while paused, except when the
+            // source has nothing left (so it cannot stall forever).
+            if credit_r <= window / 2 && (!paused || credit_r == 0) {
+                let grant = Credit {
+                    records: window - credit_r,
+                    bytes: byte_window - credit_b,
+                };
+                credit_r = window;
+                credit_b = byte_window;
+                if paused {
+                    // The client keeps sending nothing until RESUME or Credit;
+                    // delay the grant a little so the pause is real.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        let _ = tx.send(msg(engine_message::Body::Credit(grant)));
+                    });
+                } else {
+                    let _ = tx.send(msg(engine_message::Body::Credit(grant)));
+                }
+            }
+            if let Some(n) = self.b.drop_after {
+                let mut st = self.state.lock().unwrap();
+                if !st.dropped && st.admitted.get(&source).copied().unwrap_or(0) >= n {
+                    st.dropped = true;
+                    drop(st);
+                    let _ = tx.send(Err(Status::unavailable("fake connection drop")));
+                    if let Some(t) = ack_task {
+                        t.abort();
+                    }
+                    return;
+                }
+            }
+        }
+        // Half-closed: ack everything, then end OK.
+        if !self.b.never_ack {
+            for _ in 0..500 {
+                let (acked, admitted) = {
+                    let st = self.state.lock().unwrap();
+                    (
+                        st.acked.get(&source).copied().unwrap_or(0),
+                        st.admitted.get(&source).copied().unwrap_or(0),
+                    )
+                };
+                if acked >= admitted {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let Some(t) = ack_task {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            t.abort();
+        }
+    }
+}
+
+async fn start(b: Behavior) -> (String, Arc<Mutex<State>>) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let fake = Fake {
+        b,
+        state: state.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(IngestServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (format!("http://{addr}"), state)
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        max_unacked: 64,
+        max_batch_records: 16,
+        linger: Duration::from_millis(1),
+        reconnect: ReconnectPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..ClientOptions::default()
+    }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("{{\"n\":{i}}}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obeys_credits_resends_rejects_reconnects_and_acks_everything_once() {
+    const N: u64 = 2_000;
+    let (addr, state) = start(Behavior {
+        window: 20,
+        reject_every: 5,
+        drop_after: Some(700),
+        ..Behavior::default()
+    })
+    .await;
+    let run = async {
+        let (client, mut events) = SourceClient::connect(&addr, "src-a", "", options()).await?;
+        let collector = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(e) = events.recv().await {
+                seen.push(e);
+            }
+            seen
+        });
+        for i in 1..=N {
+            client.send_payload(payload(i)).await?;
+        }
+        let summary = client.finish().await;
+        Ok::<_, ClientError>((summary, collector.await.unwrap()))
+    };
+    let (summary, events) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("client finished in time")
+        .expect("client ran");
+    assert!(summary.is_complete(), "{summary:?}");
+    assert_eq!(summary.acked, N);
+    assert_eq!(summary.sent, N);
+    assert_eq!(summary.reconnects, 1);
+    assert!(summary.rejected > 0 && summary.resent > 0, "{summary:?}");
+    assert!(summary.slow_downs >= 1 && summary.pauses >= 1 && summary.resumes >= 1);
+
+    let st = state.lock().unwrap();
+    assert!(
+        st.violations.is_empty(),
+        "credit violations: {:?}",
+        st.violations
+    );
+    assert_eq!(st.connections, 2);
+    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "admitted once, in order");
+    for (_, seq, p) in &st.received {
+        assert_eq!(p, &payload(*seq), "payload of seq {seq}");
+    }
+    assert!(events.iter().any(|e| matches!(e, ClientEvent::Reject(_))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Disconnected { .. }))
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Connected { .. }))
+            .count()
+            == 2
+    );
+    assert!(events.iter().any(|e| matches!(e, ClientEvent::Signal(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_while_max_unacked_records_are_held() {
+    let (addr, _state) = start(Behavior {
+        window: 1_000,
+        never_ack: true,
+        ..Behavior::default()
+    })
+    .await;
+    let opts = ClientOptions {
+        max_unacked: 10,
+        ..options()
+    };
+    let (client, _events) = SourceClient::connect(&addr, "src-b", "", opts)
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        tokio::time::timeout(Duration::from_secs(5), client.send_payload(payload(i)))
+            .await
+            .expect("within the window")
+            .unwrap();
+    }
+    let blocked =
+        tokio::time::timeout(Duration::from_millis(200), client.send_payload(payload(11))).await;
+    assert!(blocked.is_err(), "the 11th send must wait for an ack");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let p = client.snapshot();
+    assert_eq!(p.unacked, 10);
+    assert_eq!(p.sent, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_too_large_is_taken_out_and_the_rest_renumbered() {
+    let (addr, state) = start(Behavior {
+        window: 50,
+        too_large: Some(payload(5)),
+        ..Behavior::default()
+    })
+    .await;
+    let (client, mut events) = SourceClient::connect(&addr, "src-c", "", options())
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        client.send_payload(payload(i)).await.unwrap();
+    }
+    let summary = tokio::time::timeout(Duration::from_secs(10), client.finish())
+        .await
+        .unwrap();
+    assert_eq!(summary.too_large, 1);
+    assert_eq!(summary.acked, 19);
+    assert!(!summary.is_complete(), "a record was not delivered");
+    let mut taken = None;
+    while let Ok(e) = events.try_recv() {
+        if let ClientEvent::RecordTooLarge { seq, record } = e {
+            taken = Some((seq, record));
+        }
+    }
+    let (seq, record) = taken.expect("RecordTooLarge event");
+    assert_eq!(seq, 5);
+    assert_eq!(record.payload.as_ref(), payload(5).as_slice());
+    let st = state.lock().unwrap();
+    let got: Vec<(u64, Vec<u8>)> = st
+        .received
+        .iter()
+        .map(|(_, s, p)| (*s, p.clone()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = (1..=19)
+        .map(|s| (s, payload(if s < 5 { s } else { s + 1 })))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_pipeline_and_unreachable_engine_are_errors() {
+    let (addr, _state) = start(Behavior {
+        window: 10,
+        pipelines: vec!["orders".into()],
+        ..Behavior::default()
+    })
+    .await;
+    let err = SourceClient::connect(&addr, "src-d", "nope", options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused { code: tonic::Code::NotFound, message } if message.contains("nope")),
+        "{err}"
+    );
+    // A port nobody listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let err = SourceClient::connect(&dead, "src-d", "", options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    let err = SourceClient::connect("not a uri", "src-d", "", options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
+    let _ = Record::default();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_command_streams_json_lines_and_names_a_bad_line() {
+    use sluice_engine::send::{SendArgs, SendError, run};
+    let (addr, state) = start(Behavior {
+        window: 50,
+        ..Behavior::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.jsonl");
+    let mut text = String::new();
+    for i in 1..=300 {
+        text.push_str(&format!("{{\"n\":{i}}}\n"));
+        if i % 100 == 0 {
+            text.push_str("   \n\n");
+        }
+    }
+    std::fs::write(&good, text).unwrap();
+    let args = SendArgs {
+        addr: addr.clone(),
+        source_id: "file-a".into(),
+        input: good,
+        options: options(),
+        progress: false,
+        ..SendArgs::default()
+    };
+    let summary = tokio::time::timeout(Duration::from_secs(20), run(args))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(summary.is_complete(), "{summary:?}");
+    assert_eq!(summary.acked, 300);
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"n\":1}\n\n{\"n\":2}\n{not json\n{\"n\":3}\n").unwrap();
+    let args = SendArgs {
+        addr,
+        source_id: "file-b".into(),
+        input: bad,
+        options: options(),
+        progress: false,
+        ..SendArgs::default()
+    };
+    let err = tokio::time::timeout(Duration::from_secs(20), run(args))
+        .await
+        .unwrap()
+        .unwrap_err();
+    match err {
+        SendError::InvalidJson {
+            line,
+            sent,
+            summary,
+            ..
+        } => {
+            assert_eq!(line, 4);
+            assert_eq!(sent, 2);
+            assert_eq!(summary.acked, 2);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let st = state.lock().unwrap();
+    let b: Vec<u64> = st
+        .received
+        .iter()
+        .filter(|(s, _, _)| s == "file-b")
+        .map(|(_, q, _)| *q)
+        .collect();
+    assert_eq!(b, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_a_source_continues_after_what_the_engine_admitted() {
+    let (addr, state) = start(Behavior {
+        window: 50,
+        ..Behavior::default()
+    })
+    .await;
+    for round in 0..2u64 {
+        let (client, _events) = SourceClient::connect(&addr, "again", "", options())
+            .await
+            .unwrap();
+        for i in 1..=10 {
+            client.send_payload(payload(round * 10 + i)).await.unwrap();
+        }
+        let s = tokio::time::timeout(Duration::from_secs(10), client.finish())
+            .await
+            .unwrap();
+        assert!(s.is_complete(), "{s:?}");
+    }
+    let st = state.lock().unwrap();
+    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+}
