@@ -20,13 +20,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_stage: Limit::new(3_000, 3_000 * 64),
         per_source: Limit::new(2_000, 2_000 * 64),
     };
-    let buffer = Arc::new(BufferManager::<Vec<u8>>::builder(limits).pipeline("events", ["sink"]).build()?);
-    let events = buffer.pipeline_by_name("events").ok_or("no pipeline")?.clone();
+    let buffer = Arc::new(
+        BufferManager::<Vec<u8>>::builder(limits)
+            .pipeline("events", ["sink"])
+            .build()?,
+    );
+    let events = buffer
+        .pipeline_by_name("events")
+        .ok_or("no pipeline")?
+        .clone();
     let start = Instant::now();
 
     // A fast producer sending 64-byte records, and a slower one sending 32-byte records.
     let mut producers = Vec::new();
-    for (name, size, pause) in [("fast", 64usize, Duration::ZERO), ("slow", 32, Duration::from_micros(200))] {
+    for (name, size, pause) in [
+        ("fast", 64usize, Duration::ZERO),
+        ("slow", 32, Duration::from_micros(200)),
+    ] {
         let buffer = buffer.clone();
         let source = buffer.register_source(name, events.id)?;
         producers.push(tokio::spawn(async move {
@@ -83,7 +93,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let consumed = consumer.await?;
 
     let snap = buffer.snapshot();
-    println!("\n{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}", "source", "admitted", "rejected", "acked", "held back", "peak");
+    println!(
+        "\n{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}",
+        "source", "admitted", "rejected", "acked", "held back", "peak"
+    );
     for (s, held) in snap.sources.iter().zip(&holds) {
         println!(
             "{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}",
@@ -98,7 +111,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     buffer.audit()?;
     assert_eq!(consumed, 2 * PER_PRODUCER, "every record came out");
-    assert!(snap.sources.iter().all(|s| s.acked_through == PER_PRODUCER && s.in_engine() == 0));
+    assert!(
+        snap.sources
+            .iter()
+            .all(|s| s.acked_through == PER_PRODUCER && s.in_engine() == 0)
+    );
     println!("nothing lost: every record admitted, consumed and acked exactly once");
     Ok(())
 }

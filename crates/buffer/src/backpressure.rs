@@ -1,71 +1,8 @@
 //! Credit-based flow control over a [`BufferManager`]: the
 //! [`BackpressureController`] hands out credits (reservations) fairly and
 //! drives a per-source hysteresis state machine that tells sources to slow
-//! down, pause and resume.
-//!
-//! # The state machine
-//!
-//! Each source is in one of three [`SourceState`]s. Its inputs are the
-//! utilization of every level it touches (global, the stages of its
-//! pipeline, itself; reservations included) and the memory gate:
-//!
-//! ```text
-//!            any level ≥ high                full level or gate closed
-//!   NORMAL ───────────────────▶ SLOWED_DOWN ───────────────────────────▶ PAUSED
-//!     ▲  │     (signal SLOW_DOWN)    │          (signal PAUSE)              │
-//!     │  └───────────────────────────┼──────────────────────────────────────┤ full level or gate
-//!     │        all levels ≤ low      │   all levels ≤ low and gate open     │ closed (PAUSE)
-//!     └──────────────────────────────┴──────────────────────────────────────┘
-//!                              (signal RESUME)
-//! ```
-//!
-//! A level is *full* at utilization 1.0. Between the watermarks nothing
-//! changes, which is what keeps the signals from flapping. A paused source
-//! stays paused until it can resume (it does not step back to SLOWED_DOWN):
-//! PAUSE promises "no new credit until RESUME". Every transition publishes
-//! one [`BackpressureSignal`]; shutting the controller (or the manager) down
-//! pauses every source with reason [`SignalReason::Shutdown`], for good.
-//!
-//! # Credits
-//!
-//! A session ([`SourceHandle`]) asks for credit with [`SourceHandle::grant`]
-//! (or waits for it with [`SourceHandle::wait_credit`]). A grant is reserved
-//! in the manager at once, so a source that stays within its credits is
-//! never rejected. The rules:
-//!
-//! - **Window.** Each session may hold at most one *window* of unused credit:
-//!   [`ControllerConfig::window`], capped at `low watermark × per-source
-//!   limit` so that a full window of unused credit can never by itself push
-//!   the source's own level past the low watermark.
-//! - **Refill at half.** A session is granted more only once it has used at
-//!   least half of its window (in records or in bytes); then it is topped up
-//!   towards a full window. Before that, `grant` returns zero.
-//! - **SLOW_DOWN shrinks the window** to `window / slow_down_divisor`
-//!   (default a quarter), so a slowed source really gets less, not just a
-//!   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
-//!   gate is closed.
-//! - **Fair share.** The claimants are the sources with an open session
-//!   that is not paused. The free global capacity plus what the claimants
-//!   already use (unused credit and records in the engine) is shared
-//!   max-min fairly among them: each claimant's share lies between what it
-//!   uses now (in use cannot be taken back) and that plus its demand (what
-//!   tops its sessions up to their windows); a claimant that needs less than
-//!   an equal share leaves the rest to the others. The grant is
-//!   `min(window − unused credit, share − usage, the source's free room
-//!   (global, entry stage, source))`, per dimension (records, bytes). Equal
-//!   usage means equal throughput through FIFO stages; and since a grant
-//!   only moves capacity from free to used, the share does not depend on
-//!   the order in which claimants ask, which is what keeps it fair under
-//!   contention.
-//!
-//! # Evaluation
-//!
-//! [`BackpressureController::evaluate`] recomputes every source's state from
-//! one [`BufferManager::pressures`] reading and the gate. It runs on the
-//! background task ([`BackpressureController::run`]/[`spawn`](BackpressureController::spawn))
-//! every [`ControllerConfig::tick`], whenever the manager reports freed
-//! capacity and whenever the gate changes, and also inside every grant that
-//! may hand out credit, so a grant never uses a stale state.
+//! down, pause and resume. The rules are documented on
+//! [`BackpressureController`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -425,6 +362,11 @@ struct Session {
     /// session reported usage; re-synchronised down to the manager's
     /// reservation of the source at each grant.
     outstanding: Credit,
+    /// When the session last asked for credit (or opened). A session that
+    /// asked within the claim window is *backlogged*: it competes for the
+    /// fair share. A session parked in `wait_credit` asks again at every
+    /// evaluation, so it stays backlogged while it waits.
+    last_ask: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -438,7 +380,75 @@ struct Inner {
 }
 
 /// Credit-based flow control and backpressure signals over a shared
-/// [`BufferManager`]. See the [module documentation](self) for the rules.
+/// [`BufferManager`].
+///
+/// # The state machine
+///
+/// Each source is in one of three [`SourceState`]s. Its inputs are the
+/// utilization of every level it touches (global, the stages of its
+/// pipeline, itself) and the memory gate. Utilization is *load*: records in
+/// the engine, not unused credit (see [`BufferManager::pressures`]):
+///
+///
+/// | from | when | to | signal |
+/// |---|---|---|---|
+/// | NORMAL | a level is full (utilization 1.0) or the gate is closed | PAUSED | PAUSE |
+/// | NORMAL | a level is at or above the high watermark | SLOWED_DOWN | SLOW_DOWN |
+/// | SLOWED_DOWN | a level is full or the gate is closed | PAUSED | PAUSE |
+/// | SLOWED_DOWN | every level is at or below the low watermark | NORMAL | RESUME |
+/// | PAUSED | every level is at or below the low watermark and the gate is open | NORMAL | RESUME |
+///
+/// A level is *full* at utilization 1.0. Between the watermarks nothing
+/// changes, which is what keeps the signals from flapping. A paused source
+/// stays paused until it can resume (it does not step back to SLOWED_DOWN):
+/// PAUSE promises "no new credit until RESUME". Every transition publishes
+/// one [`BackpressureSignal`]; shutting the controller (or the manager) down
+/// pauses every source with reason [`SignalReason::Shutdown`], for good.
+///
+/// # Credits
+///
+/// A session ([`SourceHandle`]) asks for credit with [`SourceHandle::grant`]
+/// (or waits for it with [`SourceHandle::wait_credit`]). A grant is reserved
+/// in the manager at once, so a source that stays within its credits is
+/// never rejected. The rules:
+///
+/// - **Window.** Each session may hold at most one *window* of unused credit:
+///   [`ControllerConfig::window`], capped at `low watermark × per-source
+///   limit` so that a full window of unused credit can never by itself push
+///   the source's own level past the low watermark.
+/// - **Refill at half.** A session is granted more only once it has used at
+///   least half of its window (in records or in bytes); then it is topped up
+///   towards a full window. Before that, `grant` returns zero.
+/// - **SLOW_DOWN shrinks the window** to `window / slow_down_divisor`
+///   (default a quarter), so a slowed source really gets less, not just a
+///   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
+///   gate is closed.
+/// - **Fair share.** The claimants are the sources with a *backlogged*
+///   session: one that asked for credit recently (a session waiting in
+///   [`SourceHandle::wait_credit`] asks again at every evaluation) and is
+///   not paused. The free global capacity plus what the claimants already
+///   use (unused credit and records in the engine) is shared max-min fairly
+///   among them: equal shares, except that a claimant already using more
+///   keeps what it uses (it cannot be taken back) and the others share the
+///   rest. The grant is `min(window − unused credit, share − usage, the
+///   source's free room (global, entry stage, source))`, per dimension
+///   (records, bytes). Equal usage means equal throughput through FIFO
+///   stages; the share does not depend on the order in which claimants ask
+///   (a grant moves capacity from free to used, leaving the pool as it
+///   was), so a source cannot run ahead by asking first or more often; and
+///   a session that stops asking leaves the claimants, so capacity nobody
+///   asks for is not held back.
+///
+/// # Evaluation
+///
+/// [`evaluate`](Self::evaluate) recomputes every source's state from
+/// one [`BufferManager::pressures`] reading and the gate. It runs on the
+/// background task ([`run`](Self::run)/[`spawn`](Self::spawn))
+/// every [`ControllerConfig::tick`], whenever the manager reports freed
+/// capacity and whenever the gate changes, and also inside every grant that
+/// may hand out credit, so a grant never uses a stale state.
+///
+/// # Example
 ///
 /// ```
 /// use std::sync::Arc;
@@ -524,25 +534,16 @@ fn wants(window: Credit, outstanding: Credit) -> bool {
             || outstanding.bytes.saturating_mul(2) <= window.bytes)
 }
 
-/// Max-min fair level of `pool` among claimants, each with a floor (what it
-/// already uses) and a cap (what it would use with its demand met): the
-/// smallest level `s` with `Σ clamp(s, floor, cap) ≥ pool` (so that a
-/// remainder smaller than the number of claimants still goes to someone),
-/// or `u64::MAX` when every cap fits in the pool.
-pub(crate) fn fair_level(pool: u64, claimants: &[(u64, u64)]) -> u64 {
-    let fill = |s: u64| -> u128 {
-        claimants
-            .iter()
-            .map(|&(lo, hi)| u128::from(s.max(lo).min(hi.max(lo))))
-            .sum()
-    };
-    let top = claimants.iter().map(|&(lo, hi)| hi.max(lo)).max().unwrap_or(0);
-    if fill(top) <= u128::from(pool) {
-        return u64::MAX;
+/// Max-min fair level of `pool` among backlogged claimants, each with a
+/// floor (what it already uses, which cannot be taken back): the smallest
+/// level `s` with `Σ max(s, floor) ≥ pool` (rounded up, so that a remainder
+/// smaller than the number of claimants still goes to someone).
+pub(crate) fn fair_level(pool: u64, floors: &[u64]) -> u64 {
+    let fill = |s: u64| -> u128 { floors.iter().map(|&f| u128::from(s.max(f))).sum() };
+    let (mut lo, mut hi) = (0u64, pool);
+    if floors.is_empty() || fill(hi) < u128::from(pool) {
+        return pool; // (no claimant; cannot happen with one or more)
     }
-    // fill(0) = Σ floors ≤ pool < fill(top): binary search for the smallest
-    // s with fill(s) ≥ pool.
-    let (mut lo, mut hi) = (0u64, top);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         if fill(mid) >= u128::from(pool) {
@@ -631,6 +632,7 @@ impl<T> BackpressureController<T> {
                 Session {
                     source,
                     outstanding: Credit::ZERO,
+                    last_ask: Instant::now(),
                 },
             );
             // The new session starts from the source's current state.
@@ -943,16 +945,19 @@ impl<T> BackpressureController<T> {
             if inner.shut_down {
                 return Credit::ZERO;
             }
-            let Some(s) = inner.sessions.get(&session) else {
+            let Some(s) = inner.sessions.get_mut(&session) else {
                 return Credit::ZERO;
             };
+            s.last_ask = Instant::now();
             let source = s.source;
             // Derive what is unused from the manager where possible: the
             // source's reservation bounds what any of its sessions holds.
             let reserved = self.manager.reserved(source).unwrap_or(Credit::ZERO);
             let outstanding = min_credit(s.outstanding, reserved);
-            let state = inner.entries[source.index()]
-                .as_ref()
+            let state = inner
+                .entries
+                .get(source.index())
+                .and_then(|e| e.as_ref())
                 .map_or(SourceState::Paused, |e| e.state);
             if state != SourceState::Paused && !wants(self.window(state), outstanding) {
                 // Not yet half used: nothing to do, and no evaluation needed.
@@ -994,7 +999,7 @@ impl<T> BackpressureController<T> {
             return Credit::ZERO;
         }
         let own = sub_sat(window, outstanding);
-        let mut want = self.fair_grant(inner, session, source, window, own);
+        let mut want = self.fair_grant(inner, session, source, own);
         // A reservation needs both records and bytes: a session that needs
         // only one (e.g. it sends zero-byte records, so its byte credit is
         // never used) gets one unit of the other with it.
@@ -1026,57 +1031,46 @@ impl<T> BackpressureController<T> {
         granted
     }
 
+    /// How long after its last request a session still counts as backlogged.
+    fn claim_window(&self) -> Duration {
+        (self.config.tick * 4).max(Duration::from_millis(50))
+    }
+
     /// Caps `own` (what the session asks for) at its source's max-min fair
-    /// share of the global capacity. The claimants are the sources with an
-    /// open session that is not paused (whether or not it is due for a
-    /// refill: one that still holds credit is competing all the same, and
-    /// leaving it out would let whoever asks first take its share); the
-    /// demand of a session is one window. The pool is the
-    /// free global capacity plus
-    /// what the claimants already use (reserved or in the engine); each
-    /// claimant's allocation lies between what it uses now (the floor: what
-    /// is in use cannot be taken back) and that plus its demand (the cap).
-    /// Equal usage means equal throughput through a FIFO stage, and a grant
-    /// moves capacity from free to used without changing the pool, so the
-    /// level does not depend on the order in which claimants ask.
-    fn fair_grant(
-        &self,
-        inner: &Inner,
-        session: u64,
-        source: SourceId,
-        window: Credit,
-        own: Credit,
-    ) -> Credit {
-        let state_of = |src: SourceId| {
-            inner
-                .entries
-                .get(src.index())
-                .and_then(|e| e.as_ref())
-                .map_or(SourceState::Paused, |e| e.state)
-        };
-        // Demand per claimant source, this one first: one window per open
-        // session, whatever the session holds right now. (What a session
-        // holds is already in its source's usage; counting only the rest of
-        // its window would let a source that is busy sending lower its own
-        // cap, and whoever asks at that moment rise above the others.)
-        let mut demands: Vec<(SourceId, Credit)> = vec![(source, window)];
-        for (&id, s) in &inner.sessions {
-            if id == session {
-                continue;
-            }
-            let w = self.window(state_of(s.source));
-            if w.is_zero() {
-                continue; // paused
-            }
-            let d = w;
-            match demands.iter_mut().find(|(src, _)| *src == s.source) {
-                Some((_, total)) => {
-                    *total = Credit::new(total.records + d.records, total.bytes + d.bytes)
-                }
-                None => demands.push((s.source, d)),
-            }
-        }
-        if demands.len() == 1 {
+    /// share of the global capacity.
+    ///
+    /// The claimants are the sources with a *backlogged* session: one that
+    /// asked for credit within the claim window (a session parked in
+    /// `wait_credit` asks again at every evaluation) and is not paused. The
+    /// pool is the free global capacity plus what the claimants already use
+    /// (unused credit and records in the engine); it is shared equally, each
+    /// claimant's share being at least what it uses now (in use cannot be
+    /// taken back). So no backlogged source can run ahead of the others just
+    /// because it asks first or more often, and equal usage means equal
+    /// throughput through FIFO stages. A grant moves capacity from free to
+    /// used without changing the pool, so the level does not depend on the
+    /// order in which claimants ask. Sessions that stopped asking drop out
+    /// of the claimants, which keeps the policy work-conserving.
+    fn fair_grant(&self, inner: &Inner, session: u64, source: SourceId, own: Credit) -> Credit {
+        let now = Instant::now();
+        let claim = self.claim_window();
+        let mut claimants: Vec<SourceId> = inner
+            .sessions
+            .iter()
+            .filter(|&(&id, s)| {
+                id == session
+                    || (now.saturating_duration_since(s.last_ask) <= claim
+                        && inner
+                            .entries
+                            .get(s.source.index())
+                            .and_then(|e| e.as_ref())
+                            .is_some_and(|e| e.state != SourceState::Paused))
+            })
+            .map(|(_, s)| s.source)
+            .collect();
+        claimants.sort_unstable();
+        claimants.dedup();
+        if claimants.len() <= 1 {
             // Alone: the source's free room (applied by the caller) is the limit.
             return own;
         }
@@ -1084,28 +1078,28 @@ impl<T> BackpressureController<T> {
         // the evaluation that precedes every grant).
         let snapshot = self.manager.snapshot();
         let g = &snapshot.global;
+        let usage = |src: SourceId| {
+            snapshot.sources.get(src.index()).map_or(Credit::ZERO, |s| {
+                Credit::new(s.level.records, s.level.bytes)
+            })
+        };
         let mut pool = Credit::new(
             g.limit.records.saturating_sub(g.records),
             g.limit.bytes.saturating_sub(g.bytes),
         );
-        let mut records = Vec::with_capacity(demands.len());
-        let mut bytes = Vec::with_capacity(demands.len());
-        for (src, d) in &demands {
-            let used = snapshot
-                .sources
-                .get(src.index())
-                .map_or(Credit::ZERO, |s| Credit::new(s.level.records, s.level.bytes));
+        let mut records = Vec::with_capacity(claimants.len());
+        let mut bytes = Vec::with_capacity(claimants.len());
+        for &src in &claimants {
+            let used = usage(src);
             pool = Credit::new(pool.records + used.records, pool.bytes + used.bytes);
-            records.push((used.records, used.records + d.records));
-            bytes.push((used.bytes, used.bytes + d.bytes));
+            records.push(used.records);
+            bytes.push(used.bytes);
         }
-        let level = Credit::new(fair_level(pool.records, &records), fair_level(pool.bytes, &bytes));
-        // This source's room up to the level, shared by nobody else.
-        let room = Credit::new(
-            level.records.min(records[0].1).saturating_sub(records[0].0),
-            level.bytes.min(bytes[0].1).saturating_sub(bytes[0].0),
+        let level = Credit::new(
+            fair_level(pool.records, &records),
+            fair_level(pool.bytes, &bytes),
         );
-        min_credit(own, room)
+        min_credit(own, sub_sat(level, usage(source)))
     }
 
     fn on_admitted(&self, session: u64, used: Credit) {
@@ -1206,8 +1200,8 @@ impl<T> SourceHandle<T> {
     /// zero unless at least half of its window is used (in records or
     /// bytes), the source is not paused, the gate is open and there is free
     /// capacity; else what tops its unused credit up to its fair level
-    /// (at most its window), within the source's free room. See the
-    /// [module docs](self).
+    /// (at most its window), within the source's free room. See
+    /// [`BackpressureController`] for the rules.
     pub fn grant(&self) -> Credit {
         self.controller.grant_session(self.session)
     }
@@ -1392,17 +1386,24 @@ mod tests {
     }
 
     #[test]
-    fn fair_level_is_max_min_with_floors_and_caps() {
-        let no_floor = |caps: &[u64]| caps.iter().map(|&c| (0, c)).collect::<Vec<_>>();
-        assert_eq!(fair_level(100, &no_floor(&[10, 100, 100])), 45, "a small cap leaves the rest");
-        assert_eq!(fair_level(100, &no_floor(&[10, 20])), u64::MAX, "everyone fits");
-        assert_eq!(fair_level(90, &no_floor(&[100, 100, 100])), 30);
-        assert_eq!(fair_level(2, &no_floor(&[5, 5, 5])), 1, "a small remainder still goes to someone");
-        assert_eq!(fair_level(0, &no_floor(&[5])), 0);
+    fn fair_level_is_max_min_with_floors() {
+        assert_eq!(fair_level(100, &[0, 0, 0, 0]), 25);
+        assert_eq!(fair_level(90, &[0, 0, 0]), 30);
+        assert_eq!(
+            fair_level(2, &[0, 0, 0]),
+            1,
+            "a small remainder still goes to someone"
+        );
+        assert_eq!(fair_level(0, &[0]), 0);
         // A claimant already using 40 keeps it (the floor); the others share the rest.
-        assert_eq!(fair_level(100, &[(40, 60), (0, 40), (0, 40)]), 30);
-        assert_eq!(fair_level(70, &[(40, 60), (0, 40)]), 30);
-        assert_eq!(fair_level(200, &[(40, 60), (0, 40)]), u64::MAX);
+        assert_eq!(fair_level(100, &[40, 0, 0]), 30);
+        assert_eq!(fair_level(70, &[40, 0]), 30);
+        assert_eq!(
+            fair_level(100, &[60, 30]),
+            40,
+            "the one above keeps 60, the other grows to 40"
+        );
+        assert_eq!(fair_level(100, &[10, 20]), 50);
     }
 
     #[test]
@@ -1441,7 +1442,7 @@ mod tests {
                         }
                         SignalKind::SlowDown => {
                             prop_assert_eq!(before, SourceState::Normal);
-                            prop_assert!(max >= MARKS.high && max < 1.0 && mem.is_none());
+                            prop_assert!((MARKS.high..1.0).contains(&max) && mem.is_none());
                         }
                         SignalKind::Pause => {
                             prop_assert!(before != SourceState::Paused);

@@ -1271,13 +1271,22 @@ impl<T> BufferManager<T> {
 
     /// Utilization of every level each source touches, for all sources, in
     /// one consistent reading.
+    ///
+    /// Pressure is *load*: records in the engine (queued or in flight), not
+    /// unused reservations. Credits are promised capacity; they already stop
+    /// further grants through [`available`](Self::available), and counting
+    /// them as load would make a source that holds credit it has not used
+    /// yet slow itself down (and, paused, never use it: a stall).
     pub fn pressures(&self) -> Vec<(SourceId, Pressure)> {
         let st = self.state.lock();
-        let global = util(st.global.used, self.limits.global);
+        let load = |used: Credit, reserved: Credit| {
+            Credit::new(used.records - reserved.records, used.bytes - reserved.bytes)
+        };
+        let global = util(load(st.global.used, st.global_reserved), self.limits.global);
         let stage_utils: Vec<f64> = st
             .stages
             .iter()
-            .map(|s| util(s.usage.used, self.limits.per_stage))
+            .map(|s| util(load(s.usage.used, s.reserved), self.limits.per_stage))
             .collect();
         st.sources
             .iter()
@@ -1294,7 +1303,7 @@ impl<T> BufferManager<T> {
                         global,
                         stage: stage_util,
                         stage_id: stage,
-                        source: util(s.usage.used, self.limits.per_source),
+                        source: util(load(s.usage.used, s.reserved), self.limits.per_source),
                     },
                 )
             })

@@ -2,30 +2,7 @@
 //! publishes a [`GateState`] that closes near the memory limit, so that flow
 //! control stops granting credits *before* the process is killed.
 //!
-//! The pieces:
-//!
-//! - [`MemoryProbe`]: one reading of "used" against "limit". [`SysinfoProbe`]
-//!   reads the real thing; [`ManualProbe`] is set by hand (tests, examples).
-//! - [`Gate`]: the hysteresis, a plain struct without any runtime: it closes
-//!   at `activate_percent`, opens again at or below `resume_percent`, and a
-//!   reading that fails counts as full (fail closed).
-//! - [`MemoryMonitor`]: runs a probe every `refresh_ms` and publishes the
-//!   gate through a `tokio::sync::watch` channel; the
-//!   [`BackpressureController`](crate::BackpressureController) subscribes to it.
-//!
-//! ```
-//! use sluice_buffer::{Gate, MemoryGateConfig, MemoryReading};
-//!
-//! let mut gate = Gate::new(&MemoryGateConfig::default()).unwrap(); // 85 % / 75 %
-//! gate.observe(Ok(MemoryReading::new(80, 100)));
-//! assert!(!gate.is_closed());
-//! gate.observe(Ok(MemoryReading::new(85, 100)));
-//! assert!(gate.is_closed());
-//! gate.observe(Ok(MemoryReading::new(80, 100))); // between the thresholds: stays closed
-//! assert!(gate.is_closed());
-//! gate.observe(Ok(MemoryReading::new(75, 100)));
-//! assert!(!gate.is_closed());
-//! ```
+//! The pieces are described on [`MemoryMonitor`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -246,38 +223,53 @@ impl MemoryProbe for SysinfoProbe {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ManualProbe {
-    reading: Arc<Mutex<Result<MemoryReading, ProbeError>>>,
+    state: Arc<Mutex<ManualState>>,
+}
+
+#[derive(Debug)]
+struct ManualState {
+    reading: MemoryReading,
+    error: Option<String>,
 }
 
 impl ManualProbe {
     /// A probe reading `used_bytes` of `limit_bytes`.
     pub fn new(used_bytes: u64, limit_bytes: u64) -> Self {
         Self {
-            reading: Arc::new(Mutex::new(Ok(MemoryReading::new(used_bytes, limit_bytes)))),
+            state: Arc::new(Mutex::new(ManualState {
+                reading: MemoryReading::new(used_bytes, limit_bytes),
+                error: None,
+            })),
         }
     }
 
-    /// Sets the whole reading.
+    /// Sets the whole reading (and clears a failure).
     pub fn set(&self, reading: MemoryReading) {
-        *self.reading.lock() = Ok(reading);
+        let mut s = self.state.lock();
+        s.reading = reading;
+        s.error = None;
     }
 
-    /// Sets the bytes used, keeping the last limit (a failed probe's limit is 0).
+    /// Sets the bytes used, keeping the limit (and clears a failure).
     pub fn set_used(&self, used_bytes: u64) {
-        let mut r = self.reading.lock();
-        let limit_bytes = r.as_ref().map_or(0, |r| r.limit_bytes);
-        *r = Ok(MemoryReading::new(used_bytes, limit_bytes));
+        let mut s = self.state.lock();
+        s.reading.used_bytes = used_bytes;
+        s.error = None;
     }
 
-    /// Makes the following readings fail with `message`.
+    /// Makes the following readings fail with `message`, until the next `set`.
     pub fn fail(&self, message: impl Into<String>) {
-        *self.reading.lock() = Err(ProbeError::new(message));
+        self.state.lock().error = Some(message.into());
     }
 }
 
 impl MemoryProbe for ManualProbe {
     fn read(&mut self) -> Result<MemoryReading, ProbeError> {
-        self.reading.lock().clone()
+        let s = self.state.lock();
+        match &s.error {
+            Some(e) => Err(ProbeError::new(e.clone())),
+            None => Ok(s.reading),
+        }
     }
 }
 
@@ -331,6 +323,22 @@ pub enum GateTransition {
 /// The gate's hysteresis, without any runtime: closes when a reading
 /// reaches `activate_percent` or fails, opens when a reading is at or below
 /// `resume_percent`; in between it keeps its state.
+///
+/// ```
+/// use sluice_buffer::{Gate, MemoryGateConfig, MemoryReading, ProbeError};
+///
+/// let mut gate = Gate::new(&MemoryGateConfig::default()).unwrap(); // 85 % / 75 %
+/// gate.observe(Ok(MemoryReading::new(80, 100)));
+/// assert!(!gate.is_closed());
+/// gate.observe(Ok(MemoryReading::new(85, 100)));
+/// assert!(gate.is_closed());
+/// gate.observe(Ok(MemoryReading::new(80, 100))); // between the thresholds: stays closed
+/// assert!(gate.is_closed());
+/// gate.observe(Ok(MemoryReading::new(75, 100)));
+/// assert!(!gate.is_closed());
+/// gate.observe(Err(ProbeError::new("no /proc"))); // fail closed
+/// assert!(gate.is_closed());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Gate {
     activate: f64,
@@ -409,7 +417,21 @@ impl Gate {
     }
 }
 
-/// Samples memory on its own task and publishes the [`Gate`].
+/// Samples memory on its own task and publishes the [`Gate`], so that
+/// flow control stops granting credits *before* the process is killed.
+///
+/// The pieces:
+///
+/// - [`MemoryProbe`]: one reading of "used" against "limit". [`SysinfoProbe`]
+///   reads the real thing (the process's cgroup, else the host, or this
+///   process's RSS against an explicit limit); [`ManualProbe`] is set by
+///   hand (tests, examples).
+/// - [`Gate`]: the hysteresis, a plain struct without any runtime: it closes
+///   at `activate_percent`, opens again at or below `resume_percent`, and a
+///   reading that fails counts as full (fail closed).
+/// - `MemoryMonitor`: runs a probe every `refresh_ms` and publishes the
+///   gate's [`GateState`] through a `tokio::sync::watch` channel; the
+///   [`BackpressureController`](crate::BackpressureController) subscribes to it.
 ///
 /// The task reads the probe every `refresh_ms` (missed ticks are skipped,
 /// not bunched up), feeds the gate, and publishes the state through a

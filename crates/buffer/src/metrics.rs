@@ -1,4 +1,4 @@
-//! Metric names and the helpers that record them, through the [`metrics`](::metrics)
+//! Metric names and the helpers that record them, through the `metrics`
 //! facade.
 //!
 //! This crate installs no exporter: whatever recorder the program installed

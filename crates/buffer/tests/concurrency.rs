@@ -93,7 +93,7 @@ fn eight_producers_four_consumers_two_million_records_exactly_once() {
                 while let Some(batch) = buf2.next_batch(info2.stages[0], BATCH).await {
                     round += 1;
                     let (fail, ok): (Vec<_>, Vec<_>) =
-                        batch.into_iter().partition(|r| r.retry_count() == 0 && (r.seq() + c + round) % 97 == 0);
+                        batch.into_iter().partition(|r| r.retry_count() == 0 && (r.seq() + c + round).is_multiple_of(97));
                     let dead = buf2.retry(fail, "injected");
                     assert!(dead.is_empty());
                     if buf2.forward(ok, info2.stages[1]).await.is_err() {
@@ -105,7 +105,7 @@ fn eight_producers_four_consumers_two_million_records_exactly_once() {
             let (buf2, info2, seen2) = (buf.clone(), info.clone(), seen.clone());
             consumers.push(tokio::spawn(async move {
                 while let Some(batch) = buf2.next_batch(info2.stages[1], BATCH).await {
-                    let (fail, ok): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.seq() % 1009 == 0);
+                    let (fail, ok): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.seq().is_multiple_of(1009));
                     let dead = buf2.retry(fail, "sink down");
                     for r in &ok {
                         seen2[r.source().index()][(r.seq() - 1) as usize].fetch_add(1, Ordering::Relaxed);
