@@ -8,6 +8,16 @@ use std::time::Duration;
 use sluice_buffer::{BufferManager, Credit, Limit, Limits, RetryPolicy};
 use tokio::time::timeout;
 
+/// A multi-thread runtime with `workers` worker threads (more than the
+/// machine's cores, to get more interleavings).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 const PRODUCERS: usize = 8;
 const PER_PRODUCER: u64 = 250_000; // 2 million records in all
 const BATCH: usize = 256;
@@ -18,11 +28,7 @@ const BATCH: usize = 256;
 /// and the high-water marks prove no level was ever over its limit.
 #[test]
 fn eight_producers_four_consumers_two_million_records_exactly_once() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(4);
     let limits = Limits {
         global: Limit::new(20_000, 20_000 * 16),
         per_stage: Limit::new(12_000, 12_000 * 16),
@@ -213,11 +219,7 @@ const ROUNDS: u64 = 500;
 /// shows up as a timeout.
 #[test]
 fn parked_consumer_is_woken_by_push_forward_and_retry() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let (buf, info) = small();
         let src = buf.register_source("s", info.id).unwrap();
@@ -266,11 +268,7 @@ fn parked_consumer_is_woken_by_push_forward_and_retry() {
 /// room, and `drain`; the forward's records go back to their queue.
 #[test]
 fn shutdown_wakes_every_waiter() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         for _ in 0..200 {
             let (buf, info) = small();
@@ -326,11 +324,7 @@ fn shutdown_wakes_every_waiter() {
 /// A forward waiting for room is woken when the next stage frees space.
 #[test]
 fn forward_waits_for_room_and_is_woken_by_completion() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let (buf, info) = small();
         let src = buf.register_source("s", info.id).unwrap();
@@ -367,11 +361,7 @@ fn forward_waits_for_room_and_is_woken_by_completion() {
 /// `drain` returns once every admitted record is completed, and not before.
 #[test]
 fn drain_waits_for_the_last_completion() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let (buf, info) = small();
         let src = buf.register_source("s", info.id).unwrap();
