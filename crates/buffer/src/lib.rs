@@ -47,6 +47,7 @@ mod memory;
 pub mod metrics;
 mod record;
 mod snapshot;
+mod sync;
 
 pub use backpressure::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
