@@ -267,6 +267,123 @@ async fn b_a_source_ignoring_credits_is_rejected_and_loses_nothing_silently() {
     .expect("in time");
 }
 
+/// Reads the stream until a `Reject` arrives.
+async fn next_reject(raw: &mut Raw) -> Reject {
+    loop {
+        match raw.next().await {
+            Ok(Some(engine_message::Body::Reject(r))) => return r,
+            Ok(Some(_)) => {}
+            other => panic!("expected a Reject, got {other:?}"),
+        }
+    }
+}
+
+/// Reads the stream until a `Credit` arrives (a `Reject` fails the test).
+async fn next_credit(raw: &mut Raw) -> sluice_proto::v1::Credit {
+    loop {
+        match raw.next().await {
+            Ok(Some(engine_message::Body::Credit(c))) => return c,
+            Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
+            Ok(Some(_)) => {}
+            other => panic!("expected a Credit, got {other:?}"),
+        }
+    }
+}
+
+/// (b) Nothing is admitted beyond the stream's credit, even with the buffers
+/// nearly empty: the excess of a batch is rejected NO_CREDIT (with a
+/// retry-after and the credit the engine counts, rejected records not
+/// charged), the covered prefix is admitted, a resend's duplicate prefix is
+/// free, and a record larger than half the byte window is admitted alone on
+/// one record credit. Everything admitted is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_records_beyond_credit_are_rejected_even_with_free_capacity() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start_engine(test_settings(dir.path()), |b| b).await;
+        let addr = url(&engine);
+        let mut raw = raw_stream(&addr, open_msg("greedy", "")).await.unwrap();
+        let credit = raw.opened().await.unwrap().credit.unwrap_or_default();
+        assert!(credit.records >= 100, "{credit:?}");
+        let c = credit.records;
+
+        // 500 records more than the credit, in one batch, into an empty engine.
+        raw.send(batch_msg(1, c + 500, 100)).await;
+        let r = next_reject(&mut raw).await;
+        assert_eq!(r.reason, RejectReason::NoCredit as i32, "{r:?}");
+        assert_eq!(
+            (r.first_seq, r.count, r.admitted_through_seq),
+            (c + 1, 500, c)
+        );
+        assert!(r.retry_after_ms > 0, "{r:?}");
+        assert!(
+            r.message
+                .contains(&format!("outstanding credit {c} records")),
+            "{r:?}"
+        );
+        let left = r.credit.expect("Reject.credit");
+        assert_eq!(left.records, 0, "all record credit used: {r:?}");
+        assert_eq!(left.bytes, credit.bytes - c * 100, "{r:?}");
+
+        // New credit comes; a resend from seq 1 is free up to what was admitted.
+        let more = next_credit(&mut raw).await;
+        assert!(more.records >= 500, "{more:?}");
+        raw.send(batch_msg(1, c + 500, 100)).await;
+
+        // A record larger than half the byte window (and than the byte credit
+        // left): admitted alone on one record credit; the record after it is
+        // beyond the byte credit.
+        let big = credit.bytes / 2 * 3;
+        let next = c + 501;
+        raw.send(SourceMessage {
+            body: Some(source_message::Body::Batch(Batch {
+                first_seq: next,
+                records: vec![
+                    Record {
+                        payload: payload(next, big as usize),
+                        ..Record::default()
+                    },
+                    Record {
+                        payload: payload(next + 1, 100),
+                        ..Record::default()
+                    },
+                ],
+            })),
+        })
+        .await;
+        let r = next_reject(&mut raw).await;
+        assert_eq!(r.reason, RejectReason::NoCredit as i32, "{r:?}");
+        assert_eq!(
+            (r.first_seq, r.count, r.admitted_through_seq),
+            (next + 1, 1, next)
+        );
+        assert_eq!(r.credit.expect("Reject.credit").bytes, 0, "{r:?}");
+        next_credit(&mut raw).await;
+        raw.send(batch_msg(next + 1, 1, 100)).await;
+        raw.tx = None;
+        let mut acked = 0;
+        loop {
+            match raw.next().await {
+                Ok(Some(engine_message::Body::Ack(a))) => acked = acked.max(a.through_seq),
+                Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(st) => panic!("unexpected status {st:?}"),
+            }
+        }
+        assert_eq!(acked, next + 1);
+        assert_eq!(engine.buffer().audit(), Ok(()));
+        engine.shutdown().await.unwrap();
+        assert_exactly_once(
+            &delivered_keys(&dir.path().join("sink")),
+            "greedy",
+            next + 1,
+        );
+    })
+    .await
+    .expect("in time");
+}
+
 // ---------------------------------------------------------------------------
 // (c) fairness
 // ---------------------------------------------------------------------------
@@ -275,7 +392,6 @@ async fn b_a_source_ignoring_credits_is_rejected_and_loses_nothing_silently() {
 /// cannot starve a compliant one: the compliant source gets at least half of
 /// its fair share of what the sink delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: records sent without credit are admitted whenever capacity frees up (flooder: ~3k credits, ~26k admitted in 3 s), so a compliant source paused on GLOBAL gets no new credit and is starved"]
 async fn c_a_flooding_source_cannot_starve_another() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -665,10 +781,68 @@ async fn f_bad_input_gets_clear_errors_and_others_are_still_served() {
     .expect("in time");
 }
 
+/// (f) A source the engine has admitted nothing from may start at any
+/// sequence number (after an engine restart it resends from its first unacked
+/// record): it is admitted, acks start just below it, and from then on the
+/// sequence is fixed (older numbers are duplicates, a jump is a gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_a_new_source_may_start_at_any_sequence_number() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start_engine(test_settings(dir.path()), |b| b).await;
+        let addr = url(&engine);
+        let mut raw = raw_stream(&addr, open_msg("resumer", "")).await.unwrap();
+        assert_eq!(raw.opened().await.unwrap().admitted_through_seq, 0);
+        raw.send(batch_msg(5_000, 10, 50)).await;
+        // Overlapping the start: what is at or below the admitted sequence is
+        // a duplicate (covered by the acks, not admitted again), the rest new.
+        raw.send(batch_msg(4_990, 22, 50)).await;
+        // A jump: a gap.
+        raw.send(batch_msg(6_000, 1, 50)).await;
+        match raw.next_notable().await.unwrap() {
+            Some(engine_message::Body::Reject(r)) => {
+                assert_eq!(r.reason, RejectReason::SequenceGap as i32, "{r:?}");
+                assert_eq!(
+                    (r.first_seq, r.admitted_through_seq),
+                    (6_000, 5_011),
+                    "{r:?}"
+                );
+            }
+            other => panic!("expected a SEQUENCE_GAP reject, got {other:?}"),
+        }
+        raw.tx = None;
+        let mut acked = 0;
+        loop {
+            match raw.next().await {
+                Ok(Some(engine_message::Body::Ack(a))) => {
+                    assert!(a.through_seq >= 4_999, "{a:?}");
+                    acked = acked.max(a.through_seq);
+                }
+                Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(st) => panic!("unexpected status {st:?}"),
+            }
+        }
+        assert_eq!(acked, 5_011);
+        engine.shutdown().await.unwrap();
+        let mut seqs: Vec<u64> = delivered_keys(&dir.path().join("sink"))
+            .into_iter()
+            .map(|((_, seq), n)| {
+                assert_eq!(n, 1);
+                seq
+            })
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (5_000..=5_011).collect::<Vec<_>>());
+    })
+    .await
+    .expect("in time");
+}
+
 /// (f) A message larger than `server.max_message_bytes` fails the stream with
 /// a status naming the size problem (gRPC's message size limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "engine bug: session.rs treats an inbound decode error (message too large) as a vanished peer and ends the stream with OK instead of sending the status"]
 async fn f_oversized_message_fails_the_stream_with_a_status() {
     use tonic::Code;
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -851,6 +1025,196 @@ async fn h_memory_gate_pauses_and_resumes_every_source() {
         for name in ["m1", "m2", "m3"] {
             assert_exactly_once(&keys, name, 6_000);
         }
+    })
+    .await
+    .expect("in time");
+}
+
+// ---------------------------------------------------------------------------
+// (i) no stall with a small entry stage
+// ---------------------------------------------------------------------------
+
+/// One source of the stall scenario: `n` records at `rate` records/s (or as
+/// fast as credits allow), through the Rust client with the demo's options.
+fn demo_like_source(
+    addr: &str,
+    name: &'static str,
+    n: u64,
+    rate: Option<u32>,
+) -> (
+    tokio::sync::watch::Receiver<sluice_engine::client::Progress>,
+    tokio::task::JoinHandle<Summary>,
+) {
+    let addr = addr.to_owned();
+    let (ptx, prx) = tokio::sync::watch::channel(Default::default());
+    let task = tokio::spawn(async move {
+        let opts = ClientOptions {
+            max_unacked: 5_000,
+            max_batch_records: 200,
+            ..ClientOptions::default()
+        };
+        let (client, _events) = SourceClient::connect(&addr, name, "", opts)
+            .await
+            .expect("connects");
+        let _ = ptx.send(client.snapshot());
+        let progress = client.progress();
+        let forward = tokio::spawn(async move {
+            let mut progress = progress;
+            while progress.changed().await.is_ok() {
+                let p = progress.borrow_and_update().clone();
+                if ptx.send(p).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        for i in 1..=n {
+            if let Some(rate) = rate {
+                let due = t0 + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            client.send_payload(payload(i, 40)).await.expect("send");
+        }
+        let summary = client.finish().await;
+        forward.abort();
+        summary
+    });
+    (prx, task)
+}
+
+/// (i) The demo's settings with a small entry stage (stage 2000 < 3 windows
+/// of credit; global 6000, source 3000), a slow sink and three sources of
+/// different speeds through the Rust client: the pipeline never stalls (acks
+/// keep coming until every record is acked; a 3 s pause fails the test with
+/// the buffer's and the sources' state) and every record is delivered exactly
+/// once. About 6 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_the_demo_with_a_small_entry_stage_does_not_stall() {
+    use sluice_config::{StageSpec, TransformSpec};
+    tokio::time::timeout(Duration::from_secs(50), async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.buffer.global = Limit::new(6_000, 64 << 20);
+        s.buffer.per_stage = Limit::new(2_000, 16 << 20);
+        s.buffer.per_source = Limit::new(3_000, 32 << 20);
+        s.pipelines[0].stages = vec![StageSpec {
+            name: "tag".into(),
+            transform: TransformSpec::Set {
+                field: "demo".into(),
+                value: serde_json::Value::Bool(true),
+            },
+        }];
+        s.pipelines[0].sink = file_sink(&dir.path().join("sink"), Duration::from_millis(40), 0.0);
+        s.pipelines[0].batch.max_records = 200;
+        s.pipelines[0].batch.linger = Duration::from_millis(10);
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        let plan: [(&'static str, u64, Option<u32>); 3] = [
+            ("fast", 15_000, None),
+            ("steady", 6_000, Some(1_500)),
+            ("trickle", 600, Some(150)),
+        ];
+        let sources: Vec<_> = plan
+            .iter()
+            .map(|&(name, n, rate)| (name, n, demo_like_source(&addr, name, n, rate)))
+            .collect();
+        // Watch for a stall: no ack progress anywhere for 3 s while records
+        // are still unacked.
+        let mut last = (0u64, Instant::now());
+        loop {
+            let acked: u64 = sources.iter().map(|(_, _, (p, _))| p.borrow().acked).sum();
+            let total: u64 = sources.iter().map(|(_, n, _)| *n).sum();
+            if acked >= total {
+                break;
+            }
+            if acked > last.0 {
+                last = (acked, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(3) {
+                let progress: Vec<_> = sources
+                    .iter()
+                    .map(|(name, _, (p, _))| (*name, p.borrow().clone()))
+                    .collect();
+                let snap = engine.buffer().snapshot();
+                let hub: Vec<_> = snap
+                    .sources
+                    .iter()
+                    .map(|s| (s.name.clone(), engine.acks().progress(s.id), engine.controller().status(s.id)))
+                    .collect();
+                panic!(
+                    "stalled at {acked} of {total} acked records\nbuffer: {snap:#?}\nengine acks and flow control: {hub:#?}\nsources: {progress:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (name, n, (_, task)) in sources {
+            let summary = task.await.unwrap();
+            assert!(summary.is_complete(), "{name}: {summary:?}");
+            assert_eq!(summary.acked, n, "{name}");
+        }
+        assert_eq!(engine.buffer().audit(), Ok(()));
+        engine.shutdown().await.unwrap();
+        let keys = delivered_keys(&dir.path().join("sink"));
+        for (name, n, _) in plan {
+            assert_exactly_once(&keys, name, n);
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+/// (i) Sources that hold credit and send nothing (idle, or obeying PAUSE
+/// strictly: both are within the contract) cannot stall the others: the
+/// entry stage (2000 records) is smaller than the credit windows of three
+/// sources (3 × 1024), so two idle streams can hold most of it in
+/// reservations; a busy source must still get its records through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "buffer bug: reservations count against the entry stage, so idle streams' unused credit (1024 + 976 of stage 2000) leaves no room to grant the busy source any credit: stage 'tag' stays at 100% (all reservations) and the sink writes nothing. Needs the crates/buffer fix described in the report"]
+async fn i_idle_credit_holders_do_not_stall_a_busy_source() {
+    use sluice_config::{StageSpec, TransformSpec};
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.buffer.global = Limit::new(6_000, 64 << 20);
+        s.buffer.per_stage = Limit::new(2_000, 16 << 20);
+        s.buffer.per_source = Limit::new(3_000, 32 << 20);
+        s.pipelines[0].stages = vec![StageSpec {
+            name: "tag".into(),
+            transform: TransformSpec::Identity,
+        }];
+        s.pipelines[0].sink = file_sink(&dir.path().join("sink"), Duration::from_millis(10), 0.0);
+        s.pipelines[0].batch.max_records = 200;
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        // Two idle sources: open, take their credit, send nothing.
+        let mut idle = Vec::new();
+        for name in ["idle-1", "idle-2"] {
+            let mut raw = raw_stream(&addr, open_msg(name, "")).await.unwrap();
+            let opened = raw.opened().await.unwrap();
+            eprintln!("{name} Opened credit {:?}", opened.credit);
+            idle.push(raw);
+        }
+        const N: u64 = 5_000;
+        let busy = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                send_all(&addr, "busy", N, 40, ClientOptions::default())
+                    .await
+                    .0
+            }
+        });
+        let summary = tokio::time::timeout(Duration::from_secs(10), busy)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the busy source stalled\nbuffer: {:#?}",
+                    engine.buffer().snapshot()
+                )
+            })
+            .unwrap();
+        assert!(summary.is_complete(), "{summary:?}");
+        drop(idle);
+        engine.shutdown().await.unwrap();
+        assert_exactly_once(&delivered_keys(&dir.path().join("sink")), "busy", N);
     })
     .await
     .expect("in time");

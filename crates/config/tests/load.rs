@@ -471,7 +471,8 @@ fn transform_field_errors_name_the_transform() {
 /// documentation cannot drift from the settings it describes.
 #[test]
 fn readme_config_example_loads_and_validates() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let marker = "<!-- config-example -->";
     let start = readme.find(marker).expect("README has a config example") + marker.len();
     let end = start + readme[start..].find(marker).expect("closing marker");
@@ -481,8 +482,9 @@ fn readme_config_example_loads_and_validates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &section[body_start..body_end]).unwrap();
-    let settings = sluice_config::Settings::load_with_env(Some(&path), Vec::<(String, String)>::new())
-        .unwrap_or_else(|e| panic!("README example does not load: {e}"));
+    let settings =
+        sluice_config::Settings::load_with_env(Some(&path), Vec::<(String, String)>::new())
+            .unwrap_or_else(|e| panic!("README example does not load: {e}"));
     assert_eq!(settings.pipelines.len(), 1);
     assert_eq!(settings.pipelines[0].name, "orders");
     assert_eq!(settings.pipelines[0].stages.len(), 2);

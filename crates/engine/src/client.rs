@@ -39,10 +39,20 @@
 //! already admitted from this source id: 1 for a new source).
 //!
 //! Accounting of rejected records: the engine does not charge credits for
-//! records it did not admit, so the client gives the credits it spent on
-//! rejected records back to itself — except for `REJECT_REASON_NO_CREDIT`,
-//! where the engine says the client's view of its credits is wrong; the client
-//! then drops its remaining credits and waits for a new grant.
+//! records it did not admit, and its count of the stream's credit is the
+//! authoritative one. Every `Reject` carries that count (`Reject.credit`,
+//! right after the rejected batch); the client sets its own credit to it,
+//! minus what it spent on batches sent after the rejected one (still on their
+//! way, each gets its own outcome). So a `REJECT_REASON_NO_CREDIT` (the client
+//! sent more than the engine counts it as holding) also repairs the client's
+//! count instead of leaving the two to drift apart. (With an engine that sends
+//! no `Reject.credit`, the client gives itself back the credit of the rejected
+//! records.)
+//!
+//! A record larger than half the engine's byte window may never be covered by
+//! byte credit (refills come once half a window is used); the client sends
+//! such a record alone, on one record credit, and the engine admits it so (see
+//! `Credit` in `ingest.proto`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_engine::client::ClientError> {
@@ -622,10 +632,25 @@ struct Conn {
     /// Nothing is sent before this time (reject backoff, slow-down pacing).
     not_before: Option<Instant>,
     in_backoff: bool,
+    /// The largest byte credit held at once on this stream (a lower bound
+    /// of the engine's byte window).
+    max_credit_bytes: u64,
+    /// Batches sent on this stream that the engine may not have answered
+    /// yet, oldest first, with the credit each was charged.
+    in_flight: VecDeque<SentBatch>,
     max_batch: usize,
     max_message_bytes: usize,
     /// When the client half-closed after everything was acked.
     closing_since: Option<Instant>,
+}
+
+/// A batch as sent, for [`Driver::sync_credit`].
+struct SentBatch {
+    first: u64,
+    last: u64,
+    /// Credit charged for it.
+    records: u64,
+    bytes: u64,
 }
 
 /// How a stream ended.
@@ -786,6 +811,8 @@ impl Driver {
             cursor,
             credit_records: credit.records,
             credit_bytes: credit.bytes,
+            max_credit_bytes: credit.bytes,
+            in_flight: VecDeque::new(),
             paused: false,
             paused_until: None,
             slowed: false,
@@ -976,15 +1003,26 @@ impl Driver {
         let budget = (conn.max_message_bytes / 10 * 9).saturating_sub(64);
         let (mut n, mut bytes, mut enc) = (0usize, 0u64, 0usize);
         for h in self.pending.range(idx..).take(target) {
-            if n as u64 >= conn.credit_records || bytes + h.size > conn.credit_bytes {
-                break;
-            }
             if enc + h.encoded > budget {
                 if n == 0 {
                     return Plan::Fatal(ClientError::RecordTooLarge {
                         size: h.encoded,
                         limit: conn.max_message_bytes,
                     });
+                }
+                break;
+            }
+            if n as u64 >= conn.credit_records || bytes + h.size > conn.credit_bytes {
+                // A record larger than half the byte window may never be
+                // covered by byte credit (refills come at half a window):
+                // the engine admits it alone on one record credit. The
+                // largest byte credit held is a lower bound of the window.
+                if n == 0
+                    && conn.credit_records > 0
+                    && h.size > conn.credit_bytes
+                    && h.size > conn.max_credit_bytes / 2
+                {
+                    n = 1;
                 }
                 break;
             }
@@ -998,13 +1036,20 @@ impl Driver {
     fn build(&mut self, conn: &mut Conn, n: usize) -> SourceMessage {
         let idx = (conn.cursor - self.front_seq()) as usize;
         let mut records = Vec::with_capacity(n);
+        let before = (conn.credit_records, conn.credit_bytes);
         for h in self.pending.range(idx..idx + n) {
-            conn.credit_records -= 1;
-            conn.credit_bytes -= h.size;
+            conn.credit_records = conn.credit_records.saturating_sub(1);
+            conn.credit_bytes = conn.credit_bytes.saturating_sub(h.size);
             records.push(h.record.clone());
         }
         let first_seq = conn.cursor;
         let last = first_seq + n as u64 - 1;
+        conn.in_flight.push_back(SentBatch {
+            first: first_seq,
+            last,
+            records: before.0 - conn.credit_records,
+            bytes: before.1 - conn.credit_bytes,
+        });
         let fresh = last.saturating_sub(self.highest_sent.max(first_seq - 1));
         self.p.sent += fresh;
         self.p.resent += n as u64 - fresh;
@@ -1085,6 +1130,7 @@ impl Driver {
             engine_message::Body::Credit(c) => {
                 conn.credit_records = conn.credit_records.saturating_add(c.records);
                 conn.credit_bytes = conn.credit_bytes.saturating_add(c.bytes);
+                conn.max_credit_bytes = conn.max_credit_bytes.max(conn.credit_bytes);
                 conn.paused = false;
                 self.emit(ClientEvent::Credit(c));
             }
@@ -1121,6 +1167,14 @@ impl Driver {
             }
             engine_message::Body::Ack(a) => {
                 self.absorb_ack(a.through_seq);
+                // Batches wholly acked were processed by the engine.
+                while conn
+                    .in_flight
+                    .front()
+                    .is_some_and(|b| b.last <= self.acked_through)
+                {
+                    conn.in_flight.pop_front();
+                }
                 conn.cursor = conn.cursor.max(self.acked_through + 1);
                 self.p.delivered = a.delivered;
                 self.p.dead_lettered = a.dead_lettered;
@@ -1136,19 +1190,7 @@ impl Driver {
         let reason = RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified);
         debug!(source_id = %self.source_id, first_seq = r.first_seq, count = r.count, ?reason, message = %r.message, "reject");
         let front = self.front_seq();
-        let end = r.first_seq.saturating_add(r.count);
-        if reason == RejectReason::NoCredit {
-            conn.credit_records = 0;
-            conn.credit_bytes = 0;
-        } else {
-            // The engine does not charge credits for records it did not admit.
-            for h in self.pending.iter() {
-                if h.seq >= r.first_seq && h.seq < end {
-                    conn.credit_records += 1;
-                    conn.credit_bytes += h.size;
-                }
-            }
-        }
+        self.sync_credit(conn, &r);
         let primary = r.first_seq == r.admitted_through_seq.saturating_add(1);
         if primary && r.first_seq >= front && r.first_seq < self.next_assign {
             if reason == RejectReason::RecordTooLarge {
@@ -1181,6 +1223,51 @@ impl Driver {
             }
         }
         self.emit(ClientEvent::Reject(r));
+    }
+
+    /// Aligns the client's credit with the engine's after a reject.
+    ///
+    /// The engine does not charge credit for records it did not admit, and
+    /// its count is the authority: `Reject.credit` is what it counts the
+    /// stream as holding right after the rejected batch. The batches sent
+    /// after that one are still on their way (each gets its own outcome), so
+    /// their charge is taken off. Older engines send no `credit`: then the
+    /// rejected records' charge is given back.
+    fn sync_credit(&mut self, conn: &mut Conn, r: &Reject) {
+        let last = (r.first_seq + r.count).saturating_sub(1);
+        // The batch this reject is about: a reject covers the tail of one
+        // batch, and the engine answers batches in the order they were sent.
+        let found = conn
+            .in_flight
+            .iter()
+            .position(|b| b.last == last && b.first <= r.first_seq);
+        if let Some(i) = found {
+            conn.in_flight.drain(..=i);
+        }
+        match r.credit {
+            Some(credit) => {
+                let (records, bytes) = if found.is_some() {
+                    conn.in_flight
+                        .iter()
+                        .fold((0, 0), |(r, b), s| (r + s.records, b + s.bytes))
+                } else {
+                    (0, 0)
+                };
+                conn.credit_records = credit.records.saturating_sub(records);
+                conn.credit_bytes = credit.bytes.saturating_sub(bytes);
+                conn.max_credit_bytes = conn.max_credit_bytes.max(credit.bytes);
+            }
+            None => {
+                for h in self.pending.iter() {
+                    if h.seq >= r.first_seq && h.seq <= last {
+                        conn.credit_records += 1;
+                        conn.credit_bytes += h.size;
+                    }
+                }
+            }
+        }
+        debug!(source_id = %self.source_id, credit_records = conn.credit_records,
+            credit_bytes = conn.credit_bytes, in_flight = conn.in_flight.len(), "credit after reject");
     }
 
     fn end(mut self, error: Option<ClientError>) -> Summary {

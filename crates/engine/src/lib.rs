@@ -10,9 +10,13 @@
 
 pub use sluice_config as config;
 
+pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod logging;
+pub mod observe;
 pub mod send;
+pub mod top;
 
 // Server and pipeline runtime.
 pub mod ack;

@@ -141,7 +141,10 @@ pub fn spawn_workers(
             linger: pipeline.batch.linger,
             times: times.clone(),
         };
-        out.push((*stage, times, tokio::spawn(worker.run())));
+        let name = env.buffer.stage(*stage).map(|s| s.name.clone());
+        let span = tracing::info_span!("stage", pipeline = %pipeline.name, stage = name.as_deref().unwrap_or("?"));
+        let task = tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
+        out.push((*stage, times, task));
     }
     out
 }
@@ -249,6 +252,7 @@ impl Worker {
             for (s, n) in counts {
                 self.env.hub.add_filtered(s, n);
             }
+            crate::observe::ack_latency(&self.pipeline.name, &filtered);
             let done = buffer.complete(filtered);
             self.env.hub.publish(&done);
         }
@@ -263,6 +267,7 @@ impl Worker {
         }
         let Some(next) = self.next else {
             // A transform stage is never last; complete rather than hold.
+            crate::observe::ack_latency(&self.pipeline.name, &keep);
             let done = buffer.complete(keep);
             self.env.hub.publish(&done);
             return true;
@@ -302,6 +307,7 @@ impl Worker {
         let buffer = &self.env.buffer;
         match result {
             Ok(()) => {
+                crate::observe::ack_latency(&self.pipeline.name, &batch);
                 let done = buffer.complete(batch);
                 self.env.hub.publish(&done);
             }
@@ -360,6 +366,10 @@ impl Worker {
             match result {
                 Ok(()) => {
                     tracing::info!(pipeline = %self.pipeline.name, records = dead.len(), "records dead-lettered");
+                    crate::observe::ack_latency(
+                        &self.pipeline.name,
+                        dead.iter().map(|d| &d.record),
+                    );
                     let done = buffer.complete_dead_letters(dead);
                     self.env.hub.publish(&done);
                     return;

@@ -1,5 +1,5 @@
 //! `sluice send`: stream a file of JSON lines into an engine through the
-//! [`SourceClient`](crate::client::SourceClient).
+//! [`SourceClient`].
 //!
 //! Each non-blank line of the input is one record's payload, sent as it is
 //! (bytes unchanged, no key, no attributes). Lines are checked to be JSON

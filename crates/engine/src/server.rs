@@ -85,6 +85,9 @@ pub enum EngineError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The Prometheus exporter could not be installed.
+    #[error(transparent)]
+    Metrics(#[from] crate::observe::MetricsError),
 }
 
 /// State shared by the services, the sessions and the handle.
@@ -96,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<AckHub>,
     pub(crate) pipelines: Vec<Arc<PipelineRuntime>>,
     pub(crate) stage_times: HashMap<StageId, Arc<StageTimes>>,
+    /// Recent stage rates and log rate limiting ([`crate::observe`]).
+    pub(crate) observe: crate::observe::Observer,
     pub(crate) gate: watch::Receiver<GateState>,
     pub(crate) max_batch_records: u32,
     /// Cancelled when shutdown starts: batches are rejected.
@@ -139,7 +144,7 @@ impl Shared {
         }
     }
 
-    fn stats(&self) -> v1::StatsResponse {
+    pub(crate) fn stats(&self) -> v1::StatsResponse {
         let snap = self.buffer.snapshot();
         let level = |l: &LevelSnapshot| v1::LevelStats {
             records: l.records,
@@ -149,10 +154,6 @@ impl Shared {
             utilization: l.utilization(),
         };
         let uptime = self.started.elapsed();
-        let per_s = |ns: u64| {
-            let secs = uptime.as_secs_f64().max(1e-3);
-            ns as f64 / 1e6 / secs
-        };
         let pipeline_name = |id: sluice_buffer::PipelineId| {
             self.buffer
                 .pipeline(id)
@@ -163,10 +164,8 @@ impl Shared {
             .stages
             .iter()
             .map(|s| {
-                let times = self.stage_times.get(&s.id);
-                let get = |f: fn(&StageTimes) -> &AtomicU64| {
-                    times.map_or(0.0, |t| per_s(f(t).load(Ordering::Relaxed)))
-                };
+                // The same last-interval rates as the /metrics gauges.
+                let rates = self.observe.rates(s.id);
                 v1::StageStats {
                     pipeline: pipeline_name(s.pipeline),
                     name: s.name.to_string(),
@@ -174,9 +173,9 @@ impl Shared {
                     level: Some(level(&s.level)),
                     queued: s.queued_records,
                     in_flight: s.in_flight_records,
-                    busy_ms_per_s: get(|t| &t.busy_ns),
-                    idle_ms_per_s: get(|t| &t.idle_ns),
-                    backpressured_ms_per_s: get(|t| &t.blocked_ns),
+                    busy_ms_per_s: rates.busy_ms_per_s,
+                    idle_ms_per_s: rates.idle_ms_per_s,
+                    backpressured_ms_per_s: rates.backpressured_ms_per_s,
                 }
             })
             .collect();
@@ -504,6 +503,7 @@ impl EngineBuilder {
             hub,
             pipelines,
             stage_times,
+            observe: crate::observe::Observer::default(),
             gate,
             max_batch_records,
             draining: CancellationToken::new(),
@@ -556,6 +556,7 @@ impl EngineBuilder {
                 server_stop.clone().cancelled_owned(),
             );
         let server = tokio::spawn(server);
+        crate::observe::spawn(&shared);
         tracing::info!(%local_addr, pipelines = shared.pipelines.len(), "sluice engine listening");
         Ok(EngineHandle {
             shared,
@@ -686,6 +687,9 @@ impl EngineHandle {
 /// Runs an engine until SIGINT or SIGTERM, then shuts it down gracefully
 /// (what `sluice serve` does).
 pub async fn run_until_signal(settings: Settings) -> Result<ShutdownReport, EngineError> {
+    if settings.metrics.enabled {
+        crate::observe::install_prometheus(settings.metrics.listen)?;
+    }
     let engine = Engine::start(settings).await?;
     wait_for_signal().await;
     tracing::info!("signal received");
@@ -762,14 +766,7 @@ pub fn serve_command(path: Option<&std::path::Path>) -> std::process::ExitCode {
 }
 
 /// Installs a `tracing` subscriber per `[log]` (no-op if one is installed).
+/// `RUST_LOG` overrides `log.filter`; see [`crate::logging`].
 pub fn init_logging(log: &sluice_config::LogSettings) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        sluice_config::LogFormat::Json => builder.json().try_init(),
-        sluice_config::LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(log);
 }

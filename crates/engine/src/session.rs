@@ -183,7 +183,11 @@ pub(crate) async fn open(
         half_closed,
         last_ack: acked,
     };
-    tokio::spawn(session.run(inbound, signals, acks));
+    let span = tracing::info_span!("source", source = %session.name, pipeline = %pipeline.name);
+    tokio::spawn(tracing::Instrument::instrument(
+        session.run(inbound, signals, acks),
+        span,
+    ));
     Ok(rx)
 }
 
@@ -197,6 +201,17 @@ struct Session {
     takeover: CancellationToken,
     half_closed: Arc<AtomicBool>,
     last_ack: AckProgress,
+}
+
+/// How much of a batch the stream's credit covers (see `Session::credit_plan`).
+struct CreditPlan {
+    /// Leading records already admitted before (a resend); free.
+    dupes: usize,
+    /// Records handed to the buffer (the duplicates included); the rest is
+    /// rejected without credit.
+    keep: usize,
+    /// The credit the stream held before the batch.
+    credit: Credit,
 }
 
 /// Why the loop ended.
@@ -257,10 +272,7 @@ impl Session {
                             tracing::debug!(source = %self.name, ?released, "source half-closed; unused credit released");
                         }
                     }
-                    Err(status) => {
-                        tracing::debug!(source = %self.name, %status, "source stream failed");
-                        break End::Gone;
-                    }
+                    Err(status) => break End::Status(Some(self.inbound_failed(status))),
                 },
                 s = signals.changed(), if signals_open => match s {
                     Some(status) => {
@@ -305,6 +317,29 @@ impl Session {
             End::Gone => {
                 tracing::info!(source = %self.name, "source disconnected");
             }
+        }
+    }
+
+    /// The status that ends the stream after reading from it failed: the
+    /// failure itself, so that a source whose message could not be decoded
+    /// (for example one larger than `server.max_message_bytes`) learns why.
+    /// If the source is gone instead, nobody receives it, which is harmless.
+    fn inbound_failed(&self, status: Status) -> Status {
+        let limit = self.shared.settings.server.max_message_bytes;
+        tracing::info!(source = %self.name, code = ?status.code(), message = status.message(),
+            "reading from the source failed");
+        match status.code() {
+            // tonic's "decoded message length too large: found N bytes, the
+            // limit is: M bytes"; say where the limit comes from.
+            code @ (tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => Status::new(
+                code,
+                format!(
+                    "{} (the engine decodes messages of at most {limit} bytes, \
+                     Opened.max_message_bytes; send smaller batches)",
+                    status.message()
+                ),
+            ),
+            _ => status,
         }
     }
 
@@ -354,6 +389,82 @@ impl Session {
         }
     }
 
+    /// The credit this stream holds and has not used: the session's ledger,
+    /// bounded by what the buffer holds reserved for the source (the
+    /// authority; the two agree while one stream feeds the source).
+    fn outstanding(&self, handle: &SourceHandle<EngineRecord>) -> Credit {
+        let reserved = self
+            .shared
+            .buffer
+            .reserved(self.source)
+            .unwrap_or(Credit::ZERO);
+        let own = handle.outstanding();
+        Credit::new(
+            own.records.min(reserved.records),
+            own.bytes.min(reserved.bytes),
+        )
+    }
+
+    /// How far the stream's credit covers `records` (numbered from `first`).
+    ///
+    /// Leading records at or below the admitted sequence number are a resend
+    /// and free. Then each record takes one record credit and its size in
+    /// byte credits; the first one the credit does not cover ends the part
+    /// handed to the buffer, with two exceptions, both for a record that no
+    /// byte credit can ever cover, so that it is not refused forever:
+    ///
+    /// - a record larger than a byte limit goes to the buffer, which rejects
+    ///   it (and the rest) as `RECORD_TOO_LARGE`;
+    /// - a record larger than half the byte window (refills come only once
+    ///   half a window is used, so its byte credit may never arrive), first
+    ///   in its batch, is admitted alone on one record credit and all the
+    ///   byte credit the stream holds, the rest of its size taken from free
+    ///   capacity (within every limit, or rejected with the limit that was
+    ///   hit).
+    fn credit_plan(
+        &self,
+        handle: &SourceHandle<EngineRecord>,
+        first: u64,
+        records: &[EngineRecord],
+    ) -> CreditPlan {
+        let buffer = &self.shared.buffer;
+        let admitted = buffer.admitted_through(self.source).unwrap_or(0);
+        let dupes = admitted.saturating_sub(first - 1).min(records.len() as u64) as usize;
+        let credit = self.outstanding(handle);
+        let limits = buffer.limits();
+        let max_record = limits
+            .global
+            .bytes
+            .min(limits.per_stage.bytes)
+            .min(limits.per_source.bytes);
+        let window_bytes = self.shared.controller.window(SourceState::Normal).bytes;
+        let mut left = credit;
+        let mut keep = records.len();
+        for (i, r) in records.iter().enumerate().skip(dupes) {
+            let size = r.byte_size() as u64;
+            if size > max_record {
+                keep = i + 1;
+                break;
+            }
+            if left.records >= 1 && left.bytes >= size {
+                left.records -= 1;
+                left.bytes -= size;
+                continue;
+            }
+            keep = if i == dupes && left.records >= 1 && size > window_bytes / 2 {
+                i + 1
+            } else {
+                i
+            };
+            break;
+        }
+        CreditPlan {
+            dupes,
+            keep,
+            credit,
+        }
+    }
+
     fn reject(
         &self,
         first_seq: u64,
@@ -368,7 +479,12 @@ impl Session {
             .buffer
             .admitted_through(self.source)
             .unwrap_or(0);
-        tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, "records rejected");
+        let credit = self
+            .handle
+            .as_ref()
+            .map_or(Credit::ZERO, |h| self.outstanding(h));
+        tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, ?credit, "records rejected");
+        (self.shared.observe).rejected(&self.name, count, reason.as_str_name(), &message);
         engine_message::Body::Reject(v1::Reject {
             first_seq,
             count,
@@ -376,6 +492,7 @@ impl Session {
             message,
             retry_after_ms,
             admitted_through_seq: admitted,
+            credit: Some(credit_msg(credit)),
         })
     }
 
@@ -384,7 +501,7 @@ impl Session {
         let first = batch.first_seq;
         if first == 0 {
             return Err(Status::invalid_argument(
-                "Batch.first_seq must be at least 1 (sequence numbers start at 1)",
+                "Batch.first_seq must be at least 1 (0 is never a sequence number)",
             ));
         }
         if n == 0 {
@@ -428,35 +545,34 @@ impl Session {
                 0,
             ));
         }
-        if self.shared.gate.borrow().closed {
-            // No credit, no admission while the memory gate is closed: keep
-            // the prefix the session's credit covers (resent duplicates are free).
-            let admitted = self
-                .shared
-                .buffer
-                .admitted_through(self.source)
-                .unwrap_or(0);
-            let dupes = admitted.saturating_sub(first - 1).min(records.len() as u64) as usize;
-            let mut left = handle.outstanding();
-            let mut keep = records.len();
-            for (i, r) in records.iter().enumerate().skip(dupes) {
-                let size = r.byte_size() as u64;
-                if left.records == 0 || left.bytes < size {
-                    keep = i;
-                    break;
-                }
-                left.records -= 1;
-                left.bytes -= size;
-            }
-            if keep < records.len() {
-                records.truncate(keep);
-                tail = Some((
+        // Only what the credit covers is admitted (the buffer itself would
+        // take free capacity beyond the reservation).
+        let plan = self.credit_plan(handle, first, &records);
+        if plan.keep < records.len() {
+            let sent = &records[plan.dupes..];
+            let sent_bytes: u64 = sent.iter().map(|r| r.byte_size() as u64).sum();
+            let (reason, why) = if self.shared.gate.borrow().closed {
+                (
                     RejectReason::Memory,
-                    "the memory gate is closed: only records within granted credit are admitted"
-                        .into(),
-                    pause_ms,
-                ));
-            }
+                    "the memory gate is closed and no new credit is granted",
+                )
+            } else {
+                (
+                    RejectReason::NoCredit,
+                    "records beyond the stream's credit are not admitted",
+                )
+            };
+            let message = format!(
+                "{why}: outstanding credit {} records / {} bytes, sent {} new records / {} bytes; \
+                 the first {} admitted, the rest rejected (not charged)",
+                plan.credit.records,
+                plan.credit.bytes,
+                sent.len(),
+                sent_bytes,
+                plan.keep - plan.dupes,
+            );
+            records.truncate(plan.keep);
+            tail = Some((reason, message, pause_ms));
         }
         let kept = records.len() as u64;
         let mut out = Vec::new();

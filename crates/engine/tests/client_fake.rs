@@ -35,6 +35,9 @@ struct Behavior {
     too_large: Option<Vec<u8>>,
     /// Pipelines that exist (empty: all).
     pipelines: Vec<String>,
+    /// The engine counts this many bytes less credit than `Opened` grants
+    /// (a ledger that drifted from the source's).
+    byte_drift: u64,
 }
 
 #[derive(Default)]
@@ -46,6 +49,9 @@ struct State {
     violations: Vec<String>,
     connections: u32,
     dropped: bool,
+    /// The engine's count of each source's credit (records, bytes), after
+    /// the last batch.
+    credit: HashMap<String, (u64, u64)>,
 }
 
 #[derive(Clone)]
@@ -142,7 +148,12 @@ impl Fake {
                 }
             }))
         };
-        let (mut credit_r, mut credit_b) = (window, byte_window);
+        let (mut credit_r, mut credit_b) = (window, byte_window - self.b.byte_drift);
+        // A grant counted in the ledger and not yet sent (held back while
+        // paused): `Reject.credit` reports only what the client was sent.
+        // The lock is held while a grant or a reject is sent, so the count in
+        // a reject matches the messages ahead of it.
+        let unsent = Arc::new(Mutex::new((0u64, 0u64)));
         let mut batches = 0u64;
         let mut paused = false;
         while let Ok(Some(m)) = inbound.message().await {
@@ -160,6 +171,7 @@ impl Fake {
                 .copied()
                 .unwrap_or(0);
             if batch.first_seq > admitted + 1 {
+                let unsent = unsent.lock().unwrap();
                 let _ = tx.send(msg(engine_message::Body::Reject(Reject {
                     first_seq: batch.first_seq,
                     count: batch.records.len() as u64,
@@ -167,6 +179,10 @@ impl Fake {
                     message: format!("expected {}", admitted + 1),
                     retry_after_ms: 0,
                     admitted_through_seq: admitted,
+                    credit: Some(Credit {
+                        records: credit_r - unsent.0,
+                        bytes: credit_b - unsent.1,
+                    }),
                 })));
                 continue;
             }
@@ -197,6 +213,7 @@ impl Fake {
                     } else {
                         RejectReason::StageLimit
                     };
+                    let unsent = unsent.lock().unwrap();
                     let _ = tx.send(msg(engine_message::Body::Reject(Reject {
                         first_seq: seq,
                         count: batch.records.len() as u64 - i as u64,
@@ -204,6 +221,10 @@ impl Fake {
                         message: "fake".into(),
                         retry_after_ms: 5,
                         admitted_through_seq: adm,
+                        credit: Some(Credit {
+                            records: credit_r - unsent.0,
+                            bytes: credit_b - unsent.1,
+                        }),
                     })));
                     break;
                 }
@@ -241,9 +262,11 @@ impl Fake {
                 11 => paused = false,
                 _ => {}
             }
-            // Refill when half used; nothing new while paused, except when the
-            // source has nothing left (so it cannot stall forever).
-            if credit_r <= window / 2 && (!paused || credit_r == 0) {
+            // Refill when half used (records or bytes); nothing new while
+            // paused, except when the source has nothing left (so it cannot
+            // stall forever).
+            let half_used = credit_r <= window / 2 || credit_b <= byte_window / 2;
+            if half_used && (!paused || credit_r == 0 || credit_b == 0) {
                 let grant = Credit {
                     records: window - credit_r,
                     bytes: byte_window - credit_b,
@@ -253,15 +276,26 @@ impl Fake {
                 if paused {
                     // The client keeps sending nothing until RESUME or Credit;
                     // delay the grant a little so the pause is real.
-                    let tx = tx.clone();
+                    {
+                        let mut u = unsent.lock().unwrap();
+                        *u = (u.0 + grant.records, u.1 + grant.bytes);
+                    }
+                    let (tx, unsent) = (tx.clone(), unsent.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(30)).await;
+                        let mut u = unsent.lock().unwrap();
                         let _ = tx.send(msg(engine_message::Body::Credit(grant)));
+                        *u = (u.0 - grant.records, u.1 - grant.bytes);
                     });
                 } else {
                     let _ = tx.send(msg(engine_message::Body::Credit(grant)));
                 }
             }
+            self.state
+                .lock()
+                .unwrap()
+                .credit
+                .insert(source.clone(), (credit_r, credit_b));
             if let Some(n) = self.b.drop_after {
                 let mut st = self.state.lock().unwrap();
                 if !st.dropped && st.admitted.get(&source).copied().unwrap_or(0) >= n {
@@ -593,4 +627,64 @@ async fn a_second_run_of_a_source_continues_after_what_the_engine_admitted() {
     let st = state.lock().unwrap();
     let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+}
+
+/// The engine's count of the stream's credit is the authority: after a
+/// `NO_CREDIT` reject (here the engine counts 1600 bytes less than it
+/// granted in `Opened`), the client takes the count from `Reject.credit`
+/// instead of guessing, and ends with exactly the engine's count. (The client
+/// used to drop its credit to zero on `NO_CREDIT`, which left it believing
+/// less than the engine counted, or more after the refunds of the gap
+/// rejects that follow: the two never met again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_no_credit_the_client_takes_the_engines_count() {
+    const N: u64 = 300;
+    let (addr, state) = start(Behavior {
+        window: 20,
+        byte_drift: 1_600,
+        ..Behavior::default()
+    })
+    .await;
+    let run = async {
+        let (client, mut events) = SourceClient::connect(&addr, "src-d", "", options()).await?;
+        let collector = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(e) = events.recv().await {
+                seen.push(e);
+            }
+            seen
+        });
+        let mut progress = client.progress();
+        // Big records first (bytes bind, and run out in the engine before
+        // the client expects it), then small ones (records bind).
+        for i in 1..=N {
+            let size = if i <= 8 { 400 } else { 10 };
+            client.send_payload(vec![b'x'; size]).await?;
+        }
+        while progress.borrow_and_update().acked < N {
+            progress.changed().await.map_err(|_| ClientError::Closed)?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let p = client.snapshot();
+        let summary = client.finish().await;
+        Ok::<_, ClientError>((p, summary, collector.await.unwrap()))
+    };
+    let (p, summary, events) = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("client finished in time")
+        .expect("client ran");
+    assert!(summary.is_complete(), "{summary:?}");
+    let no_credit = events
+        .iter()
+        .filter(
+            |e| matches!(e, ClientEvent::Reject(r) if r.reason == RejectReason::NoCredit as i32),
+        )
+        .count();
+    assert!(no_credit >= 1, "the drift shows as a NO_CREDIT reject");
+    let engine = state.lock().unwrap().credit["src-d"];
+    assert_eq!(
+        (p.credit_records, p.credit_bytes),
+        engine,
+        "the client's credit is the engine's count"
+    );
 }

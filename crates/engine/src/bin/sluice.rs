@@ -10,6 +10,9 @@ use sluice_engine::config::Settings;
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 struct Cli {
+    /// Log format, over `log.format` (`text` or `json`); RUST_LOG overrides `log.filter`.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,10 +35,21 @@ enum Command {
     Send(sluice_engine::send::SendCommand),
     /// Watch backpressure: an in-process engine with a slow sink and three sources.
     Demo(sluice_engine::demo::DemoCommand),
+    /// Live view of a running engine: pipelines, stages, sources, memory gate.
+    Top(sluice_engine::top::TopCommand),
+    /// Measure end-to-end throughput and ack latency over loopback gRPC.
+    Bench(sluice_engine::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(f) = &cli.log_format {
+        sluice_engine::logging::set_format_override(if f == "json" {
+            sluice_engine::config::LogFormat::Json
+        } else {
+            sluice_engine::config::LogFormat::Text
+        });
+    }
     if let Command::Serve { config } = &cli.command {
         return sluice_engine::serve_command(config.as_deref());
     }
@@ -44,6 +58,8 @@ fn main() -> ExitCode {
         Command::Config { config } => (config, false),
         Command::Send(cmd) => return cmd.run(),
         Command::Demo(cmd) => return cmd.run(),
+        Command::Top(cmd) => return cmd.run(),
+        Command::Bench(args) => return sluice_engine::bench::run(args),
     };
     let toml = match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string()) {
         Ok(toml) => toml,

@@ -1,0 +1,694 @@
+//! `sluice bench`: end-to-end throughput and ack latency over loopback gRPC.
+//!
+//! The load generator is a lean source ([`lean`]) on the generated tonic
+//! client, one HTTP/2 connection per source (one connection is serialised by
+//! a mutex in h2). It obeys credits exactly: it sends a batch only when its
+//! record and byte credits cover it, so a compliant run has zero rejects.
+//!
+//! Two targets:
+//!
+//! - `sluice`: an engine started in-process (null sink by default, or a file
+//!   sink, optionally slowed down), or an engine at `--addr`;
+//! - `raw` ([`raw`]): a bare `sluice.v1.Ingest` server that only counts
+//!   records, acks each batch at once and grants unlimited credit: the
+//!   transport's ceiling on this machine.
+//!
+//! Ack latency is the time from the send of a record's batch to the `Ack`
+//! that covers it, per record, in an HDR histogram. `lost` is
+//! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
+
+pub mod lean;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::{Limit, Settings};
+use crate::server::EngineBuilder;
+use crate::sink::{FileSink, NullSink, Sink, with_knobs};
+use sluice_buffer::{ControllerConfig, Credit};
+
+/// Which sink the in-process engine writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchSink {
+    /// Discard records (commit at once).
+    Null,
+    /// Newline-delimited JSON files in a temporary directory (no fsync).
+    File,
+}
+
+/// The baseline run before the sluice run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// A bare tonic `Ingest` server that counts and acks: the transport's ceiling.
+    Raw,
+}
+
+/// `sluice bench`: drive an engine with N sources and report throughput,
+/// ack latency, memory, signals, rejects and loss.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Engine to drive; default: start one in-process on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// Number of sources, each on its own connection.
+    #[arg(long, default_value_t = 4)]
+    pub sources: usize,
+    /// Payload size of each record in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub record_bytes: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// How long to send (e.g. `10s`, `500ms`, `2m`); ignored with `--records`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Send this many records in total (split over the sources) instead of
+    /// sending for `--duration`.
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Cap the offered rate at R records/s in total (0 = as fast as credits allow).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Sink of the in-process engine.
+    #[arg(long, value_enum, default_value_t = BenchSink::Null)]
+    pub sink: BenchSink,
+    /// Pause of the sink before each batch (a slow sink), e.g. `100ms`.
+    #[arg(long, value_parser = parse_duration)]
+    pub sink_delay: Option<Duration>,
+    /// Offer F × the slow sink's capacity (needs `--sink-delay`; the sink's
+    /// capacity is `--sink-batch` records per `--sink-delay`).
+    #[arg(long, value_name = "F")]
+    pub flood: Option<f64>,
+    /// Records per sink batch of the in-process engine (`batch.max_records`).
+    #[arg(long, default_value_t = 1000)]
+    pub sink_batch: usize,
+    /// How long the in-process engine's stage workers wait for a batch to
+    /// fill (`batch.linger`; engine default `50ms`).
+    #[arg(long, value_parser = parse_duration)]
+    pub linger: Option<Duration>,
+    /// Global buffer byte budget of the in-process engine (per-stage and
+    /// per-source byte limits are capped to it).
+    #[arg(long)]
+    pub buffer_bytes: Option<u64>,
+    /// Global buffer record limit of the in-process engine (per-stage and
+    /// per-source record limits are capped to it).
+    #[arg(long)]
+    pub buffer_records: Option<u64>,
+    /// Credit window of each source in records (engine default 1024); the
+    /// byte window is this × `--record-bytes` × 2.
+    #[arg(long)]
+    pub window: Option<u64>,
+    /// Run a baseline first and report the sluice/baseline ratio.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// Only run the raw baseline (no sluice run).
+    #[arg(long)]
+    pub raw_only: bool,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on standard error.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            sources: 4,
+            record_bytes: 100,
+            batch: 512,
+            duration: Duration::from_secs(10),
+            records: None,
+            rate: 0.0,
+            sink: BenchSink::Null,
+            sink_delay: None,
+            flood: None,
+            sink_batch: 1000,
+            linger: None,
+            buffer_bytes: None,
+            buffer_records: None,
+            window: None,
+            baseline: None,
+            raw_only: false,
+            json: false,
+            quiet: true,
+        }
+    }
+}
+
+/// Parses `10s`, `250ms`, `2m`, `1.5s` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "us" => n / 1e6,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Ack latency percentiles, in microseconds.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
+    /// Records measured.
+    pub count: u64,
+}
+
+/// Signals received by all sources, by kind.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Signals {
+    /// SLOW_DOWN.
+    pub slow_down: u64,
+    /// PAUSE.
+    pub pause: u64,
+    /// RESUME.
+    pub resume: u64,
+}
+
+/// The outcome of one run (one target).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RunReport {
+    /// `raw` or `sluice`.
+    pub target: String,
+    /// Sources (connections).
+    pub sources: usize,
+    /// Payload bytes per record.
+    pub record_bytes: usize,
+    /// Records per batch.
+    pub batch: usize,
+    /// Offered rate cap in records/s (0 = none).
+    pub rate_cap: f64,
+    /// Seconds from the first send to the last ack.
+    pub elapsed_s: f64,
+    /// Records sent (highest sequence number sent, over all sources).
+    pub sent: u64,
+    /// Records completed as acked (`Ack.through_seq`, summed).
+    pub acked: u64,
+    /// Records committed by the sink (`Ack.delivered`, summed).
+    pub delivered: u64,
+    /// Records written to the dead-letter sink.
+    pub dead_lettered: u64,
+    /// Records filtered out by transforms.
+    pub filtered: u64,
+    /// `sent − delivered − filtered − dead_lettered`; must be 0.
+    pub lost: i64,
+    /// `Reject` messages received.
+    pub rejects: u64,
+    /// Records named in those rejects.
+    pub rejected_records: u64,
+    /// Signals received.
+    pub signals: Signals,
+    /// Acked records per second.
+    pub records_per_s: f64,
+    /// Acked payload megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Ack latency.
+    pub latency: Latency,
+    /// Peak VmRSS sampled every 100 ms during the run (bytes), when the
+    /// target runs in this process (it includes the load generator).
+    pub peak_rss_bytes: Option<u64>,
+    /// Buffer byte budget of the in-process engine (global bytes limit).
+    pub buffer_bytes: Option<u64>,
+    /// Sources whose stream failed (error text).
+    pub errors: Vec<String>,
+}
+
+/// Everything `sluice bench` measured.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct BenchReport {
+    /// The raw-transport baseline, when asked for.
+    pub raw: Option<RunReport>,
+    /// The sluice run (absent with `--raw-only`).
+    pub sluice: Option<RunReport>,
+    /// sluice records/s ÷ raw records/s.
+    pub ratio: Option<f64>,
+}
+
+/// `sluice bench` entry point: runs and prints; exit code 1 when records were
+/// lost or a source failed.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice bench: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match rt.block_on(run_bench(&args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("sluice bench: {e}"),
+        }
+    } else {
+        print!("{}", render_table(&report));
+    }
+    let bad = [&report.raw, &report.sluice]
+        .into_iter()
+        .flatten()
+        .any(|r| r.lost != 0 || !r.errors.is_empty());
+    if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs the benchmark described by `args` (baseline first when asked for).
+pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
+    if args.sources == 0 || args.batch == 0 {
+        return Err("--sources and --batch must be at least 1".into());
+    }
+    let raw = if args.baseline.is_some() || args.raw_only {
+        Some(run_raw(args).await?)
+    } else {
+        None
+    };
+    let sluice = if args.raw_only {
+        None
+    } else {
+        Some(run_sluice(args).await?)
+    };
+    let ratio = match (&raw, &sluice) {
+        (Some(r), Some(s)) if r.records_per_s > 0.0 => Some(s.records_per_s / r.records_per_s),
+        _ => None,
+    };
+    Ok(BenchReport { raw, sluice, ratio })
+}
+
+async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
+    let server = raw::RawServer::start()
+        .await
+        .map_err(|e| format!("raw server: {e}"))?;
+    let addr = server.local_addr();
+    let rss = RssSampler::start();
+    let result = drive("raw", addr, args, args.rate).await;
+    let peak = rss.stop();
+    server.stop().await;
+    let mut report = result?;
+    report.peak_rss_bytes = Some(peak);
+    Ok(report)
+}
+
+async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
+    let rate = match (args.flood, args.sink_delay) {
+        (Some(f), Some(d)) if !d.is_zero() => f * args.sink_batch as f64 / d.as_secs_f64(),
+        (Some(_), _) => return Err("--flood needs a non-zero --sink-delay".into()),
+        _ => args.rate,
+    };
+    if let Some(addr) = &args.addr {
+        let addr: SocketAddr = addr
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| format!("--addr {addr}: {e}"))?;
+        return drive("sluice", addr, args, rate).await;
+    }
+    let mut settings = Settings::default();
+    settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.server.shutdown_timeout = Duration::from_secs(5);
+    settings.metrics.enabled = false;
+    if let Some(b) = args.buffer_bytes {
+        settings.buffer.global.bytes = b;
+        cap(&mut settings.buffer.per_stage, None, Some(b));
+        cap(&mut settings.buffer.per_source, None, Some(b));
+    }
+    if let Some(r) = args.buffer_records {
+        settings.buffer.global.records = r;
+        cap(&mut settings.buffer.per_stage, Some(r), None);
+        cap(&mut settings.buffer.per_source, Some(r), None);
+    }
+    if let Some(p) = settings.pipelines.first_mut() {
+        p.batch.max_records = args.sink_batch.max(1);
+        if let Some(l) = args.linger {
+            p.batch.linger = l;
+        }
+    }
+    let budget = settings.buffer.global.bytes;
+    let mut tmp_dir = None;
+    let sink: Arc<dyn Sink> = match args.sink {
+        BenchSink::Null => Arc::new(NullSink),
+        BenchSink::File => {
+            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+            let s = FileSink::open(&dir, "bench", 64 * 1024 * 1024, false)
+                .map_err(|e| format!("file sink: {e}"))?;
+            tmp_dir = Some(dir);
+            Arc::new(s)
+        }
+    };
+    let sink = with_knobs(sink, args.sink_delay.unwrap_or_default(), 0.0);
+    let mut builder = EngineBuilder::new(settings)
+        .sink("default", sink)
+        .dead_letter_sink("default", Arc::new(NullSink));
+    if let Some(w) = args.window {
+        let w = w.max(1);
+        builder = builder.controller_config(ControllerConfig {
+            window: Credit::new(w, w * (args.record_bytes as u64).max(1) * 2),
+            ..ControllerConfig::default()
+        });
+    }
+    let rss = RssSampler::start();
+    let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
+    let result = drive("sluice", engine.local_addr(), args, rate).await;
+    let peak = rss.stop();
+    if let Err(e) = engine.shutdown().await {
+        eprintln!("sluice bench: engine shutdown: {e}");
+    }
+    if let Some(dir) = tmp_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let mut report = result?;
+    report.peak_rss_bytes = Some(peak);
+    report.buffer_bytes = Some(budget);
+    Ok(report)
+}
+
+fn cap(limit: &mut Limit, records: Option<u64>, bytes: Option<u64>) {
+    if let Some(r) = records {
+        limit.records = limit.records.min(r);
+    }
+    if let Some(b) = bytes {
+        limit.bytes = limit.bytes.min(b);
+    }
+}
+
+/// Runs the sources against `addr` and gathers their results.
+async fn drive(
+    target: &str,
+    addr: SocketAddr,
+    args: &BenchArgs,
+    rate: f64,
+) -> Result<RunReport, String> {
+    let n = args.sources;
+    let per_source_records = args.records.map(|total| {
+        (0..n as u64)
+            .map(|i| total / n as u64 + u64::from(i < total % n as u64))
+            .collect::<Vec<_>>()
+    });
+    let run_id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let counters = Arc::new(lean::Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(
+            lean::connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?,
+        );
+    }
+    let start = Instant::now();
+    let deadline = args.records.is_none().then(|| start + args.duration);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, conn) in conns.into_iter().enumerate() {
+        let cfg = lean::SourceConfig {
+            source_id: format!("bench-{target}-{run_id}-{i}"),
+            payload: payload.clone(),
+            batch: args.batch,
+            records: per_source_records.as_ref().map(|v| v[i]),
+            deadline: deadline.map(tokio::time::Instant::from_std),
+            rate: if rate > 0.0 { rate / n as f64 } else { 0.0 },
+        };
+        tasks.push(tokio::spawn(lean::run_source(
+            conn,
+            cfg,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+    let progress = (!args.quiet).then(|| {
+        let counters = counters.clone();
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let (mut last_sent, mut last_acked) = (0, 0);
+            loop {
+                tick.tick().await;
+                let sent = counters.sent.load(Ordering::Relaxed);
+                let acked = counters.acked.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{target} {:>5.1}s] sent {sent:>11} ({:>9}/s)  acked {acked:>11} ({:>9}/s)  rss {:>6} MiB",
+                    start.elapsed().as_secs_f64(),
+                    sent - last_sent,
+                    acked - last_acked,
+                    read_rss().unwrap_or(0) >> 20,
+                );
+                (last_sent, last_acked) = (sent, acked);
+            }
+        })
+    });
+    let mut hist = new_histogram();
+    let mut report = RunReport {
+        target: target.to_owned(),
+        sources: n,
+        record_bytes: args.record_bytes,
+        batch: args.batch,
+        rate_cap: rate,
+        elapsed_s: 0.0,
+        sent: 0,
+        acked: 0,
+        delivered: 0,
+        dead_lettered: 0,
+        filtered: 0,
+        lost: 0,
+        rejects: 0,
+        rejected_records: 0,
+        signals: Signals::default(),
+        records_per_s: 0.0,
+        mb_per_s: 0.0,
+        latency: Latency::default(),
+        peak_rss_bytes: None,
+        buffer_bytes: None,
+        errors: Vec::new(),
+    };
+    let mut last_ack_at = start;
+    for t in tasks {
+        let r = match t.await {
+            Ok(r) => r,
+            Err(e) => {
+                report.errors.push(format!("source task: {e}"));
+                continue;
+            }
+        };
+        let _ = hist.add(&r.hist);
+        report.sent += r.sent;
+        report.acked += r.acked;
+        report.delivered += r.delivered;
+        report.dead_lettered += r.dead_lettered;
+        report.filtered += r.filtered;
+        report.rejects += r.rejects;
+        report.rejected_records += r.rejected_records;
+        report.signals.slow_down += r.signals.slow_down;
+        report.signals.pause += r.signals.pause;
+        report.signals.resume += r.signals.resume;
+        if let Some(at) = r.last_ack_at {
+            last_ack_at = last_ack_at.max(at.into_std());
+        }
+        if let Some(e) = r.error {
+            report.errors.push(e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let elapsed = last_ack_at.duration_since(start).as_secs_f64().max(1e-9);
+    report.elapsed_s = elapsed;
+    report.lost = report.sent as i64
+        - report.delivered as i64
+        - report.filtered as i64
+        - report.dead_lettered as i64;
+    report.records_per_s = report.acked as f64 / elapsed;
+    report.mb_per_s = report.acked as f64 * args.record_bytes as f64 / elapsed / 1e6;
+    report.latency = Latency {
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        count: hist.len(),
+    };
+    Ok(report)
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits; auto-resize past that.
+    let mut h = Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+    h.auto(true);
+    h
+}
+
+/// Samples this process's VmRSS every 100 ms on a thread; keeps the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(read_rss().unwrap_or(0)));
+        let thread = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::Builder::new()
+                .name("bench-rss".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(rss) = read_rss() {
+                            peak.fetch_max(rss, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
+                .ok()
+        };
+        Self { stop, peak, thread }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(rss) = read_rss() {
+            self.peak.fetch_max(rss, Ordering::Relaxed);
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// This process's resident set size in bytes (`VmRSS` of `/proc/self/status`).
+fn read_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The report as a plain-text table.
+pub fn render_table(report: &BenchReport) -> String {
+    use std::fmt::Write;
+    let runs: Vec<&RunReport> = [&report.raw, &report.sluice]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<22}{}", "", cols(&runs, |r| r.target.clone()));
+    let rows: [Row<'_>; 16] = [
+        ("sources × batch", &|r| {
+            format!("{} × {}", r.sources, r.batch)
+        }),
+        ("record bytes", &|r| r.record_bytes.to_string()),
+        ("rate cap (rec/s)", &|r| {
+            if r.rate_cap > 0.0 {
+                format!("{:.0}", r.rate_cap)
+            } else {
+                "none".into()
+            }
+        }),
+        ("elapsed (s)", &|r| format!("{:.2}", r.elapsed_s)),
+        ("records/s", &|r| format!("{:.0}", r.records_per_s)),
+        ("MB/s", &|r| format!("{:.1}", r.mb_per_s)),
+        ("ack p50 (ms)", &|r| ms(r.latency.p50_us)),
+        ("ack p99 (ms)", &|r| ms(r.latency.p99_us)),
+        ("ack p999 (ms)", &|r| ms(r.latency.p999_us)),
+        ("ack max (ms)", &|r| ms(r.latency.max_us)),
+        ("peak RSS (MiB)", &|r| {
+            r.peak_rss_bytes
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "-".into())
+        }),
+        ("buffer budget (MiB)", &|r| {
+            r.buffer_bytes
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "-".into())
+        }),
+        ("signals slow/pause/res", &|r| {
+            format!(
+                "{}/{}/{}",
+                r.signals.slow_down, r.signals.pause, r.signals.resume
+            )
+        }),
+        ("rejects (records)", &|r| {
+            format!("{} ({})", r.rejects, r.rejected_records)
+        }),
+        ("sent / acked", &|r| format!("{} / {}", r.sent, r.acked)),
+        ("lost", &|r| {
+            format!(
+                "{} (dead-lettered {}, filtered {})",
+                r.lost, r.dead_lettered, r.filtered
+            )
+        }),
+    ];
+    for (name, f) in rows {
+        let _ = writeln!(out, "{name:<22}{}", cols(&runs, |r| f(r)));
+    }
+    for r in &runs {
+        for e in &r.errors {
+            let _ = writeln!(out, "error ({}): {e}", r.target);
+        }
+    }
+    if let Some(ratio) = report.ratio {
+        let _ = writeln!(out, "sluice / raw records/s: {ratio:.3}");
+    }
+    out
+}
+
+/// A table row: its name and how to render a run's cell.
+type Row<'a> = (&'a str, &'a dyn Fn(&RunReport) -> String);
+
+fn cols(runs: &[&RunReport], f: impl Fn(&RunReport) -> String) -> String {
+    runs.iter().map(|r| format!("{:>38}", f(r))).collect()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}

@@ -1,0 +1,485 @@
+//! A lean benchmark source on the generated tonic client.
+//!
+//! One task per source reads the engine's messages and sends batches from
+//! the same loop. It sends a batch only when its record and byte credits
+//! cover it (credits are tracked exactly, corrected by `Reject.credit`), so
+//! against a correct engine it is never rejected. Records are the same
+//! shared payload (`Bytes`, reference-counted), so the generator allocates
+//! one `Vec<Record>` per batch and nothing per record.
+
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Signals, new_histogram};
+use sluice_proto::v1::engine_message::Body as In;
+use sluice_proto::v1::source_message::Body as Out;
+use sluice_proto::v1::{Batch, EngineMessage, Open, Record, SignalKind, SourceMessage};
+
+/// Largest gRPC message the bench client encodes or decodes.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// How long a source waits for its last acks after it stopped sending.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Live totals over all sources (for progress lines).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records sent (first sends only).
+    pub sent: AtomicU64,
+    /// Records acked.
+    pub acked: AtomicU64,
+}
+
+/// What one source sends.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Source id (unique per run).
+    pub source_id: String,
+    /// Payload of every record.
+    pub payload: Bytes,
+    /// Records per batch.
+    pub batch: usize,
+    /// Send this many records, or (None) until `deadline`.
+    pub records: Option<u64>,
+    /// When to stop sending new records (duration mode).
+    pub deadline: Option<Instant>,
+    /// Offered rate cap of this source in records/s; 0 = none.
+    pub rate: f64,
+}
+
+/// What one source measured.
+#[derive(Debug)]
+pub struct SourceResult {
+    /// Ack latency per record, in µs.
+    pub hist: Histogram<u64>,
+    /// Highest sequence number sent (= records sent, sequences start at 1).
+    pub sent: u64,
+    /// Last `Ack.through_seq`.
+    pub acked: u64,
+    /// Last `Ack.delivered`.
+    pub delivered: u64,
+    /// Last `Ack.dead_lettered`.
+    pub dead_lettered: u64,
+    /// Last `Ack.filtered`.
+    pub filtered: u64,
+    /// `Reject` messages.
+    pub rejects: u64,
+    /// Records named in rejects.
+    pub rejected_records: u64,
+    /// Signals by kind.
+    pub signals: Signals,
+    /// When the last ack arrived.
+    pub last_ack_at: Option<Instant>,
+    /// Why the stream failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Opens one HTTP/2 connection to `addr`.
+pub async fn connect(addr: SocketAddr) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A batch sent and not yet fully acked.
+struct Pending {
+    first_seq: u64,
+    count: u64,
+    sent_at: Instant,
+}
+
+/// Runs one source on `channel` until it has sent what it was asked to and
+/// everything it sent is acked (or the stream fails).
+pub async fn run_source(
+    channel: Channel,
+    cfg: SourceConfig,
+    counters: Arc<Counters>,
+    _stop: Arc<AtomicBool>,
+) -> SourceResult {
+    let mut res = SourceResult {
+        hist: new_histogram(),
+        sent: 0,
+        acked: 0,
+        delivered: 0,
+        dead_lettered: 0,
+        filtered: 0,
+        rejects: 0,
+        rejected_records: 0,
+        signals: Signals::default(),
+        last_ack_at: None,
+        error: None,
+    };
+    if let Err(e) = source_loop(channel, &cfg, &counters, &mut res).await {
+        res.error = Some(format!("{}: {e}", cfg.source_id));
+    }
+    res
+}
+
+async fn source_loop(
+    channel: Channel,
+    cfg: &SourceConfig,
+    counters: &Counters,
+    res: &mut SourceResult,
+) -> Result<(), String> {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    grpc.ready().await.map_err(|e| format!("not ready: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Outgoing>(4);
+    let open = SourceMessage {
+        body: Some(Out::Open(Open {
+            source_id: cfg.source_id.clone(),
+            pipeline: String::new(),
+        })),
+    };
+    tx.send(Outgoing::Message(open))
+        .await
+        .map_err(|_| "stream closed".to_owned())?;
+    let mut tx = Some(tx);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/sluice.v1.Ingest/Stream");
+    let mut inbound = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            path,
+            BenchCodec::<EngineMessage>(PhantomData),
+        )
+        .await
+        .map_err(|s| format!("open: {s}"))?
+        .into_inner();
+    // The encoded records of a full batch, reused for every full batch.
+    let mut encoded: Option<(u64, Bytes)> = None;
+
+    let opened = match inbound.message().await.map_err(|s| s.to_string())? {
+        Some(SourceMessageIn {
+            body: Some(In::Opened(o)),
+        }) => o,
+        other => return Err(format!("expected Opened, got {other:?}")),
+    };
+    let rec_size = cfg.payload.len() as i64;
+    let mut credit_records = 0i64;
+    let mut credit_bytes = 0i64;
+    if let Some(c) = opened.credit {
+        credit_records = c.records.min(i64::MAX as u64) as i64;
+        credit_bytes = c.bytes.min(i64::MAX as u64) as i64;
+    }
+    let mut max_credit_seen = credit_records;
+    let max_batch = (opened.max_batch_records.max(1) as usize).min(cfg.batch) as u64;
+    let first = opened.admitted_through_seq + 1;
+    let mut next_seq = first;
+    let mut max_sent = opened.admitted_through_seq;
+    let mut limit_seq: Option<u64> = cfg.records.map(|n| first + n - 1);
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let start = Instant::now();
+    let mut sent_total = 0u64;
+    let mut drain_deadline: Option<Instant> = None;
+    let far = start + Duration::from_secs(365 * 24 * 3600);
+
+    loop {
+        let now = Instant::now();
+        if limit_seq.is_none() && cfg.deadline.is_some_and(|d| now >= d) {
+            limit_seq = Some(next_seq.saturating_sub(1).max(max_sent));
+        }
+        let done_sending = limit_seq.is_some_and(|l| next_seq > l);
+        if done_sending && pending.is_empty() && tx.is_some() {
+            tx = None; // half-close: the engine ends the stream once all is acked
+        }
+        if done_sending && drain_deadline.is_none() {
+            drain_deadline = Some(now + DRAIN_TIMEOUT);
+        }
+        if drain_deadline.is_some_and(|d| now >= d) {
+            return Err(format!(
+                "timed out waiting for acks ({} batches pending)",
+                pending.len()
+            ));
+        }
+        // How many records the next batch holds, and whether credit covers it.
+        let want = match limit_seq {
+            Some(l) if next_seq <= l => max_batch.min(l - next_seq + 1),
+            Some(_) => 0,
+            None => max_batch,
+        };
+        let covered = |n: u64| credit_records >= n as i64 && credit_bytes >= n as i64 * rec_size;
+        let n = if want == 0 || tx.is_none() {
+            0
+        } else if covered(want) {
+            want
+        } else if (max_credit_seen as u64) < 2 * want {
+            // Window smaller than two batches: send what credit covers.
+            let by_bytes = if rec_size > 0 {
+                credit_bytes.max(0) / rec_size
+            } else {
+                i64::MAX
+            };
+            (credit_records.max(0).min(by_bytes) as u64).min(want)
+        } else {
+            0
+        };
+        let send_at = if cfg.rate > 0.0 {
+            start + Duration::from_secs_f64(sent_total as f64 / cfg.rate)
+        } else {
+            now
+        };
+        let rate_ready = send_at <= now;
+        let can_send = n > 0;
+        let wake_at = match (limit_seq, cfg.deadline) {
+            (None, Some(d)) => d,
+            _ => drain_deadline.unwrap_or(far),
+        };
+        tokio::select! {
+            biased;
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        if pending.is_empty() && done_sending {
+                            return Ok(());
+                        }
+                        return Err(format!("stream ended early ({} batches pending)", pending.len()));
+                    }
+                    Err(s) => return Err(format!("stream failed: {s}")),
+                };
+                match msg.body {
+                    Some(In::Credit(c)) => {
+                        credit_records = credit_records.saturating_add(c.records.min(i64::MAX as u64) as i64);
+                        credit_bytes = credit_bytes.saturating_add(c.bytes.min(i64::MAX as u64) as i64);
+                        max_credit_seen = max_credit_seen.max(credit_records);
+                    }
+                    Some(In::Signal(s)) => match SignalKind::try_from(s.kind) {
+                        Ok(SignalKind::SlowDown) => res.signals.slow_down += 1,
+                        Ok(SignalKind::Pause) => res.signals.pause += 1,
+                        Ok(SignalKind::Resume) => res.signals.resume += 1,
+                        _ => {}
+                    },
+                    Some(In::Ack(a)) => {
+                        let at = Instant::now();
+                        while let Some(p) = pending.front_mut() {
+                            if p.first_seq > a.through_seq {
+                                break;
+                            }
+                            let covered = (a.through_seq - p.first_seq + 1).min(p.count);
+                            let us = at.duration_since(p.sent_at).as_micros() as u64;
+                            let _ = res.hist.record_n(us.max(1), covered);
+                            p.first_seq += covered;
+                            p.count -= covered;
+                            if p.count == 0 {
+                                pending.pop_front();
+                            } else {
+                                break;
+                            }
+                        }
+                        if a.through_seq > res.acked {
+                            counters.acked.fetch_add(a.through_seq - res.acked, Ordering::Relaxed);
+                            res.acked = a.through_seq;
+                        }
+                        res.delivered = a.delivered;
+                        res.dead_lettered = a.dead_lettered;
+                        res.filtered = a.filtered;
+                        res.last_ack_at = Some(at);
+                    }
+                    Some(In::Reject(r)) => {
+                        res.rejects += 1;
+                        res.rejected_records += r.count;
+                        // The batch this reject is about: the earliest pending
+                        // one holding `first_seq` (the engine answers in order).
+                        if let Some(idx) = pending.iter().position(|p| {
+                            r.first_seq >= p.first_seq && r.first_seq < p.first_seq + p.count
+                        }) {
+                            let later: u64 = pending.iter().skip(idx + 1).map(|p| p.count).sum();
+                            let p = &mut pending[idx];
+                            p.count = r.first_seq - p.first_seq;
+                            if p.count == 0 {
+                                pending.remove(idx);
+                            }
+                            if let Some(c) = r.credit {
+                                credit_records = c.records as i64 - later as i64;
+                                credit_bytes = c.bytes as i64 - (later as i64) * rec_size;
+                            }
+                        }
+                        next_seq = next_seq.min(r.admitted_through_seq + 1);
+                    }
+                    Some(In::Opened(_)) | None => {}
+                }
+            }
+            permit = reserve(&tx), if can_send && rate_ready => {
+                let Some(permit) = permit else {
+                    return Err("request stream closed".into());
+                };
+                let records = match &encoded {
+                    Some((count, bytes)) if *count == n => bytes.clone(),
+                    _ => {
+                        let bytes = encode_records(&cfg.payload, n);
+                        encoded = Some((n, bytes.clone()));
+                        bytes
+                    }
+                };
+                let first_seq = next_seq;
+                permit.send(Outgoing::Batch { first_seq, records });
+                pending.push_back(Pending { first_seq, count: n, sent_at: Instant::now() });
+                credit_records -= n as i64;
+                credit_bytes -= n as i64 * rec_size;
+                next_seq += n;
+                sent_total += n;
+                if next_seq - 1 > max_sent {
+                    counters.sent.fetch_add(next_seq - 1 - max_sent, Ordering::Relaxed);
+                    max_sent = next_seq - 1;
+                }
+                res.sent = max_sent - opened.admitted_through_seq;
+            }
+            _ = tokio::time::sleep_until(send_at), if can_send && !rate_ready => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+    }
+}
+
+type SourceMessageIn = sluice_proto::v1::EngineMessage;
+
+/// A message on the source's side of the stream.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Any message, encoded by prost.
+    Message(SourceMessage),
+    /// `SourceMessage{batch: Batch{first_seq, records}}` where `records` is
+    /// the already encoded `records` field (see [`encode_records`]).
+    Batch {
+        /// Sequence number of the first record.
+        first_seq: u64,
+        /// Encoded repeated `Batch.records` field (tag, length, record)*.
+        records: Bytes,
+    },
+}
+
+/// Encodes `n` records with `payload` as the repeated `records` field of a
+/// `Batch` (a `Batch` with `first_seq` 0 encodes as exactly that).
+pub fn encode_records(payload: &Bytes, n: u64) -> Bytes {
+    let batch = Batch {
+        first_seq: 0,
+        records: (0..n)
+            .map(|_| Record {
+                key: Bytes::new(),
+                payload: payload.clone(),
+                attributes: HashMap::new(),
+                event_time_ms: 0,
+            })
+            .collect(),
+    };
+    Bytes::from(batch.encode_to_vec())
+}
+
+/// Tag of `SourceMessage.batch` (field 2, length-delimited).
+const TAG_SOURCE_BATCH: u8 = (2 << 3) | 2;
+/// Tag of `Batch.first_seq` (field 1, varint).
+const TAG_FIRST_SEQ: u8 = 1 << 3;
+
+/// Prost for what comes in; pre-encoded batches for what goes out: one copy
+/// of the encoded records per batch instead of encoding every record.
+struct BenchCodec<D>(PhantomData<D>);
+
+impl<D: Message + Default + Send + 'static> Codec for BenchCodec<D> {
+    type Encode = Outgoing;
+    type Decode = D;
+    type Encoder = OutgoingEncoder;
+    type Decoder = ProstLikeDecoder<D>;
+    fn encoder(&mut self) -> Self::Encoder {
+        OutgoingEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstLikeDecoder(PhantomData)
+    }
+}
+
+struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Message(m) => m
+                .encode(dst)
+                .map_err(|e| Status::internal(format!("encode: {e}"))),
+            Outgoing::Batch { first_seq, records } => {
+                put_batch(first_seq, &records, dst);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `SourceMessage{batch: Batch{first_seq, records}}`, `records`
+/// being the encoded repeated field (from [`encode_records`]).
+fn put_batch(first_seq: u64, records: &[u8], dst: &mut impl BufMut) {
+    let seq_len = if first_seq == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(first_seq)
+    };
+    let body_len = seq_len + records.len();
+    dst.put_u8(TAG_SOURCE_BATCH);
+    prost::encoding::encode_varint(body_len as u64, dst);
+    if first_seq != 0 {
+        dst.put_u8(TAG_FIRST_SEQ);
+        prost::encoding::encode_varint(first_seq, dst);
+    }
+    dst.put_slice(records);
+}
+
+struct ProstLikeDecoder<D>(PhantomData<D>);
+
+impl<D: Message + Default> Decoder for ProstLikeDecoder<D> {
+    type Item = D;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decode: {e}")))
+    }
+}
+
+async fn reserve(tx: &Option<mpsc::Sender<Outgoing>>) -> Option<mpsc::Permit<'_, Outgoing>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_encoded_batch_is_what_prost_encodes() {
+        let payload = Bytes::from_static(b"0123456789");
+        for (first_seq, n) in [(1u64, 3u64), (300, 1), (u64::MAX / 3, 512), (7, 0)] {
+            let mut out = Vec::new();
+            put_batch(first_seq, &encode_records(&payload, n), &mut out);
+            let want = SourceMessage {
+                body: Some(Out::Batch(Batch {
+                    first_seq,
+                    records: (0..n)
+                        .map(|_| Record {
+                            payload: payload.clone(),
+                            ..Record::default()
+                        })
+                        .collect(),
+                })),
+            };
+            assert_eq!(out, want.encode_to_vec());
+            assert_eq!(SourceMessage::decode(&out[..]).unwrap(), want);
+        }
+    }
+}

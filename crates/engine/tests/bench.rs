@@ -1,0 +1,30 @@
+//! `sluice bench` in-process: a tiny run loses nothing and reports valid JSON.
+//! No speed assertions.
+
+use sluice_engine::bench::{Baseline, BenchArgs, BenchReport, run_bench};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_loses_nothing_and_reports_json() {
+    let args = BenchArgs {
+        sources: 2,
+        records: Some(4_000),
+        batch: 256,
+        baseline: Some(Baseline::Raw),
+        ..BenchArgs::default()
+    };
+    let report = run_bench(&args).await.expect("bench runs");
+    let json = serde_json::to_string(&report).expect("serializes");
+    let parsed: BenchReport = serde_json::from_str(&json).expect("JSON parses");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON parses");
+    assert!(value["sluice"]["records_per_s"].is_number());
+    for run in [parsed.raw.as_ref(), parsed.sluice.as_ref()] {
+        let run = run.expect("both runs present");
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        assert_eq!(run.sent, 4_000, "{run:?}");
+        assert_eq!(run.lost, 0, "{run:?}");
+        assert_eq!(run.acked, 4_000, "{run:?}");
+        assert_eq!(run.rejects, 0, "{run:?}");
+        assert_eq!(run.latency.count, 4_000, "{run:?}");
+    }
+    assert!(parsed.ratio.is_some());
+}
