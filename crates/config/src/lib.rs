@@ -51,7 +51,10 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use pipeline::{BatchSettings, FilterOp, PipelineSpec, SinkSpec, StageSpec, TransformSpec};
-pub use sections::{BufferSettings, LogFormat, LogSettings, MetricsSettings, ServerSettings};
+pub use sections::{
+    AuthSettings, BufferSettings, LogFormat, LogSettings, MetricsSettings, ServerSettings,
+    TlsSettings, TokenSpec,
+};
 pub use sluice_buffer::{Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks};
 pub use validate::{ValidationError, ValidationErrors};
 

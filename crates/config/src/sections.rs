@@ -4,6 +4,7 @@
 //! [`RetryPolicy`](sluice_buffer::RetryPolicy).)
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,15 @@ const MIB: u64 = 1024 * 1024;
 /// keepalive_interval = "30s"
 /// keepalive_timeout = "10s"
 /// shutdown_timeout = "30s"
+/// max_sessions_per_connection = 100
+/// max_unacked_per_session = 100000
+///
+/// [server.auth]            # optional: bearer tokens (off when no token is listed)
+/// tokens = [{ token = "s3cret", sources = ["orders", "web-*"] }]
+///
+/// [server.tls]             # optional: TLS (plaintext when the table is absent)
+/// cert = "/etc/sluice/cert.pem"
+/// key = "/etc/sluice/key.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +51,76 @@ pub struct ServerSettings {
     /// Default `30s`; `0s` stops at once.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most concurrent `Ingest.Stream` sessions (HTTP/2 streams) one client
+    /// connection may have open; further streams wait until one ends (the
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces, which
+    /// covers every RPC on the connection). Default 100.
+    pub max_sessions_per_connection: u32,
+    /// Most records one session may have admitted and not yet acked. The
+    /// engine grants a session credit only while its unacked records plus a
+    /// full credit window fit under this (and the credit window is capped at
+    /// it), so a source that obeys its credit is never rejected for it;
+    /// records beyond it are rejected `SOURCE_LIMIT`. Default 100 000.
+    pub max_unacked_per_session: u64,
+    /// `[server.auth]`: bearer tokens. No token listed (the default): no
+    /// authentication.
+    pub auth: AuthSettings,
+    /// `[server.tls]`: TLS certificate and key. Absent (the default):
+    /// plaintext HTTP/2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.auth]`: per-source bearer tokens.
+///
+/// When at least one token is listed, every `Ingest.Stream` and `Admin.Stats`
+/// call must carry `authorization: Bearer <token>` metadata with a listed
+/// token (else `UNAUTHENTICATED`), and a stream may only `Open` a source id
+/// its token covers (else `PERMISSION_DENIED`). A source pattern is an exact
+/// source id, a prefix followed by `*` (`"web-*"` covers `web-1`), or `"*"`
+/// (every source). Health and reflection need no token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The accepted tokens and the sources each may feed.
+    pub tokens: Vec<TokenSpec>,
+}
+
+impl AuthSettings {
+    /// Whether authentication is on (at least one token is listed).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// One accepted bearer token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// The secret the client sends as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Source id patterns this token may open: exact ids, `prefix*`, or `*`.
+    pub sources: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenSpec {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSpec")
+            .field("token", &"<redacted>")
+            .field("sources", &self.sources)
+            .finish()
+    }
+}
+
+/// `[server.tls]`: the server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
 }
 
 impl Default for ServerSettings {
@@ -51,6 +131,10 @@ impl Default for ServerSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            max_sessions_per_connection: 100,
+            max_unacked_per_session: 100_000,
+            auth: AuthSettings::default(),
+            tls: None,
         }
     }
 }

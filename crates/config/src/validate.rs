@@ -138,6 +138,24 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
             "server.keepalive_timeout must be greater than 0s",
         );
     }
+    positive(
+        e,
+        "server.max_sessions_per_connection",
+        u64::from(sv.max_sessions_per_connection),
+    );
+    positive(
+        e,
+        "server.max_unacked_per_session",
+        sv.max_unacked_per_session,
+    );
+    auth(s, e);
+    if let Some(tls) = &sv.tls {
+        for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+            if path.as_os_str().is_empty() {
+                e.push(key, format!("{key} must not be empty (a PEM file)"));
+            }
+        }
+    }
     if s.metrics.enabled && s.metrics.listen == sv.listen && sv.listen.port() != 0 {
         e.push(
             "metrics.listen",
@@ -146,6 +164,53 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
                 s.metrics.listen, sv.listen
             ),
         );
+    }
+}
+
+/// `[server.auth]`: tokens non-empty and unique (messages never quote a
+/// token), each with at least one well-formed source pattern.
+fn auth(s: &Settings, e: &mut ValidationErrors) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in s.server.auth.tokens.iter().enumerate() {
+        let key = format!("server.auth.tokens[{i}]");
+        let tkey = format!("{key}.token");
+        if t.token.trim().is_empty() {
+            e.push(tkey.clone(), format!("{tkey} must not be empty"));
+        } else if t.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            e.push(
+                tkey.clone(),
+                format!("{tkey} must not contain whitespace or control characters"),
+            );
+        } else if let Some(first) = seen.get(t.token.as_str()) {
+            e.push(
+                tkey.clone(),
+                format!(
+                    "{tkey} is the same as server.auth.tokens[{first}].token; tokens must be unique"
+                ),
+            );
+        } else {
+            seen.insert(&t.token, i);
+        }
+        let skey = format!("{key}.sources");
+        if t.sources.is_empty() {
+            e.push(
+                skey.clone(),
+                format!(
+                    "{skey} must name at least one source (an id, a prefix ending in *, or \"*\")"
+                ),
+            );
+        }
+        for (k, p) in t.sources.iter().enumerate() {
+            let pkey = format!("{skey}[{k}]");
+            if p.is_empty() {
+                e.push(pkey.clone(), format!("{pkey} must not be empty"));
+            } else if p.find('*').is_some_and(|at| at != p.len() - 1) {
+                e.push(
+                    pkey.clone(),
+                    format!("{pkey} ({p:?}) may hold * only as its last character"),
+                );
+            }
+        }
     }
 }
 

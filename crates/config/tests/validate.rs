@@ -304,3 +304,132 @@ fn load_refuses_an_invalid_file_with_every_problem() {
     assert!(text.contains("buffer.low_watermark (0.9) must be below buffer.high_watermark (0.8)"));
     assert_eq!(text.lines().count(), 5, "{text}");
 }
+
+fn token(t: &str, sources: &[&str]) -> sluice_config::TokenSpec {
+    sluice_config::TokenSpec {
+        token: t.into(),
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn auth_tokens_must_be_non_empty_unique_and_cover_sources() {
+    let mut s = Settings::default();
+    s.server.auth.tokens = vec![token("t1", &["a", "web-*"]), token("t2", &["*"])];
+    assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+
+    s.server.auth.tokens = vec![token("", &["a"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token",
+        "server.auth.tokens[0].token must not be empty",
+    );
+    s.server.auth.tokens = vec![token("secret-1", &["a"]), token("secret-1", &["b"])];
+    only(
+        &s,
+        "server.auth.tokens[1].token",
+        "server.auth.tokens[1].token is the same as server.auth.tokens[0].token; tokens must be unique",
+    );
+    assert!(
+        !problems(&s)[0].contains("secret-1"),
+        "a message never quotes a token"
+    );
+    s.server.auth.tokens = vec![token("t", &[])];
+    only(
+        &s,
+        "server.auth.tokens[0].sources",
+        "server.auth.tokens[0].sources must name at least one source (an id, a prefix ending in *, or \"*\")",
+    );
+    s.server.auth.tokens = vec![token("t", &["a", "", "x*y"])];
+    let errors = s.validate().unwrap_err();
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.auth.tokens[0].sources[1]",
+            "server.auth.tokens[0].sources[2]"
+        ]
+    );
+    s.server.auth.tokens = vec![token("has space", &["a"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token",
+        "server.auth.tokens[0].token must not contain whitespace or control characters",
+    );
+}
+
+#[test]
+fn per_connection_limits_must_be_positive() {
+    let mut s = Settings::default();
+    s.server.max_sessions_per_connection = 0;
+    only(
+        &s,
+        "server.max_sessions_per_connection",
+        "server.max_sessions_per_connection must be greater than 0",
+    );
+    let mut s = Settings::default();
+    s.server.max_unacked_per_session = 0;
+    only(
+        &s,
+        "server.max_unacked_per_session",
+        "server.max_unacked_per_session must be greater than 0",
+    );
+}
+
+#[test]
+fn tls_paths_must_not_be_empty() {
+    let mut s = Settings::default();
+    s.server.tls = Some(sluice_config::TlsSettings {
+        cert: "".into(),
+        key: "key.pem".into(),
+    });
+    only(
+        &s,
+        "server.tls.cert",
+        "server.tls.cert must not be empty (a PEM file)",
+    );
+}
+
+#[test]
+fn security_settings_load_from_toml_and_round_trip() {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    writeln!(
+        f,
+        r#"
+[server]
+listen = "127.0.0.1:7001"
+max_sessions_per_connection = 8
+max_unacked_per_session = 5000
+
+[server.auth]
+tokens = [{{ token = "tok-a", sources = ["a", "web-*"] }}, {{ token = "tok-all", sources = ["*"] }}]
+
+[server.tls]
+cert = "/etc/sluice/cert.pem"
+key = "/etc/sluice/key.pem"
+"#
+    )
+    .unwrap();
+    let s =
+        Settings::load_with_env(Some(f.path()), std::iter::empty::<(String, String)>()).unwrap();
+    assert_eq!(s.server.max_sessions_per_connection, 8);
+    assert_eq!(s.server.max_unacked_per_session, 5000);
+    assert_eq!(s.server.auth.tokens.len(), 2);
+    assert_eq!(s.server.auth.tokens[0].sources, ["a", "web-*"]);
+    let tls = s.server.tls.clone().unwrap();
+    assert_eq!(tls.key, std::path::Path::new("/etc/sluice/key.pem"));
+    assert!(
+        !format!("{s:?}").contains("tok-a"),
+        "Debug never prints a token"
+    );
+    let text = s.to_toml_string().unwrap();
+    let mut g = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    g.write_all(text.as_bytes()).unwrap();
+    let back =
+        Settings::load_with_env(Some(g.path()), std::iter::empty::<(String, String)>()).unwrap();
+    assert_eq!(back, s);
+    // Defaults: no auth, no TLS.
+    let d = Settings::default();
+    assert!(!d.server.auth.enabled());
+    assert!(d.server.tls.is_none());
+}

@@ -434,7 +434,6 @@ async fn drive(
             .unwrap_or_default()
     );
     let counters = Arc::new(lean::Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
     let payload = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -456,12 +455,7 @@ async fn drive(
             deadline: deadline.map(tokio::time::Instant::from_std),
             rate: if rate > 0.0 { rate / n as f64 } else { 0.0 },
         };
-        tasks.push(tokio::spawn(lean::run_source(
-            conn,
-            cfg,
-            counters.clone(),
-            stop.clone(),
-        )));
+        tasks.push(tokio::spawn(lean::run_source(conn, cfg, counters.clone())));
     }
     let progress = (!args.quiet).then(|| {
         let counters = counters.clone();
@@ -536,7 +530,6 @@ async fn drive(
             report.errors.push(e);
         }
     }
-    stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         p.abort();
     }

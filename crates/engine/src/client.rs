@@ -138,7 +138,7 @@ impl ReconnectPolicy {
 }
 
 /// Options of a [`SourceClient`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ClientOptions {
     /// Most records held by the client (queued, sent and not acked yet);
     /// [`SourceClient::send`] waits while this many are held. Default 10 000.
@@ -163,6 +163,36 @@ pub struct ClientOptions {
     /// After everything is acked and the client half-closed, how long it
     /// waits for the engine to end the stream. Default 5 s.
     pub close_timeout: Duration,
+    /// Bearer token sent as `authorization: Bearer <token>` metadata, for an
+    /// engine with `[server.auth]` tokens. Default none.
+    pub token: Option<String>,
+    /// PEM CA certificate(s) trusted for an `https://` engine address (TLS).
+    /// Default none (plaintext `http://`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    /// Like a derived `Debug`, but never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("max_unacked", &self.max_unacked)
+            .field("max_batch_records", &self.max_batch_records)
+            .field("linger", &self.linger)
+            .field("first_seq", &self.first_seq)
+            .field("reconnect", &self.reconnect)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// The `authorization` metadata value for `token`.
+fn bearer(token: &str) -> Result<tonic::metadata::AsciiMetadataValue, ClientError> {
+    format!("Bearer {token}").parse().map_err(|_| {
+        ClientError::InvalidOptions("token must be printable ASCII without spaces".into())
+    })
 }
 
 impl Default for ClientOptions {
@@ -175,6 +205,8 @@ impl Default for ClientOptions {
             reconnect: ReconnectPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            token: None,
+            ca_pem: None,
         }
     }
 }
@@ -448,11 +480,23 @@ impl SourceClient {
                 "source_id must not be empty".into(),
             ));
         }
-        let endpoint = Endpoint::from_shared(addr.to_owned())
-            .map_err(|e| ClientError::InvalidAddress {
+        if let Some(token) = &options.token {
+            bearer(token)?;
+        }
+        let mut endpoint =
+            Endpoint::from_shared(addr.to_owned()).map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
-            })?
+            })?;
+        if let Some(ca) = &options.ca_pem {
+            endpoint = endpoint
+                .tls_config(crate::tls::client_config(ca))
+                .map_err(|e| ClientError::InvalidAddress {
+                    addr: addr.to_owned(),
+                    reason: error_chain(&e),
+                })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -754,8 +798,14 @@ impl Driver {
         };
         tx.send(open).await.map_err(|_| ClientError::Closed)?;
         let opened = tokio::time::timeout(timeout, async {
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(token) = &self.opts.token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer(token)?);
+            }
             let mut inbound = client
-                .stream(ReceiverStream::new(rx))
+                .stream(request)
                 .await
                 .map_err(|s| status_error(&s, &connect_err))?
                 .into_inner();

@@ -20,11 +20,13 @@ pub mod top;
 
 // Server and pipeline runtime.
 pub mod ack;
+pub mod auth;
 pub mod pipeline;
 pub mod record;
 pub mod server;
 mod session;
 pub mod sink;
+pub mod tls;
 pub mod transform;
 
 pub use server::{

@@ -344,6 +344,14 @@ pub struct SendCommand {
     /// Never show the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Bearer token for an engine with `[server.auth]` tokens (sent as
+    /// `authorization: Bearer <token>`).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the engine's certificate, for an
+    /// `https://` address (TLS).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 impl SendCommand {
@@ -363,6 +371,16 @@ impl SendCommand {
                 return ExitCode::from(2);
             }
         };
+        let ca_pem = match &self.ca {
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    eprintln!("sluice send: --ca: cannot read {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
         let args = SendArgs {
             addr: self.addr,
             source_id: self.source_id,
@@ -371,6 +389,8 @@ impl SendCommand {
             options: ClientOptions {
                 max_unacked: self.max_unacked.max(1),
                 max_batch_records: self.batch.max(1),
+                token: self.token,
+                ca_pem,
                 ..ClientOptions::default()
             },
             progress: !self.no_progress,

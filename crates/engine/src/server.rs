@@ -88,6 +88,9 @@ pub enum EngineError {
     /// The Prometheus exporter could not be installed.
     #[error(transparent)]
     Metrics(#[from] crate::observe::MetricsError),
+    /// A `[server.tls]` file could not be read.
+    #[error(transparent)]
+    TlsFile(#[from] crate::tls::TlsFileError),
 }
 
 /// State shared by the services, the sessions and the handle.
@@ -103,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) observe: crate::observe::Observer,
     pub(crate) gate: watch::Receiver<GateState>,
     pub(crate) max_batch_records: u32,
+    /// `[server.auth]`, when tokens are configured.
+    pub(crate) auth: Option<crate::auth::Authenticator>,
     /// Cancelled when shutdown starts: batches are rejected.
     pub(crate) draining: CancellationToken,
     /// Cancelled when streams must end (after draining).
@@ -274,7 +279,8 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<SourceMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let rx = session::open(self.shared.clone(), request.into_inner()).await?;
+        let grant = crate::auth::check(self.shared.auth.as_ref(), request.metadata())?;
+        let rx = session::open(self.shared.clone(), request.into_inner(), grant).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -291,8 +297,9 @@ pub struct AdminService {
 impl Admin for AdminService {
     async fn stats(
         &self,
-        _request: Request<v1::StatsRequest>,
+        request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
+        crate::auth::check(self.shared.auth.as_ref(), request.metadata())?;
         Ok(Response::new(self.shared.stats()))
     }
 }
@@ -438,6 +445,11 @@ impl EngineBuilder {
         let gate = monitor.subscribe();
         let mut ccfg = controller.unwrap_or_default();
         ccfg.watermarks = settings.buffer.watermarks();
+        // A session never holds more credit than it may have unacked.
+        ccfg.window.records = ccfg
+            .window
+            .records
+            .min(settings.server.max_unacked_per_session);
         let controller = BackpressureController::new(buffer.clone(), ccfg, Some(gate.clone()))?;
         let controller_task = controller.spawn();
         let hub = Arc::new(AckHub::new());
@@ -489,6 +501,14 @@ impl EngineBuilder {
             }
         }
 
+        // Read the TLS files before binding: a missing file names its key.
+        let tls = match &settings.server.tls {
+            Some(t) => Some(crate::tls::server_config(t)?),
+            None => None,
+        };
+        if let Some(warning) = crate::auth::server_exposure_warning(&settings.server) {
+            tracing::warn!("{warning}");
+        }
         let addr = settings.server.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -506,6 +526,7 @@ impl EngineBuilder {
             observe: crate::observe::Observer::default(),
             gate,
             max_batch_records,
+            auth: crate::auth::Authenticator::from_settings(&settings.server.auth),
             draining: CancellationToken::new(),
             stop: CancellationToken::new(),
             streams: Mutex::new(HashMap::new()),
@@ -543,9 +564,15 @@ impl EngineBuilder {
         });
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
         let server_stop = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(non_zero(shared.settings.server.keepalive_interval))
             .http2_keepalive_timeout(non_zero(shared.settings.server.keepalive_timeout))
+            // Per connection: the HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+            .max_concurrent_streams(Some(shared.settings.server.max_sessions_per_connection));
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        let server = server
             .add_service(ingest)
             .add_service(admin)
             .add_service(health_service)
@@ -557,7 +584,9 @@ impl EngineBuilder {
             );
         let server = tokio::spawn(server);
         crate::observe::spawn(&shared);
-        tracing::info!(%local_addr, pipelines = shared.pipelines.len(), "sluice engine listening");
+        tracing::info!(%local_addr, pipelines = shared.pipelines.len(),
+            tls = shared.settings.server.tls.is_some(), auth = shared.auth.is_some(),
+            "sluice engine listening");
         Ok(EngineHandle {
             shared,
             local_addr,

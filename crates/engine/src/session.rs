@@ -93,6 +93,7 @@ fn reject_reason(r: &BufReject) -> RejectReason {
 pub(crate) async fn open(
     shared: Arc<Shared>,
     mut inbound: Streaming<SourceMessage>,
+    grant: Option<crate::auth::Grant>,
 ) -> Result<mpsc::Receiver<Outbound>, Status> {
     let first = tokio::select! {
         m = inbound.message() => m?,
@@ -113,6 +114,9 @@ pub(crate) async fn open(
     };
     if open.source_id.is_empty() {
         return Err(Status::invalid_argument("Open.source_id must not be empty"));
+    }
+    if let Some(grant) = &grant {
+        grant.check(&open.source_id)?;
     }
     if shared.draining.is_cancelled() {
         return Err(Status::unavailable("the engine is shutting down"));
@@ -153,7 +157,11 @@ pub(crate) async fn open(
     let acked = shared.hub.progress(source);
     let signals = handle.subscribe();
     let status = handle.status();
-    let credit = handle.grant();
+    let credit = if may_take_credit(&shared, source) {
+        handle.grant()
+    } else {
+        Credit::ZERO
+    };
     tracing::info!(source = %open.source_id, pipeline = %pipeline.name, stream = stream_id,
         admitted_through = admitted, acked_through = acked.through_seq, ?credit, "source opened");
     let (tx, rx) = mpsc::channel(64);
@@ -189,6 +197,22 @@ pub(crate) async fn open(
         span,
     ));
     Ok(rx)
+}
+
+/// Records of `source` admitted and not yet acked.
+fn unacked(shared: &Shared, source: SourceId) -> u64 {
+    let admitted = shared.buffer.admitted_through(source).unwrap_or(0);
+    admitted.saturating_sub(shared.hub.progress(source).through_seq)
+}
+
+/// Whether a session of `source` may be granted credit under
+/// `server.max_unacked_per_session`: only while its unacked records plus a
+/// full credit window (the most credit a grant tops it up to; capped at the
+/// limit at start-up) fit, so that a source sending within its credit never
+/// exceeds the limit.
+fn may_take_credit(shared: &Shared, source: SourceId) -> bool {
+    let window = shared.controller.window(SourceState::Normal).records;
+    unacked(shared, source).saturating_add(window) <= shared.settings.server.max_unacked_per_session
 }
 
 struct Session {
@@ -292,7 +316,7 @@ impl Session {
                     }
                     Err(_) => acks_open = false,
                 },
-                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open => match c {
+                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open && may_take_credit(&self.shared, self.source) => match c {
                     Some(c) => {
                         if self.send(engine_message::Body::Credit(credit_msg(c))).await.is_err() {
                             break End::Gone;
@@ -574,6 +598,22 @@ impl Session {
             records.truncate(plan.keep);
             tail = Some((reason, message, pause_ms));
         }
+        // `server.max_unacked_per_session`: a backstop (credit is granted
+        // within it, so only a source beyond its credit gets here).
+        let cap = self.shared.settings.server.max_unacked_per_session;
+        let room = cap.saturating_sub(unacked(&self.shared, self.source));
+        let dupes = plan.dupes.min(records.len());
+        if (records.len() - dupes) as u64 > room {
+            let keep = dupes + room as usize;
+            let message = format!(
+                "the session has {} records admitted and not acked; at most {cap} may be \
+                 (server.max_unacked_per_session): the first {room} new records admitted, the \
+                 rest rejected (not charged)",
+                cap - room
+            );
+            records.truncate(keep);
+            tail = Some((RejectReason::SourceLimit, message, pause_ms));
+        }
         let kept = records.len() as u64;
         let mut out = Vec::new();
         match handle.admit(first, records) {
@@ -620,7 +660,11 @@ impl Session {
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         }
-        let credit = handle.grant();
+        let credit = if may_take_credit(&self.shared, self.source) {
+            handle.grant()
+        } else {
+            Credit::ZERO
+        };
         if !credit.is_zero() {
             out.push(engine_message::Body::Credit(credit_msg(credit)));
         }

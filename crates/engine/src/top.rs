@@ -28,6 +28,12 @@ pub struct TopCommand {
     /// The engine's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "SLUICE_ADDR")]
     pub addr: String,
+    /// Bearer token, for an engine with `[server.auth]` tokens.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the engine's certificate (`https://`).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl TopCommand {
@@ -45,9 +51,19 @@ impl TopCommand {
             }
         };
         let addr = self.addr.clone();
+        let ca = match self.ca.as_deref().map(std::fs::read).transpose() {
+            Ok(ca) => ca,
+            Err(e) => {
+                eprintln!("sluice top: --ca: cannot read the file: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let client = runtime.block_on(async {
-            let client = AdminClient::connect(addr.clone()).await?;
-            Ok::<_, tonic::transport::Error>(client)
+            let mut endpoint = tonic::transport::Endpoint::from_shared(addr.clone())?;
+            if let Some(ca) = &ca {
+                endpoint = endpoint.tls_config(crate::tls::client_config(ca))?;
+            }
+            Ok::<_, tonic::transport::Error>(AdminClient::new(endpoint.connect().await?))
         });
         let client = match client {
             Ok(c) => c,
@@ -64,7 +80,7 @@ impl TopCommand {
                 return ExitCode::FAILURE;
             }
         };
-        let result = run_loop(&runtime, client, terminal, &addr);
+        let result = run_loop(&runtime, client, terminal, &addr, self.token.as_deref());
         ratatui::restore();
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -81,12 +97,17 @@ fn run_loop(
     mut client: AdminClient<tonic::transport::Channel>,
     mut terminal: ratatui::DefaultTerminal,
     addr: &str,
+    token: Option<&str>,
 ) -> std::io::Result<()> {
     let mut current: Option<StatsResponse> = None;
     let mut previous: Option<StatsResponse> = None;
     loop {
         let fetched = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(2), client.stats(StatsRequest {})).await
+            let mut request = tonic::Request::new(StatsRequest {});
+            if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+                request.metadata_mut().insert("authorization", value);
+            }
+            tokio::time::timeout(Duration::from_secs(2), client.stats(request)).await
         });
         let error = match fetched {
             Ok(Ok(resp)) => {

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
@@ -109,7 +109,6 @@ pub async fn run_source(
     channel: Channel,
     cfg: SourceConfig,
     counters: Arc<Counters>,
-    _stop: Arc<AtomicBool>,
 ) -> SourceResult {
     let mut res = SourceResult {
         hist: new_histogram(),

@@ -1,0 +1,423 @@
+//! Security: bearer tokens per source, TLS, the non-loopback warning and the
+//! per-connection limits. A real engine on 127.0.0.1 (port 0); every test is
+//! bounded by a tokio timeout.
+
+use std::time::Duration;
+
+use sluice_config::{Limit, Settings, TlsSettings, TokenSpec};
+use sluice_engine::client::{ClientOptions, SourceClient, Summary};
+use sluice_proto::v1::admin_client::AdminClient;
+use sluice_proto::v1::ingest_client::IngestClient;
+use sluice_proto::v1::{
+    Batch, EngineMessage, Open, Opened, Record, RejectReason, SourceMessage, StatsRequest,
+    engine_message, source_message,
+};
+use sluice_tests::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn token(t: &str, sources: &[&str]) -> TokenSpec {
+    TokenSpec {
+        token: t.into(),
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn auth_settings(dir: &std::path::Path) -> Settings {
+    let mut s = test_settings(dir);
+    s.server.auth.tokens = vec![
+        token("tok-a", &["a"]),
+        token("tok-web", &["web-*"]),
+        token("tok-all", &["*"]),
+    ];
+    s
+}
+
+fn open_msg(source: &str) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Open(Open {
+            source_id: source.into(),
+            pipeline: String::new(),
+        })),
+    }
+}
+
+fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Batch(Batch {
+            first_seq,
+            records: (first_seq..first_seq + n)
+                .map(|i| Record {
+                    payload: payload(i, size),
+                    ..Record::default()
+                })
+                .collect(),
+        })),
+    }
+}
+
+struct Raw {
+    tx: Option<mpsc::Sender<SourceMessage>>,
+    inbound: tonic::Streaming<EngineMessage>,
+}
+
+impl Raw {
+    async fn next(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
+        Ok(self.inbound.message().await?.and_then(|m| m.body))
+    }
+    async fn opened(&mut self) -> Result<Opened, tonic::Status> {
+        match self.next().await? {
+            Some(engine_message::Body::Opened(o)) => Ok(o),
+            other => panic!("expected Opened, got {other:?}"),
+        }
+    }
+}
+
+/// Opens a raw stream for `source` on `channel` with an optional bearer token.
+async fn raw_on(channel: Channel, source: &str, token: Option<&str>) -> Result<Raw, tonic::Status> {
+    let mut client = IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(open_msg(source)).await.expect("queued");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let inbound = client.stream(request).await?.into_inner();
+    Ok(Raw {
+        tx: Some(tx),
+        inbound,
+    })
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// Opens `source` and returns the status the engine ends it with, if any
+/// (`Ok(())` when `Opened` came).
+async fn try_open(addr: &str, source: &str, token: Option<&str>) -> Result<(), tonic::Status> {
+    let mut raw = raw_on(channel(addr).await, source, token).await?;
+    raw.opened().await.map(|_| ())
+}
+
+async fn send_n(addr: &str, source: &str, n: u64, opts: ClientOptions) -> Summary {
+    let (client, _events) = SourceClient::connect(addr, source, "", opts)
+        .await
+        .expect("client connects");
+    for i in 1..=n {
+        client.send_payload(payload(i, 64)).await.expect("send");
+    }
+    client.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_unknown_token_is_unauthenticated() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start_engine(auth_settings(dir.path()), |b| b).await;
+        let addr = url(&engine);
+        let none = try_open(&addr, "a", None).await.unwrap_err();
+        assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+        let bad = try_open(&addr, "a", Some("tok-wrong")).await.unwrap_err();
+        assert_eq!(bad.code(), Code::Unauthenticated, "{bad:?}");
+        assert!(!bad.message().contains("tok-wrong"), "{bad:?}");
+        // A prefix of a valid token is not valid.
+        let short = try_open(&addr, "a", Some("tok-")).await.unwrap_err();
+        assert_eq!(short.code(), Code::Unauthenticated, "{short:?}");
+        // Admin.Stats needs a token too.
+        let mut admin = AdminClient::new(channel(&addr).await);
+        let err = admin.stats(StatsRequest::default()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        let mut req = tonic::Request::new(StatsRequest::default());
+        req.metadata_mut()
+            .insert("authorization", "Bearer tok-a".parse().unwrap());
+        admin.stats(req).await.expect("stats with a token");
+        // The Rust client surfaces the refusal without retrying forever.
+        let opts = ClientOptions {
+            token: Some("nope".into()),
+            connect_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        };
+        let Err(err) = SourceClient::connect(&addr, "a", "", opts).await else {
+            panic!("a client with an unknown token must be refused");
+        };
+        assert!(err.to_string().contains("Unauthenticated"), "{err}");
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_opens_only_its_sources() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start_engine(auth_settings(dir.path()), |b| b).await;
+        let addr = url(&engine);
+        let denied = try_open(&addr, "b", Some("tok-a")).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("\"b\""), "{denied:?}");
+        assert!(!denied.message().contains("tok-a"), "{denied:?}");
+        try_open(&addr, "a", Some("tok-a"))
+            .await
+            .expect("own source");
+        try_open(&addr, "web-7", Some("tok-web"))
+            .await
+            .expect("prefix");
+        let denied = try_open(&addr, "web", Some("tok-web")).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        try_open(&addr, "anything", Some("tok-all"))
+            .await
+            .expect("*");
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_token_delivers_and_acks() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start_engine(auth_settings(dir.path()), |b| b).await;
+        let addr = url(&engine);
+        let opts = ClientOptions {
+            token: Some("tok-a".into()),
+            ..ClientOptions::default()
+        };
+        let summary = send_n(&addr, "a", 300, opts).await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 300);
+        engine.shutdown().await.unwrap();
+        assert_exactly_once(&delivered_keys(&dir.path().join("sink")), "a", 300);
+    })
+    .await
+    .expect("in time");
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_trusting_the_ca_is_acked_and_plaintext_fails() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let mut s = auth_settings(dir.path());
+        s.server.tls = Some(TlsSettings {
+            cert: cert_path,
+            key: key_path,
+        });
+        let engine = start_engine(s, |b| b).await;
+        let port = engine.local_addr().port();
+        let https = format!("https://127.0.0.1:{port}");
+        let opts = ClientOptions {
+            token: Some("tok-a".into()),
+            ca_pem: Some(cert.clone().into_bytes()),
+            ..ClientOptions::default()
+        };
+        let summary = send_n(&https, "a", 200, opts).await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 200);
+
+        // Plaintext against the TLS port: no Opened.
+        let plain = tokio::time::timeout(Duration::from_secs(5), async {
+            let ch = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut raw = raw_on(ch, "a", Some("tok-a"))
+                .await
+                .map_err(|e| e.to_string())?;
+            raw.opened().await.map_err(|e| e.to_string())
+        })
+        .await;
+        assert!(!matches!(plain, Ok(Ok(_))), "a plaintext client must fail");
+
+        // A client that does not trust the CA fails too.
+        let other = self_signed().0;
+        let opts = ClientOptions {
+            token: Some("tok-a".into()),
+            ca_pem: Some(other.into_bytes()),
+            connect_timeout: Duration::from_secs(3),
+            reconnect: sluice_engine::client::ReconnectPolicy {
+                max_attempts: 0,
+                ..Default::default()
+            },
+            ..ClientOptions::default()
+        };
+        assert!(SourceClient::connect(&https, "a", "", opts).await.is_err());
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_tls_file_is_a_start_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = self_signed();
+    let cert_path = dir.path().join("cert.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    let mut s = test_settings(dir.path());
+    s.server.tls = Some(TlsSettings {
+        cert: cert_path,
+        key: dir.path().join("missing-key.pem"),
+    });
+    let err = sluice_engine::Engine::start(s)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.tls.key"), "{err}");
+    assert!(err.contains("missing-key.pem"), "{err}");
+}
+
+#[test]
+fn non_loopback_without_tls_or_tokens_is_warned() {
+    use sluice_engine::auth::exposure_warning;
+    let local = "127.0.0.1:50051".parse().unwrap();
+    let v6local = "[::1]:50051".parse().unwrap();
+    let any = "0.0.0.0:50051".parse().unwrap();
+    assert_eq!(exposure_warning(local, false, false), None);
+    assert_eq!(exposure_warning(v6local, false, false), None);
+    assert_eq!(exposure_warning(any, true, true), None);
+    let both = exposure_warning(any, false, false).unwrap();
+    assert!(both.contains("TLS") && both.contains("tokens"), "{both}");
+    let no_tls = exposure_warning(any, false, true).unwrap();
+    assert!(
+        no_tls.contains("TLS") && !no_tls.contains("tokens"),
+        "{no_tls}"
+    );
+    let no_auth = exposure_warning(any, true, false).unwrap();
+    assert!(
+        !no_auth.contains("TLS") && no_auth.contains("tokens"),
+        "{no_auth}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_connection_are_limited() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.server.max_sessions_per_connection = 2;
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        let ch = channel(&addr).await;
+        let mut s1 = raw_on(ch.clone(), "s1", None).await.unwrap();
+        s1.opened().await.unwrap();
+        let mut s2 = raw_on(ch.clone(), "s2", None).await.unwrap();
+        s2.opened().await.unwrap();
+        // The third stream on the same connection waits for a slot.
+        let ch3 = ch.clone();
+        let third = tokio::spawn(async move {
+            let mut s3 = raw_on(ch3, "s3", None).await?;
+            s3.opened().await?;
+            Ok::<_, tonic::Status>(s3)
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!third.is_finished(), "a third stream must wait");
+        // Another connection is not affected.
+        let mut other = raw_on(channel(&addr).await, "s4", None).await.unwrap();
+        other.opened().await.unwrap();
+        // Ending one stream frees a slot.
+        s1.tx = None;
+        while s1.next().await.unwrap().is_some() {}
+        let s3 = tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("the third stream opens once a slot is free")
+            .unwrap();
+        s3.expect("third stream opened");
+        drop(s2);
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_records_per_session_are_bounded() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.server.max_unacked_per_session = 50;
+        s.buffer.per_source = Limit::new(10_000, 64 << 20);
+        // A slow sink: nothing is acked for a while.
+        s.pipelines[0].sink = file_sink(&dir.path().join("sink"), Duration::from_secs(2), 0.0);
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        let mut raw = raw_on(channel(&addr).await, "greedy", None).await.unwrap();
+        let opened = raw.opened().await.unwrap();
+        let credit = opened.credit.unwrap_or_default().records;
+        assert!(credit <= 50, "credit {credit} beyond the unacked limit");
+        // Ignore the credit: 300 records at once.
+        let tx = raw.tx.clone().unwrap();
+        tx.send(batch_msg(1, 300, 64)).await.unwrap();
+        let mut rejected = 0;
+        let mut extra_credit = 0;
+        loop {
+            match raw.next().await.unwrap() {
+                Some(engine_message::Body::Reject(r)) => {
+                    let reason = RejectReason::try_from(r.reason).unwrap();
+                    assert!(
+                        matches!(reason, RejectReason::NoCredit | RejectReason::SourceLimit),
+                        "{r:?}"
+                    );
+                    rejected += r.count;
+                    break;
+                }
+                Some(engine_message::Body::Credit(c)) => extra_credit += c.records,
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+        let admitted = 300 - rejected;
+        assert!(admitted <= 50, "admitted {admitted} > 50 unacked");
+        assert!(
+            admitted + extra_credit <= 50,
+            "no credit while the limit is reached (admitted {admitted}, credit {extra_credit})"
+        );
+        drop(raw);
+        drop(tx);
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compliant_source_is_never_rejected_under_the_unacked_limit() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.server.max_unacked_per_session = 40;
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        let summary = send_n(&addr, "steady", 2_000, ClientOptions::default()).await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.rejected, 0, "{summary:?}");
+        assert_eq!(summary.acked, 2_000);
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
+}
