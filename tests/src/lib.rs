@@ -20,7 +20,7 @@ use sluice_config::{PipelineSpec, Settings, SinkSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
 
 /// Settings for a test engine: port 0 on loopback, metrics off, memory gate
-/// off, one `default` pipeline whose file sink and dead-letter sink write under
+/// off, credit window 1,024 records, one `default` pipeline whose file sink and dead-letter sink write under
 /// `dir` (`dir/sink`, `dir/dead`), short shutdown timeout.
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
@@ -28,6 +28,9 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.server.shutdown_timeout = Duration::from_secs(10);
     s.metrics.enabled = false;
     s.memory.enabled = false;
+    // Small credit windows, so that flow control (refills, NO_CREDIT,
+    // signals) happens within the few thousand records a test sends.
+    s.buffer.credit_window_records = 1024;
     let mut p = PipelineSpec {
         sink: file_sink(&dir.join("sink"), Duration::ZERO, 0.0),
         dead_letter: file_sink(&dir.join("dead"), Duration::ZERO, 0.0),

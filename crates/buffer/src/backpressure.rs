@@ -198,14 +198,21 @@ impl SignalReceiver {
 /// Expected record size behind the default byte window.
 pub const DEFAULT_EXPECTED_RECORD_BYTES: u64 = 1024;
 
+/// The default credit window in records. A source's throughput is bounded by
+/// about window ÷ completion latency (records wait for a sink batch, up to
+/// its linger), so the window must cover a few sink batches: with 1,024 the
+/// engine idled at ~0.25 M records/s for 4 sources (BENCHMARKS.md).
+pub const DEFAULT_WINDOW_RECORDS: u64 = 16_384;
+
 /// Settings of a [`BackpressureController`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControllerConfig {
     /// SLOW_DOWN at `high`, RESUME at or below `low`.
     pub watermarks: Watermarks,
     /// The credit window of a session: the most unused credit it may hold.
-    /// Capped at `watermarks.low ×` the per-source limit. Default 1024
-    /// records and 1024 × [`DEFAULT_EXPECTED_RECORD_BYTES`] bytes (1 MiB).
+    /// Capped at `watermarks.low ×` the per-source limit. Default
+    /// [`DEFAULT_WINDOW_RECORDS`] records and that many ×
+    /// [`DEFAULT_EXPECTED_RECORD_BYTES`] bytes (16 MiB).
     pub window: Credit,
     /// In SLOW_DOWN the window is divided by this (at least 1 record and 1
     /// byte remain). Default 4.
@@ -223,7 +230,10 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             watermarks: Watermarks::default(),
-            window: Credit::new(1024, 1024 * DEFAULT_EXPECTED_RECORD_BYTES),
+            window: Credit::new(
+                DEFAULT_WINDOW_RECORDS,
+                DEFAULT_WINDOW_RECORDS * DEFAULT_EXPECTED_RECORD_BYTES,
+            ),
             slow_down_divisor: 4,
             tick: Duration::from_millis(10),
             slow_down_retry_after: Duration::from_millis(50),
@@ -463,7 +473,7 @@ struct Inner {
 /// let _task = flow.spawn(); // background evaluation
 /// let source = flow.open_source(id).unwrap();
 /// let credit = source.grant(); // reserved in the manager already
-/// assert_eq!(credit.records, 1024);
+/// assert_eq!(credit.records, sluice_buffer::DEFAULT_WINDOW_RECORDS);
 /// let admission = source.admit(1, vec![b"hello".to_vec()]).unwrap();
 /// assert!(admission.rejected.is_none());
 /// assert_eq!(source.status().state, SourceState::Normal);

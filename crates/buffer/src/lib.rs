@@ -51,8 +51,8 @@ mod sync;
 
 pub use backpressure::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
-    DEFAULT_EXPECTED_RECORD_BYTES, SignalKind, SignalReason, SignalReceiver, SourceHandle,
-    SourceState, SourceStatus,
+    DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_WINDOW_RECORDS, SignalKind, SignalReason,
+    SignalReceiver, SourceHandle, SourceState, SourceStatus,
 };
 pub use memory::{
     Gate, GateState, GateTransition, ManualProbe, MemoryError, MemoryMonitor, MemoryProbe,

@@ -750,19 +750,22 @@ impl<T> BufferManager<T> {
             .sources
             .get(source.index())
             .ok_or(BufferError::UnknownSource(source))?;
-        let expected = if s.started {
-            s.admitted_through + 1
+        // In u128: after a batch that ended at u64::MAX, the next expected
+        // number is u64::MAX + 1 (only duplicates can still come).
+        let expected: u128 = if s.started {
+            u128::from(s.admitted_through) + 1
         } else {
-            first_seq
+            u128::from(first_seq)
         };
-        if first_seq > expected {
+        if u128::from(first_seq) > expected {
             return Err(BufferError::SequenceGap {
                 source_id: source,
-                expected,
+                // A gap is only possible below u64::MAX + 1.
+                expected: expected as u64,
                 got: first_seq,
             });
         }
-        let skip = ((expected - first_seq) as usize).min(n);
+        let skip = (expected - u128::from(first_seq)).min(n as u128) as usize;
         let entry = s.entry;
         let stage_usage = st.stages[entry.index()].usage;
 
@@ -822,7 +825,8 @@ impl<T> BufferManager<T> {
                 s.started = true;
                 s.acks.through = first_seq - 1;
             }
-            s.admitted_through = first_seq + fit as u64 - 1;
+            // fit ≥ 1 here, and first_seq + n - 1 was checked not to overflow.
+            s.admitted_through = first_seq + (fit as u64 - 1);
             s.admitted += admitted as u64;
             let pipeline = s.pipeline;
             let mut bytes = 0u64;
@@ -1089,7 +1093,11 @@ impl<T> BufferManager<T> {
                     s.delivered += 1;
                 }
                 match &mut run {
-                    Some((src, _, end)) if *src == r.source && *end + 1 == r.seq => *end = r.seq,
+                    Some((src, _, end))
+                        if *src == r.source && end.checked_add(1) == Some(r.seq) =>
+                    {
+                        *end = r.seq
+                    }
                     _ => {
                         if let Some((src, start, end)) = run.take() {
                             st.sources[src.index()].acks.complete(start, end);

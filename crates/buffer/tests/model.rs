@@ -307,6 +307,30 @@ fn sequence_gap_and_zero_are_refused_whole() {
 }
 
 #[test]
+fn a_batch_may_end_exactly_at_u64_max_and_nothing_follows() {
+    let h = Harness::new();
+    let s = h.sources[1];
+    let out = h
+        .buf
+        .admit(s, u64::MAX - 1, vec![vec![1], vec![2]])
+        .unwrap();
+    assert_eq!((out.admitted, out.admitted_through), (2, u64::MAX));
+    let dup = h.buf.admit(s, u64::MAX, vec![vec![3]]).unwrap();
+    assert_eq!(
+        (dup.admitted, dup.duplicates),
+        (0, 1),
+        "a resend of the last"
+    );
+    assert!(
+        h.buf.admit(s, u64::MAX, vec![vec![3], vec![4]]).is_err(),
+        "past u64::MAX"
+    );
+    let b = h.buf.try_batch(h.stages[0], 10);
+    assert_eq!(h.buf.complete(b).sources[0].acked_through, u64::MAX);
+    h.buf.audit().unwrap();
+}
+
+#[test]
 fn too_large_record_is_refused_as_permanent() {
     let h = Harness::new();
     let out = h.buf.admit(h.sources[0], 1, vec![vec![0; 301]]).unwrap();

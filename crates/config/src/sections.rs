@@ -176,6 +176,11 @@ pub struct BufferSettings {
     pub per_stage: Limit,
     /// Bound for each source's records in the engine.
     pub per_source: Limit,
+    /// The credit window of a source session, in records: the most unused
+    /// credit it may hold (the byte window is this × 1 KiB). Capped at
+    /// `low_watermark × per_source`. Throughput per source is about
+    /// window ÷ completion latency, so a small window idles the engine.
+    pub credit_window_records: u64,
 }
 
 impl Default for BufferSettings {
@@ -189,6 +194,7 @@ impl Default for BufferSettings {
             global: limits.global,
             per_stage: limits.per_stage,
             per_source: limits.per_source,
+            credit_window_records: sluice_buffer::DEFAULT_WINDOW_RECORDS,
         }
     }
 }

@@ -239,6 +239,7 @@ fn buffer(s: &Settings, e: &mut ValidationErrors) {
             }
         }
     }
+    positive(e, "buffer.credit_window_records", b.credit_window_records);
     let unit = |x: f64| x > 0.0 && x <= 1.0;
     for (key, value) in [
         ("buffer.high_watermark", b.high_watermark),

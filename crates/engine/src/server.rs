@@ -443,7 +443,12 @@ impl EngineBuilder {
             _ => MemoryMonitor::spawn_sysinfo(settings.memory)?,
         };
         let gate = monitor.subscribe();
-        let mut ccfg = controller.unwrap_or_default();
+        let mut ccfg = controller.unwrap_or_else(|| {
+            ControllerConfig::default().with_window_records(
+                settings.buffer.credit_window_records,
+                sluice_buffer::DEFAULT_EXPECTED_RECORD_BYTES,
+            )
+        });
         ccfg.watermarks = settings.buffer.watermarks();
         // A session never holds more credit than it may have unacked.
         ccfg.window.records = ccfg

@@ -34,6 +34,9 @@ use crate::ack::AckProgress;
 use crate::record::EngineRecord;
 use crate::server::Shared;
 
+/// The longest source id or pipeline name accepted in `Open`, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// What the response stream carries.
 pub(crate) type Outbound = Result<EngineMessage, Status>;
 
@@ -115,6 +118,19 @@ pub(crate) async fn open(
     if open.source_id.is_empty() {
         return Err(Status::invalid_argument("Open.source_id must not be empty"));
     }
+    // Names are echoed in statuses, logs and metric labels: bound them (an
+    // unbounded echo once broke the client's HTTP/2 header limit).
+    for (what, name) in [
+        ("Open.source_id", &open.source_id),
+        ("Open.pipeline", &open.pipeline),
+    ] {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "{what} is {} bytes long; at most {MAX_NAME_BYTES} are allowed",
+                name.len()
+            )));
+        }
+    }
     if let Some(grant) = &grant {
         grant.check(&open.source_id)?;
     }
@@ -179,6 +195,17 @@ pub(crate) async fn open(
         && let Some(s) = &status.signal
     {
         let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s)))));
+    }
+    // A source that reconnects learns its cumulative counts at once:
+    // `Opened` carries only the ack position, and records completed while it
+    // was away would otherwise never be reported in an `Ack`.
+    if acked.through_seq > 0 {
+        let _ = tx.try_send(Ok(msg(engine_message::Body::Ack(v1::Ack {
+            through_seq: acked.through_seq,
+            delivered: acked.delivered,
+            dead_lettered: acked.dead_lettered,
+            filtered: acked.filtered,
+        }))));
     }
     let session = Session {
         shared: shared.clone(),

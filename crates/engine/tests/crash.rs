@@ -350,7 +350,7 @@ async fn engine_crashes_lose_nothing_and_duplicate_only_unacked_records() {
 
 /// Long variant: five SIGKILLs over 200 000 records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long-running (about a minute in debug); run by hand, see README"]
+#[ignore = "long-running (about 10 s in debug); run by hand, see README"]
 async fn engine_crashes_lose_nothing_long() {
     tokio::time::timeout(Duration::from_secs(600), crash_run(5, 200_000))
         .await
