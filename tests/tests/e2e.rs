@@ -9,6 +9,9 @@ use sluice_engine::client::{ClientEvent, ClientOptions, SourceClient, Summary};
 use sluice_proto::v1::{SignalKind, SignalReason};
 use sluice_tests::*;
 
+mod common;
+use common::*;
+
 /// Sends `n` records of about `size` bytes from `source` and finishes.
 async fn send_all(
     addr: &str,
@@ -96,87 +99,9 @@ async fn a_compliant_source_is_slowed_never_rejected_and_delivered_once() {
 // Raw protocol helpers (a source that does not use the Rust client).
 // ---------------------------------------------------------------------------
 
-use sluice_proto::v1::ingest_client::IngestClient;
 use sluice_proto::v1::{
-    Batch, EngineMessage, Open, Opened, Record, Reject, RejectReason, SourceMessage,
-    engine_message, source_message,
+    Batch, Record, Reject, RejectReason, SourceMessage, engine_message, source_message,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-struct Raw {
-    tx: Option<mpsc::Sender<SourceMessage>>,
-    inbound: tonic::Streaming<EngineMessage>,
-}
-
-fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
-    SourceMessage {
-        body: Some(source_message::Body::Open(Open {
-            source_id: source.into(),
-            pipeline: pipeline.into(),
-        })),
-    }
-}
-
-fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
-    SourceMessage {
-        body: Some(source_message::Body::Batch(Batch {
-            first_seq,
-            records: (first_seq..first_seq + n)
-                .map(|i| Record {
-                    payload: payload(i, size),
-                    ..Record::default()
-                })
-                .collect(),
-        })),
-    }
-}
-
-/// Opens a raw stream and sends `first`; returns the stream or the status
-/// the engine answered with.
-async fn raw_stream(addr: &str, first: SourceMessage) -> Result<Raw, tonic::Status> {
-    let mut client = IngestClient::connect(addr.to_owned())
-        .await
-        .expect("connects")
-        .max_encoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel(1024);
-    tx.send(first).await.expect("queued");
-    let inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    Ok(Raw {
-        tx: Some(tx),
-        inbound,
-    })
-}
-
-impl Raw {
-    async fn send(&self, m: SourceMessage) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(m).await;
-        }
-    }
-    async fn next(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
-        Ok(self.inbound.message().await?.and_then(|m| m.body))
-    }
-    async fn opened(&mut self) -> Result<Opened, tonic::Status> {
-        match self.next().await? {
-            Some(engine_message::Body::Opened(o)) => Ok(o),
-            other => panic!("expected Opened, got {other:?}"),
-        }
-    }
-    /// The first message that is not a credit, signal or ack (or the end).
-    async fn next_notable(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
-        loop {
-            match self.next().await? {
-                Some(
-                    engine_message::Body::Credit(_)
-                    | engine_message::Body::Signal(_)
-                    | engine_message::Body::Ack(_),
-                ) => continue,
-                other => return Ok(other),
-            }
-        }
-    }
-}
 
 /// Runs a compliant client in the background: `n` records from `source`.
 fn background_source(addr: &str, source: &'static str, n: u64) -> tokio::task::JoinHandle<Summary> {
@@ -571,49 +496,6 @@ async fn d_failures_are_retried_then_dead_lettered_with_reasons() {
 // (e) disconnect and reconnect
 // ---------------------------------------------------------------------------
 
-/// A TCP proxy whose connections can be cut.
-struct Proxy {
-    addr: String,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let accept = {
-            let conns = conns.clone();
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        }
-                    });
-                    conns.lock().unwrap().push(task);
-                }
-            })
-        };
-        Self {
-            addr,
-            conns,
-            accept,
-        }
-    }
-
-    /// Cuts every open connection.
-    fn cut(&self) -> usize {
-        let mut conns = self.conns.lock().unwrap();
-        let n = conns.len();
-        for c in conns.drain(..) {
-            c.abort();
-        }
-        n
-    }
-}
-
 /// (e) A connection cut mid-stream: the client reconnects, resends after the
 /// engine's admitted sequence, and the sink has no duplicates and no gaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,7 +550,7 @@ async fn e_disconnect_and_reconnect_without_duplicates_or_gaps() {
             reconnected.iter().all(|&a| a > 0),
             "engine remembered admissions: {reconnected:?}"
         );
-        proxy.accept.abort();
+        drop(proxy); // stops accepting and cuts what is left
         engine.shutdown().await.unwrap();
         assert_exactly_once(&delivered_keys(&dir.path().join("sink")), "flappy", N);
     })

@@ -7,14 +7,13 @@ use std::time::Duration;
 use sluice_config::{Limit, Settings, TlsSettings, TokenSpec};
 use sluice_engine::client::{ClientOptions, SourceClient, Summary};
 use sluice_proto::v1::admin_client::AdminClient;
-use sluice_proto::v1::ingest_client::IngestClient;
 use sluice_proto::v1::{
-    Batch, EngineMessage, Open, Opened, Record, RejectReason, SourceMessage, StatsRequest,
-    engine_message, source_message,
+    Open, RejectReason, SourceMessage, StatsRequest, engine_message, source_message,
 };
 use sluice_tests::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+
+mod common;
+use common::{Raw, batch_msg, raw_on};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -46,53 +45,13 @@ fn open_msg(source: &str) -> SourceMessage {
     }
 }
 
-fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
-    SourceMessage {
-        body: Some(source_message::Body::Batch(Batch {
-            first_seq,
-            records: (first_seq..first_seq + n)
-                .map(|i| Record {
-                    payload: payload(i, size),
-                    ..Record::default()
-                })
-                .collect(),
-        })),
-    }
-}
-
-struct Raw {
-    tx: Option<mpsc::Sender<SourceMessage>>,
-    inbound: tonic::Streaming<EngineMessage>,
-}
-
-impl Raw {
-    async fn next(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
-        Ok(self.inbound.message().await?.and_then(|m| m.body))
-    }
-    async fn opened(&mut self) -> Result<Opened, tonic::Status> {
-        match self.next().await? {
-            Some(engine_message::Body::Opened(o)) => Ok(o),
-            other => panic!("expected Opened, got {other:?}"),
-        }
-    }
-}
-
 /// Opens a raw stream for `source` on `channel` with an optional bearer token.
-async fn raw_on(channel: Channel, source: &str, token: Option<&str>) -> Result<Raw, tonic::Status> {
-    let mut client = IngestClient::new(channel);
-    let (tx, rx) = mpsc::channel(1024);
-    tx.send(open_msg(source)).await.expect("queued");
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(t) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    let inbound = client.stream(request).await?.into_inner();
-    Ok(Raw {
-        tx: Some(tx),
-        inbound,
-    })
+async fn raw_open(
+    channel: Channel,
+    source: &str,
+    token: Option<&str>,
+) -> Result<Raw, tonic::Status> {
+    raw_on(channel, open_msg(source), token).await
 }
 
 async fn channel(addr: &str) -> Channel {
@@ -106,7 +65,7 @@ async fn channel(addr: &str) -> Channel {
 /// Opens `source` and returns the status the engine ends it with, if any
 /// (`Ok(())` when `Opened` came).
 async fn try_open(addr: &str, source: &str, token: Option<&str>) -> Result<(), tonic::Status> {
-    let mut raw = raw_on(channel(addr).await, source, token).await?;
+    let mut raw = raw_open(channel(addr).await, source, token).await?;
     raw.opened().await.map(|_| ())
 }
 
@@ -245,7 +204,7 @@ async fn tls_client_trusting_the_ca_is_acked_and_plaintext_fails() {
                 .connect()
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut raw = raw_on(ch, "a", Some("tok-a"))
+            let mut raw = raw_open(ch, "a", Some("tok-a"))
                 .await
                 .map_err(|e| e.to_string())?;
             raw.opened().await.map_err(|e| e.to_string())
@@ -323,21 +282,21 @@ async fn sessions_per_connection_are_limited() {
         let engine = start_engine(s, |b| b).await;
         let addr = url(&engine);
         let ch = channel(&addr).await;
-        let mut s1 = raw_on(ch.clone(), "s1", None).await.unwrap();
+        let mut s1 = raw_open(ch.clone(), "s1", None).await.unwrap();
         s1.opened().await.unwrap();
-        let mut s2 = raw_on(ch.clone(), "s2", None).await.unwrap();
+        let mut s2 = raw_open(ch.clone(), "s2", None).await.unwrap();
         s2.opened().await.unwrap();
         // The third stream on the same connection waits for a slot.
         let ch3 = ch.clone();
         let third = tokio::spawn(async move {
-            let mut s3 = raw_on(ch3, "s3", None).await?;
+            let mut s3 = raw_open(ch3, "s3", None).await?;
             s3.opened().await?;
             Ok::<_, tonic::Status>(s3)
         });
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(!third.is_finished(), "a third stream must wait");
         // Another connection is not affected.
-        let mut other = raw_on(channel(&addr).await, "s4", None).await.unwrap();
+        let mut other = raw_open(channel(&addr).await, "s4", None).await.unwrap();
         other.opened().await.unwrap();
         // Ending one stream frees a slot.
         s1.tx = None;
@@ -365,7 +324,9 @@ async fn unacked_records_per_session_are_bounded() {
         s.pipelines[0].sink = file_sink(&dir.path().join("sink"), Duration::from_secs(2), 0.0);
         let engine = start_engine(s, |b| b).await;
         let addr = url(&engine);
-        let mut raw = raw_on(channel(&addr).await, "greedy", None).await.unwrap();
+        let mut raw = raw_open(channel(&addr).await, "greedy", None)
+            .await
+            .unwrap();
         let opened = raw.opened().await.unwrap();
         let credit = opened.credit.unwrap_or_default().records;
         assert!(credit <= 50, "credit {credit} beyond the unacked limit");

@@ -1,11 +1,15 @@
-//! Helpers shared by the chaos and hostile-input tests (each test file is its
+//! Raw-protocol helpers and the connection-cutting proxy, shared by the
+//! end-to-end, chaos, hostile-input and security tests (each test file is its
 //! own crate and uses only part of them).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 
 use sluice_proto::v1::ingest_client::IngestClient;
-use sluice_proto::v1::{EngineMessage, Open, SourceMessage, engine_message, source_message};
+use sluice_proto::v1::{
+    Batch, EngineMessage, Open, Opened, Record, SourceMessage, engine_message, source_message,
+};
+use sluice_tests::payload;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -81,17 +85,52 @@ pub fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
     }
 }
 
+/// A batch of `n` records of about `size` bytes from `first_seq`.
+pub fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Batch(Batch {
+            first_seq,
+            records: (first_seq..first_seq + n)
+                .map(|i| Record {
+                    payload: payload(i, size),
+                    ..Record::default()
+                })
+                .collect(),
+        })),
+    }
+}
+
 /// Opens a raw stream whose first message is `first`; the engine's status if
 /// it refuses the stream at once.
 pub async fn raw_stream(addr: &str, first: SourceMessage) -> Result<Raw, tonic::Status> {
-    let mut client = IngestClient::connect(addr.to_owned())
+    let channel = tonic::transport::Channel::from_shared(addr.to_owned())
+        .expect("a valid address")
+        .connect()
         .await
-        .expect("connects")
+        .expect("connects");
+    raw_on(channel, first, None).await
+}
+
+/// Opens a raw stream on `channel` whose first message is `first`, with an
+/// optional bearer token.
+pub async fn raw_on(
+    channel: tonic::transport::Channel,
+    first: SourceMessage,
+    token: Option<&str>,
+) -> Result<Raw, tonic::Status> {
+    let mut client = IngestClient::new(channel)
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(1024);
     tx.send(first).await.expect("queued");
-    let inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("a valid header"),
+        );
+    }
+    let inbound = client.stream(request).await?.into_inner();
     Ok(Raw {
         tx: Some(tx),
         inbound,
@@ -106,5 +145,24 @@ impl Raw {
     }
     pub async fn next(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
         Ok(self.inbound.message().await?.and_then(|m| m.body))
+    }
+    pub async fn opened(&mut self) -> Result<Opened, tonic::Status> {
+        match self.next().await? {
+            Some(engine_message::Body::Opened(o)) => Ok(o),
+            other => panic!("expected Opened, got {other:?}"),
+        }
+    }
+    /// The first message that is not a credit, signal or ack (or the end).
+    pub async fn next_notable(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
+        loop {
+            match self.next().await? {
+                Some(
+                    engine_message::Body::Credit(_)
+                    | engine_message::Body::Signal(_)
+                    | engine_message::Body::Ack(_),
+                ) => continue,
+                other => return Ok(other),
+            }
+        }
     }
 }
