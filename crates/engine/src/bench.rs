@@ -258,15 +258,9 @@ pub struct BenchReport {
 /// `sluice bench` entry point: runs and prints; exit code 1 when records were
 /// lost or a source failed.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::runtime("sluice bench", ExitCode::from(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice bench: cannot start runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let report = match rt.block_on(run_bench(&args)) {
         Ok(r) => r,

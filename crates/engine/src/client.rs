@@ -429,6 +429,28 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a client whose progress is `p`.
+    fn of(p: &Progress, unacked: u64, elapsed: Duration, error: Option<ClientError>) -> Self {
+        Self {
+            submitted: p.submitted,
+            sent: p.sent,
+            resent: p.resent,
+            acked: p.acked,
+            delivered: p.delivered,
+            dead_lettered: p.dead_lettered,
+            filtered: p.filtered,
+            rejected: p.rejected,
+            too_large: p.too_large,
+            unacked,
+            reconnects: p.reconnects,
+            slow_downs: p.slow_downs,
+            pauses: p.pauses,
+            resumes: p.resumes,
+            elapsed,
+            error,
+        }
+    }
+
     /// True when every record handed to the client was acked and no error
     /// stopped it.
     pub fn is_complete(&self) -> bool {
@@ -620,24 +642,8 @@ impl SourceClient {
 
     fn failed_summary(&self, error: ClientError) -> Summary {
         let p = self.snapshot();
-        Summary {
-            submitted: p.submitted,
-            sent: p.sent,
-            resent: p.resent,
-            acked: p.acked,
-            delivered: p.delivered,
-            dead_lettered: p.dead_lettered,
-            filtered: p.filtered,
-            rejected: p.rejected,
-            too_large: p.too_large,
-            unacked: p.submitted.saturating_sub(p.acked + p.too_large),
-            reconnects: p.reconnects,
-            slow_downs: p.slow_downs,
-            pauses: p.pauses,
-            resumes: p.resumes,
-            elapsed: self.started.elapsed(),
-            error: Some(error),
-        }
+        let unacked = p.submitted.saturating_sub(p.acked + p.too_large);
+        Summary::of(&p, unacked, self.started.elapsed(), Some(error))
     }
 }
 
@@ -1340,25 +1346,8 @@ impl Driver {
             ClientState::Done
         };
         self.publish(None);
-        let p = &self.p;
-        Summary {
-            submitted: p.submitted,
-            sent: p.sent,
-            resent: p.resent,
-            acked: p.acked,
-            delivered: p.delivered,
-            dead_lettered: p.dead_lettered,
-            filtered: p.filtered,
-            rejected: p.rejected,
-            too_large: p.too_large,
-            unacked: self.pending.len() as u64 + dropped,
-            reconnects: p.reconnects,
-            slow_downs: p.slow_downs,
-            pauses: p.pauses,
-            resumes: p.resumes,
-            elapsed: self.started.elapsed(),
-            error,
-        }
+        let unacked = self.pending.len() as u64 + dropped;
+        Summary::of(&self.p, unacked, self.started.elapsed(), error)
     }
 }
 

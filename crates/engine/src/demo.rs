@@ -481,16 +481,10 @@ impl DemoCommand {
     /// once, 1 otherwise, 2 when the demo could not run.
     pub fn run(self) -> std::process::ExitCode {
         use std::process::ExitCode;
-        crate::send::init_cli_tracing();
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        crate::cli::init_tracing();
+        let runtime = match crate::cli::runtime("sluice demo", ExitCode::from(2)) {
             Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("sluice demo: cannot start the runtime: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let args = DemoArgs {
             dir: self.dir,

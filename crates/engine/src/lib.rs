@@ -11,6 +11,7 @@
 pub use sluice_config as config;
 
 pub mod bench;
+mod cli;
 pub mod client;
 pub mod demo;
 pub mod logging;

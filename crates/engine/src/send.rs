@@ -360,16 +360,10 @@ impl SendCommand {
     /// unreadable or invalid or the engine cannot be reached.
     pub fn run(self) -> std::process::ExitCode {
         use std::process::ExitCode;
-        crate::send::init_cli_tracing();
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        crate::cli::init_tracing();
+        let runtime = match crate::cli::runtime("sluice send", ExitCode::from(2)) {
             Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("sluice send: cannot start the runtime: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let ca_pem = match &self.ca {
             Some(path) => match std::fs::read(path) {
@@ -407,15 +401,4 @@ impl SendCommand {
             }
         }
     }
-}
-
-/// Installs a stderr log subscriber for client commands: `SLUICE_LOG` (an
-/// env-filter directive) or warnings only. Does nothing if one is installed.
-pub(crate) fn init_cli_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -771,15 +771,9 @@ pub fn serve_command(path: Option<&std::path::Path>) -> std::process::ExitCode {
         }
     };
     init_logging(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::runtime("sluice", ExitCode::FAILURE) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run_until_signal(settings)) {
         Ok(report) => {
