@@ -1,5 +1,5 @@
-//! Security: bearer tokens per source, TLS, the non-loopback warning and the
-//! per-connection limits. A real engine on 127.0.0.1 (port 0); every test is
+//! Security: bearer tokens per source (inline or from a file), TLS and
+//! mutual TLS, the non-loopback warning and the per-connection limits. A real engine on 127.0.0.1 (port 0); every test is
 //! bounded by a tokio timeout.
 
 use std::time::Duration;
@@ -20,10 +20,7 @@ use tonic::transport::Channel;
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn token(t: &str, sources: &[&str]) -> TokenSpec {
-    TokenSpec {
-        token: t.into(),
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-    }
+    TokenSpec::inline(t, sources)
 }
 
 fn auth_settings(dir: &std::path::Path) -> Settings {
@@ -181,10 +178,7 @@ async fn tls_client_trusting_the_ca_is_acked_and_plaintext_fails() {
         std::fs::write(&cert_path, &cert).unwrap();
         std::fs::write(&key_path, &key).unwrap();
         let mut s = auth_settings(dir.path());
-        s.server.tls = Some(TlsSettings {
-            cert: cert_path,
-            key: key_path,
-        });
+        s.server.tls = Some(TlsSettings::new(cert_path, key_path));
         let engine = start_engine(s, |b| b).await;
         let port = engine.local_addr().port();
         let https = format!("https://127.0.0.1:{port}");
@@ -238,16 +232,197 @@ async fn a_missing_tls_file_is_a_start_error_naming_the_key() {
     let cert_path = dir.path().join("cert.pem");
     std::fs::write(&cert_path, cert).unwrap();
     let mut s = test_settings(dir.path());
-    s.server.tls = Some(TlsSettings {
-        cert: cert_path,
-        key: dir.path().join("missing-key.pem"),
-    });
+    s.server.tls = Some(TlsSettings::new(
+        cert_path,
+        dir.path().join("missing-key.pem"),
+    ));
     let err = sluice_engine::Engine::start(s)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("server.tls.key"), "{err}");
     assert!(err.contains("missing-key.pem"), "{err}");
+}
+
+/// A test certificate authority that signs leaf certificates.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// An end-entity certificate for `names`, signed by this CA, for a
+    /// server or a client: (cert PEM, key PEM).
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("leaf params");
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Server TLS settings with a certificate for 127.0.0.1 from `server_ca`,
+/// requiring client certificates from `client_ca_pem`.
+fn mtls_settings(dir: &std::path::Path, server_ca: &TestCa, client_ca_pem: &str) -> TlsSettings {
+    let (cert, key) = server_ca.leaf(&["127.0.0.1", "localhost"], false);
+    let mut tls = TlsSettings::new(
+        write_file(dir, "server-cert.pem", &cert),
+        write_file(dir, "server-key.pem", &key),
+    );
+    tls.client_ca = Some(write_file(dir, "clients-ca.pem", client_ca_pem));
+    tls
+}
+
+/// Options for a client that fails fast: no reconnects, a short connect timeout.
+fn fail_fast(opts: ClientOptions) -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(3),
+        reconnect: sluice_engine::client::ReconnectPolicy {
+            max_attempts: 0,
+            ..Default::default()
+        },
+        ..opts
+    }
+}
+
+/// Connects `source` with `opts`; the error, if connecting fails (bounded).
+async fn connect_error(addr: &str, source: &str, opts: ClientOptions) -> Option<String> {
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        SourceClient::connect(addr, source, "", fail_fast(opts)),
+    )
+    .await
+    .expect("connecting ends in time");
+    r.err().map(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = TestCa::new("sluice test server CA");
+        let client_ca = TestCa::new("sluice test client CA");
+        let mut s = test_settings(dir.path());
+        s.server.tls = Some(mtls_settings(dir.path(), &server_ca, &client_ca.pem));
+        let engine = start_engine(s, |b| b).await;
+        let https = format!("https://127.0.0.1:{}", engine.local_addr().port());
+        let trusting = || ClientOptions {
+            ca_pem: Some(server_ca.pem.clone().into_bytes()),
+            ..ClientOptions::default()
+        };
+
+        // A client certificate signed by the client CA: connects and streams.
+        let (cert, key) = client_ca.leaf(&["client-a"], true);
+        let summary = send_n(
+            &https,
+            "a",
+            200,
+            trusting().with_identity(cert.clone(), key.clone()),
+        )
+        .await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 200);
+
+        // No client certificate: refused.
+        let err = connect_error(&https, "b", trusting()).await;
+        assert!(err.is_some(), "a client without a certificate must fail");
+        // A certificate from another CA (here the server's): refused.
+        let (other_cert, other_key) = server_ca.leaf(&["client-x"], true);
+        let err = connect_error(&https, "c", trusting().with_identity(other_cert, other_key)).await;
+        assert!(
+            err.is_some(),
+            "a client certificate from another CA must fail"
+        );
+
+        // The engine keeps serving the good client.
+        let summary = send_n(&https, "d", 100, trusting().with_identity(cert, key)).await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 100);
+        engine.shutdown().await.unwrap();
+        let sink = dir.path().join("sink");
+        assert_exactly_once(&delivered_keys(&sink), "a", 200);
+        assert_exactly_once(&delivered_keys(&sink), "d", 100);
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_client_ca_is_a_start_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("sluice test CA");
+    let mut tls = mtls_settings(dir.path(), &ca, &ca.pem);
+    tls.client_ca = Some(dir.path().join("missing-clients-ca.pem"));
+    let mut s = test_settings(dir.path());
+    s.server.tls = Some(tls);
+    let err = tokio::time::timeout(LIMIT, sluice_engine::Engine::start(s))
+        .await
+        .expect("in time")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.tls.client_ca"), "{err}");
+    assert!(err.contains("missing-clients-ca.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_a_file_authenticates_its_sources() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = write_file(dir.path(), "orders.token", "tok-from-file\n");
+        let mut s = test_settings(dir.path());
+        s.server.auth.tokens = vec![TokenSpec::from_file(&token_path, &["orders"])];
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        try_open(&addr, "orders", Some("tok-from-file"))
+            .await
+            .expect("the file's token, newline trimmed");
+        let bad = try_open(&addr, "orders", Some("tok-from-fil"))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::Unauthenticated, "{bad:?}");
+        let denied = try_open(&addr, "other", Some("tok-from-file"))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        engine.shutdown().await.unwrap();
+    })
+    .await
+    .expect("in time");
 }
 
 #[test]

@@ -52,8 +52,8 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use pipeline::{BatchSettings, FilterOp, PipelineSpec, SinkSpec, StageSpec, TransformSpec};
 pub use sections::{
-    AuthSettings, BufferSettings, LogFormat, LogSettings, MetricsSettings, ServerSettings,
-    TlsSettings, TokenSpec,
+    AuthSettings, BufferSettings, LogFormat, LogSettings, MetricsSettings, SecretError,
+    ServerSettings, TlsSettings, TokenSpec,
 };
 pub use sluice_buffer::{Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks};
 pub use validate::{ValidationError, ValidationErrors};
@@ -129,5 +129,26 @@ impl Settings {
     /// `sluice config`).
     pub fn to_toml_string(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| ConfigError::Serialize(e.to_string()))
+    }
+
+    /// A copy with every secret written in the configuration replaced by
+    /// [`TokenSpec::REDACTED`]: each `server.auth.tokens[i].token`. The
+    /// `token_env` variable names and `token_file` paths are kept (they are
+    /// not secrets). The copy is for showing, not for running: its tokens
+    /// are no longer the real ones.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for t in &mut copy.server.auth.tokens {
+            if let Some(token) = &mut t.token {
+                *token = TokenSpec::REDACTED.to_owned();
+            }
+        }
+        copy
+    }
+
+    /// [`redacted`](Self::redacted) as a TOML document: what `sluice config`
+    /// prints, safe to paste into a ticket.
+    pub fn to_toml_string_redacted(&self) -> Result<String, ConfigError> {
+        self.redacted().to_toml_string()
     }
 }

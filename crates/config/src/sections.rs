@@ -26,11 +26,15 @@ const MIB: u64 = 1024 * 1024;
 /// max_unacked_per_session = 100000
 ///
 /// [server.auth]            # optional: bearer tokens (off when no token is listed)
-/// tokens = [{ token = "s3cret", sources = ["orders", "web-*"] }]
+/// tokens = [
+///   { token = "s3cret", sources = ["orders", "web-*"] },
+///   { token_env = "ADMIN_TOKEN", sources = ["*"] },   # or token_file = "/path"
+/// ]
 ///
 /// [server.tls]             # optional: TLS (plaintext when the table is absent)
 /// cert = "/etc/sluice/cert.pem"
 /// key = "/etc/sluice/key.pem"
+/// client_ca = "/etc/sluice/clients-ca.pem"   # optional: require client certificates
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -93,27 +97,230 @@ impl AuthSettings {
     }
 }
 
-/// One accepted bearer token.
+/// One accepted bearer token: exactly one of `token` (the secret itself),
+/// `token_env` (the name of an environment variable holding it) or
+/// `token_file` (a file holding it), and the sources it may feed.
+///
+/// ```toml
+/// [[server.auth.tokens]]
+/// token_env = "ORDERS_TOKEN"            # read from the environment
+/// sources = ["orders"]
+///
+/// [[server.auth.tokens]]
+/// token_file = "/run/secrets/web"       # file contents, trailing newline trimmed
+/// sources = ["web-*"]
+/// ```
+///
+/// [`secret`](Self::secret) resolves the token; validation
+/// ([`Settings::validate`](crate::Settings::validate), run by every load)
+/// resolves each token and reports a missing variable or an unreadable file
+/// as an error naming the key, never quoting a secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
-    /// The secret the client sends as `authorization: Bearer <token>`.
-    pub token: String,
+    /// The secret the client sends as `authorization: Bearer <token>`, given
+    /// in the configuration itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Name of an environment variable (of the engine process) that holds
+    /// the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// A file that holds the secret; trailing line breaks are trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// Source id patterns this token may open: exact ids, `prefix*`, or `*`.
     pub sources: Vec<String>,
 }
 
+/// Why the secret of a [`TokenSpec`] cannot be had. The message never
+/// contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// None or several of `token`, `token_env`, `token_file` are given.
+    #[error("give exactly one of token, token_env or token_file ({given})")]
+    NotExactlyOne {
+        /// What was given: `"none given"` or e.g. `"token and token_env given"`.
+        given: String,
+    },
+    /// `token_env` is not a usable variable name (empty, or with `=` or NUL).
+    #[error("{name:?} is not an environment variable name")]
+    BadEnvName {
+        /// The name given.
+        name: String,
+    },
+    /// The environment variable named by `token_env` is not set.
+    #[error("environment variable {name} is not set")]
+    EnvNotSet {
+        /// The variable.
+        name: String,
+    },
+    /// The environment variable named by `token_env` is not valid Unicode.
+    #[error("environment variable {name} is not valid Unicode")]
+    EnvNotUnicode {
+        /// The variable.
+        name: String,
+    },
+    /// The environment variable named by `token_env` is empty.
+    #[error("environment variable {name} is empty")]
+    EnvEmpty {
+        /// The variable.
+        name: String,
+    },
+    /// `token_file` is an empty path.
+    #[error("must not be empty (a file holding the token)")]
+    EmptyPath,
+    /// The file named by `token_file` cannot be read (or is not UTF-8).
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file named by `token_file` holds nothing but line breaks.
+    #[error("file {} is empty", path.display())]
+    FileEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl SecretError {
+    /// The key of the [`TokenSpec`] field the problem is about (`token_env`
+    /// or `token_file`), or `None` when it is about the entry as a whole.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::NotExactlyOne { .. } => None,
+            Self::BadEnvName { .. }
+            | Self::EnvNotSet { .. }
+            | Self::EnvNotUnicode { .. }
+            | Self::EnvEmpty { .. } => Some("token_env"),
+            Self::EmptyPath | Self::File { .. } | Self::FileEmpty { .. } => Some("token_file"),
+        }
+    }
+}
+
+impl TokenSpec {
+    /// What [`redacted`](crate::Settings::redacted) puts in place of a
+    /// `token` secret.
+    pub const REDACTED: &'static str = "<redacted>";
+
+    /// A token given in the configuration itself (`token = "..."`).
+    pub fn inline(token: impl Into<String>, sources: &[&str]) -> Self {
+        Self::with(Some(token.into()), None, None, sources)
+    }
+
+    /// A token read from the environment variable `name` (`token_env`).
+    pub fn from_env(name: impl Into<String>, sources: &[&str]) -> Self {
+        Self::with(None, Some(name.into()), None, sources)
+    }
+
+    /// A token read from the file at `path` (`token_file`).
+    pub fn from_file(path: impl Into<PathBuf>, sources: &[&str]) -> Self {
+        Self::with(None, None, Some(path.into()), sources)
+    }
+
+    fn with(
+        token: Option<String>,
+        token_env: Option<String>,
+        token_file: Option<PathBuf>,
+        sources: &[&str],
+    ) -> Self {
+        Self {
+            token,
+            token_env,
+            token_file,
+            sources: sources.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// The key of the field that gives the secret (`token`, `token_env` or
+    /// `token_file`); `token` when none or several are given.
+    pub fn secret_field(&self) -> &'static str {
+        match (&self.token, &self.token_env, &self.token_file) {
+            (None, Some(_), None) => "token_env",
+            (None, None, Some(_)) => "token_file",
+            _ => "token",
+        }
+    }
+
+    /// The secret: `token` as given, the value of the `token_env` variable
+    /// (of this process), or the contents of `token_file` without trailing
+    /// line breaks. Read anew on every call. Errors: none or several of the
+    /// three given, a variable not set, not Unicode or empty, a file that
+    /// cannot be read or is empty. An inline `token` is returned even when
+    /// empty (validation reports it).
+    pub fn secret(&self) -> Result<String, SecretError> {
+        match (&self.token, &self.token_env, &self.token_file) {
+            (Some(token), None, None) => Ok(token.clone()),
+            (None, Some(name), None) => {
+                if name.is_empty() || name.contains(['=', '\0']) {
+                    return Err(SecretError::BadEnvName { name: name.clone() });
+                }
+                match std::env::var(name) {
+                    Ok(v) if v.is_empty() => Err(SecretError::EnvEmpty { name: name.clone() }),
+                    Ok(v) => Ok(v),
+                    Err(std::env::VarError::NotPresent) => {
+                        Err(SecretError::EnvNotSet { name: name.clone() })
+                    }
+                    // The value is not quoted: it is a secret.
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        Err(SecretError::EnvNotUnicode { name: name.clone() })
+                    }
+                }
+            }
+            (None, None, Some(path)) => {
+                if path.as_os_str().is_empty() {
+                    return Err(SecretError::EmptyPath);
+                }
+                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    return Err(SecretError::FileEmpty { path: path.clone() });
+                }
+                Ok(secret.to_owned())
+            }
+            (token, env, file) => {
+                let given: Vec<&str> = [
+                    token.as_ref().map(|_| "token"),
+                    env.as_ref().map(|_| "token_env"),
+                    file.as_ref().map(|_| "token_file"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Err(SecretError::NotExactlyOne {
+                    given: if given.is_empty() {
+                        "none given".to_owned()
+                    } else {
+                        format!("{} given", given.join(" and "))
+                    },
+                })
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for TokenSpec {
-    /// Never prints the token.
+    /// Never prints the token (the variable name and the file are shown).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSpec")
-            .field("token", &"<redacted>")
+            .field("token", &self.token.as_ref().map(|_| Self::REDACTED))
+            .field("token_env", &self.token_env)
+            .field("token_file", &self.token_file)
             .field("sources", &self.sources)
             .finish()
     }
 }
 
-/// `[server.tls]`: the server's certificate chain and private key, PEM files.
+/// `[server.tls]`: the server's certificate chain and private key, PEM files,
+/// and optionally the CA that client certificates must be signed by
+/// (mutual TLS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
@@ -121,6 +328,24 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// PEM file with the private key.
     pub key: PathBuf,
+    /// PEM file with the CA certificate(s) that client certificates must
+    /// chain to. When set, every client must present a certificate signed by
+    /// it (mutual TLS); a client without one fails the handshake. Absent
+    /// (the default): clients are not asked for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Server TLS with certificate chain `cert` and private key `key`, no
+    /// client certificates.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+        }
+    }
 }
 
 impl Default for ServerSettings {

@@ -150,8 +150,12 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
     );
     auth(s, e);
     if let Some(tls) = &sv.tls {
-        for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
-            if path.as_os_str().is_empty() {
+        for (key, path) in [
+            ("server.tls.cert", Some(&tls.cert)),
+            ("server.tls.key", Some(&tls.key)),
+            ("server.tls.client_ca", tls.client_ca.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
                 e.push(key, format!("{key} must not be empty (a PEM file)"));
             }
         }
@@ -167,29 +171,45 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
     }
 }
 
-/// `[server.auth]`: tokens non-empty and unique (messages never quote a
-/// token), each with at least one well-formed source pattern.
+/// `[server.auth]`: each token given exactly one way and resolvable
+/// (variable set, file readable), non-empty and unique (messages never quote
+/// a token), each with at least one well-formed source pattern.
 fn auth(s: &Settings, e: &mut ValidationErrors) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    // secret -> (index, field) of the first token with it.
+    let mut seen: HashMap<String, (usize, &str)> = HashMap::new();
     for (i, t) in s.server.auth.tokens.iter().enumerate() {
         let key = format!("server.auth.tokens[{i}]");
-        let tkey = format!("{key}.token");
-        if t.token.trim().is_empty() {
-            e.push(tkey.clone(), format!("{tkey} must not be empty"));
-        } else if t.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            e.push(
-                tkey.clone(),
-                format!("{tkey} must not contain whitespace or control characters"),
-            );
-        } else if let Some(first) = seen.get(t.token.as_str()) {
-            e.push(
-                tkey.clone(),
-                format!(
-                    "{tkey} is the same as server.auth.tokens[{first}].token; tokens must be unique"
-                ),
-            );
-        } else {
-            seen.insert(&t.token, i);
+        let field = t.secret_field();
+        let tkey = format!("{key}.{field}");
+        match t.secret() {
+            Err(err) => {
+                let ekey = match err.field() {
+                    Some(f) => format!("{key}.{f}"),
+                    None => key.clone(),
+                };
+                e.push(ekey.clone(), format!("{ekey}: {err}"));
+            }
+            Ok(secret) if secret.trim().is_empty() => {
+                e.push(tkey.clone(), format!("{tkey} must not be empty"));
+            }
+            Ok(secret) if secret.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                e.push(
+                    tkey.clone(),
+                    format!("{tkey} must not contain whitespace or control characters"),
+                );
+            }
+            Ok(secret) => {
+                if let Some((first, first_field)) = seen.get(&secret) {
+                    e.push(
+                        tkey.clone(),
+                        format!(
+                            "{tkey} is the same as server.auth.tokens[{first}].{first_field}; tokens must be unique"
+                        ),
+                    );
+                } else {
+                    seen.insert(secret, (i, field));
+                }
+            }
         }
         let skey = format!("{key}.sources");
         if t.sources.is_empty() {

@@ -489,3 +489,95 @@ fn readme_config_example_loads_and_validates() {
     assert_eq!(settings.pipelines[0].name, "orders");
     assert_eq!(settings.pipelines[0].stages.len(), 2);
 }
+
+#[test]
+fn redacted_toml_hides_every_inline_token_and_keeps_the_rest() {
+    let secret_file = file("file-held-secret\n");
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:7002"
+
+[[server.auth.tokens]]
+token = "very-secret-orders-123"
+sources = ["orders"]
+
+[[server.auth.tokens]]
+token_file = "{}"
+sources = ["web-*"]
+
+[server.tls]
+cert = "/etc/sluice/cert.pem"
+key = "/etc/sluice/key.pem"
+client_ca = "/etc/sluice/clients-ca.pem"
+"#,
+        secret_file.path().display()
+    );
+    let s = load(&toml, &NO_ENV).unwrap();
+    assert_eq!(
+        s.server.auth.tokens[1].secret().unwrap(),
+        "file-held-secret"
+    );
+    assert_eq!(
+        s.server.tls.as_ref().unwrap().client_ca.as_deref(),
+        Some(std::path::Path::new("/etc/sluice/clients-ca.pem"))
+    );
+
+    let shown = s.to_toml_string_redacted().unwrap();
+    assert!(!shown.contains("very-secret-orders-123"), "{shown}");
+    assert!(!shown.contains("file-held-secret"), "{shown}");
+    assert!(shown.contains(r#"token = "<redacted>""#), "{shown}");
+    assert!(shown.contains("\"orders\""), "{shown}");
+    assert!(shown.contains("\"web-*\""), "{shown}");
+    assert!(shown.contains("token_file"), "{shown}");
+    assert!(shown.contains("clients-ca.pem"), "{shown}");
+    // The original is untouched and still round-trips with its secret.
+    assert_eq!(
+        s.server.auth.tokens[0].token.as_deref(),
+        Some("very-secret-orders-123")
+    );
+    let full = s.to_toml_string().unwrap();
+    assert_eq!(load(&full, &NO_ENV).unwrap(), s, "{full}");
+}
+
+#[test]
+fn a_token_env_that_is_not_set_fails_the_load_naming_the_key() {
+    let toml = r#"
+[[server.auth.tokens]]
+token = "tok-0"
+sources = ["a"]
+
+[[server.auth.tokens]]
+token_env = "SLUICE_LOAD_TEST_UNSET_TOKEN_81D2"
+sources = ["orders"]
+"#;
+    let Err(ConfigError::Invalid(errors)) = load(toml, &NO_ENV) else {
+        panic!("expected an invalid configuration");
+    };
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["server.auth.tokens[1].token_env"]);
+    let text = errors.to_string();
+    assert_eq!(
+        text,
+        "server.auth.tokens[1].token_env: environment variable SLUICE_LOAD_TEST_UNSET_TOKEN_81D2 is not set"
+    );
+    assert!(!text.contains("tok-0"), "{text}");
+}
+
+#[test]
+fn a_token_entry_with_two_secrets_fails_the_load() {
+    let toml = r#"
+[[server.auth.tokens]]
+token = "tok-inline-9"
+token_env = "SLUICE_LOAD_TEST_TWO_WAYS_77AB"
+sources = ["a"]
+"#;
+    let err = load(toml, &NO_ENV).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "server.auth.tokens[0]: give exactly one of token, token_env or token_file (token and token_env given)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("tok-inline-9"), "{err}");
+}

@@ -306,10 +306,7 @@ fn load_refuses_an_invalid_file_with_every_problem() {
 }
 
 fn token(t: &str, sources: &[&str]) -> sluice_config::TokenSpec {
-    sluice_config::TokenSpec {
-        token: t.into(),
-        sources: sources.iter().map(|s| s.to_string()).collect(),
-    }
+    sluice_config::TokenSpec::inline(t, sources)
 }
 
 #[test]
@@ -379,14 +376,19 @@ fn per_connection_limits_must_be_positive() {
 #[test]
 fn tls_paths_must_not_be_empty() {
     let mut s = Settings::default();
-    s.server.tls = Some(sluice_config::TlsSettings {
-        cert: "".into(),
-        key: "key.pem".into(),
-    });
+    s.server.tls = Some(sluice_config::TlsSettings::new("", "key.pem"));
     only(
         &s,
         "server.tls.cert",
         "server.tls.cert must not be empty (a PEM file)",
+    );
+    let mut tls = sluice_config::TlsSettings::new("cert.pem", "key.pem");
+    tls.client_ca = Some("".into());
+    s.server.tls = Some(tls);
+    only(
+        &s,
+        "server.tls.client_ca",
+        "server.tls.client_ca must not be empty (a PEM file)",
     );
 }
 
@@ -432,4 +434,165 @@ key = "/etc/sluice/key.pem"
     let d = Settings::default();
     assert!(!d.server.auth.enabled());
     assert!(d.server.tls.is_none());
+}
+
+/// A file holding `text`, for `token_file`.
+fn secret_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+/// Every problem message of `s`, one string, for "never quotes" checks.
+fn all_problems(s: &Settings) -> String {
+    problems(s).join("\n")
+}
+
+#[test]
+fn token_file_is_read_with_trailing_newlines_trimmed() {
+    use sluice_config::TokenSpec;
+    let f = secret_file("file-secret-1\r\n\n");
+    let spec = TokenSpec::from_file(f.path(), &["orders"]);
+    assert_eq!(spec.secret().unwrap(), "file-secret-1");
+    assert_eq!(spec.secret_field(), "token_file");
+    let mut s = Settings::default();
+    s.server.auth.tokens = vec![spec.clone()];
+    assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+    assert!(
+        !format!("{spec:?}").contains("file-secret-1"),
+        "Debug never prints a token"
+    );
+}
+
+#[test]
+fn exactly_one_of_token_token_env_token_file() {
+    use sluice_config::TokenSpec;
+    let f = secret_file("from-file\n");
+    let mut s = Settings::default();
+    let mut both = TokenSpec::inline("inline-secret", &["a"]);
+    both.token_file = Some(f.path().to_owned());
+    s.server.auth.tokens = vec![token("t0", &["x"]), both];
+    only(
+        &s,
+        "server.auth.tokens[1]",
+        "server.auth.tokens[1]: give exactly one of token, token_env or token_file (token and token_file given)",
+    );
+    let mut none = TokenSpec::inline("x", &["a"]);
+    none.token = None;
+    s.server.auth.tokens = vec![none];
+    only(
+        &s,
+        "server.auth.tokens[0]",
+        "server.auth.tokens[0]: give exactly one of token, token_env or token_file (none given)",
+    );
+    let mut three = TokenSpec::from_env("SLUICE_TEST_NEVER_SET_3C9E", &["a"]);
+    three.token = Some("inline-secret".into());
+    three.token_file = Some(f.path().to_owned());
+    s.server.auth.tokens = vec![three];
+    let text = all_problems(&s);
+    assert!(
+        text.contains("(token and token_env and token_file given)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("inline-secret") && !text.contains("from-file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreadable_empty_or_bad_token_files_name_the_key() {
+    use sluice_config::TokenSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-token");
+    let mut s = Settings::default();
+    s.server.auth.tokens = vec![TokenSpec::from_file(&missing, &["a"])];
+    let errors = s.validate().unwrap_err();
+    let e = errors.iter().next().unwrap();
+    assert_eq!(errors.len(), 1, "{errors}");
+    assert_eq!(e.key, "server.auth.tokens[0].token_file");
+    assert!(
+        e.message
+            .starts_with("server.auth.tokens[0].token_file: cannot read "),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("no-such-token"), "{}", e.message);
+
+    let empty = secret_file("\n");
+    s.server.auth.tokens = vec![TokenSpec::from_file(empty.path(), &["a"])];
+    let text = all_problems(&s);
+    assert!(
+        text.starts_with("server.auth.tokens[0].token_file: file ") && text.ends_with(" is empty"),
+        "{text}"
+    );
+
+    let spaced = secret_file("two words\n");
+    s.server.auth.tokens = vec![TokenSpec::from_file(spaced.path(), &["a"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token_file",
+        "server.auth.tokens[0].token_file must not contain whitespace or control characters",
+    );
+
+    s.server.auth.tokens = vec![TokenSpec::from_file("", &["a"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token_file",
+        "server.auth.tokens[0].token_file: must not be empty (a file holding the token)",
+    );
+}
+
+#[test]
+fn tokens_are_unique_across_inline_env_and_file() {
+    use sluice_config::TokenSpec;
+    let f = secret_file("dup-secret\n");
+    let mut s = Settings::default();
+    s.server.auth.tokens = vec![
+        token("dup-secret", &["a"]),
+        TokenSpec::from_file(f.path(), &["b"]),
+    ];
+    only(
+        &s,
+        "server.auth.tokens[1].token_file",
+        "server.auth.tokens[1].token_file is the same as server.auth.tokens[0].token; tokens must be unique",
+    );
+}
+
+#[test]
+fn token_env_is_read_from_the_process_environment() {
+    use sluice_config::TokenSpec;
+    // A name no other test uses: the process environment is shared.
+    const VAR: &str = "SLUICE_CONFIG_TEST_TOKEN_ENV_5A1F";
+    let mut s = Settings::default();
+    s.server.auth.tokens = vec![TokenSpec::from_env(VAR, &["orders"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token_env",
+        &format!("server.auth.tokens[0].token_env: environment variable {VAR} is not set"),
+    );
+    // SAFETY: only this test reads or writes this variable. The other tests
+    // of this binary touch the environment only through Rust's std (temp dir
+    // look-ups), which serialises its reads with this write; none calls C
+    // code that reads the environment.
+    unsafe { std::env::set_var(VAR, "env-secret-42") };
+    assert_eq!(s.server.auth.tokens[0].secret().unwrap(), "env-secret-42");
+    assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+    // SAFETY: as above.
+    unsafe { std::env::set_var(VAR, "") };
+    only(
+        &s,
+        "server.auth.tokens[0].token_env",
+        &format!("server.auth.tokens[0].token_env: environment variable {VAR} is empty"),
+    );
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(VAR) };
+
+    s.server.auth.tokens = vec![TokenSpec::from_env("A=B", &["orders"])];
+    only(
+        &s,
+        "server.auth.tokens[0].token_env",
+        "server.auth.tokens[0].token_env: \"A=B\" is not an environment variable name",
+    );
 }

@@ -6,7 +6,10 @@
 //! unknown token is `UNAUTHENTICATED`. The token's source patterns are then
 //! checked against `Open.source_id`: a source it does not cover is
 //! `PERMISSION_DENIED`, naming the source id (never the token). Tokens are
-//! compared in constant time. Health and reflection need no token.
+//! compared in constant time. Health and reflection need no token. A
+//! token's secret may sit in the configuration (`token`), an environment
+//! variable (`token_env`) or a file (`token_file`); the config crate resolves
+//! it ([`TokenSpec::secret`](sluice_config::TokenSpec::secret)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,12 +82,33 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// `None` when `[server.auth]` lists no token (authentication off).
+    ///
+    /// Each token's secret is resolved here ([`TokenSpec::secret`]: inline,
+    /// `token_env` or `token_file`). Validation has already refused
+    /// unresolvable or empty tokens; should one fail anyway (a variable
+    /// unset or a file removed since), it is left out with an error log and
+    /// never accepted: authentication stays on (fails closed).
+    ///
+    /// [`TokenSpec::secret`]: sluice_config::TokenSpec::secret
     pub fn from_settings(auth: &AuthSettings) -> Option<Self> {
         auth.enabled().then(|| Self {
             tokens: Arc::new(
                 auth.tokens
                     .iter()
-                    .map(|t| (t.token.as_bytes().to_vec(), Grant::new(t.sources.clone())))
+                    .enumerate()
+                    .filter_map(|(i, t)| match t.secret() {
+                        Ok(secret) if !secret.is_empty() => {
+                            Some((secret.into_bytes(), Grant::new(t.sources.clone())))
+                        }
+                        Ok(_) => {
+                            tracing::error!("server.auth.tokens[{i}]: empty token, not accepted");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::error!("server.auth.tokens[{i}]: {e}; token not accepted");
+                            None
+                        }
+                    })
                     .collect(),
             ),
         })

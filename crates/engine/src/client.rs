@@ -169,6 +169,23 @@ pub struct ClientOptions {
     /// PEM CA certificate(s) trusted for an `https://` engine address (TLS).
     /// Default none (plaintext `http://`).
     pub ca_pem: Option<Vec<u8>>,
+    /// The client's own certificate and key, for an engine that requires
+    /// client certificates (`[server.tls] client_ca`, mutual TLS). Default
+    /// none. See [`with_identity`](Self::with_identity).
+    pub identity: Option<crate::tls::ClientIdentity>,
+}
+
+impl ClientOptions {
+    /// These options presenting the client certificate chain `cert_pem` and
+    /// private key `key_pem` (PEM) to the engine (mutual TLS).
+    pub fn with_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some(crate::tls::ClientIdentity::from_pem(cert_pem, key_pem));
+        self
+    }
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -184,6 +201,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("close_timeout", &self.close_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -207,6 +225,7 @@ impl Default for ClientOptions {
             close_timeout: Duration::from_secs(5),
             token: None,
             ca_pem: None,
+            identity: None,
         }
     }
 }
@@ -510,9 +529,10 @@ impl SourceClient {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?;
-        if let Some(ca) = &options.ca_pem {
+        if options.ca_pem.is_some() || options.identity.is_some() {
+            let tls = crate::tls::client_tls(options.ca_pem.as_deref(), options.identity.as_ref());
             endpoint = endpoint
-                .tls_config(crate::tls::client_config(ca))
+                .tls_config(tls)
                 .map_err(|e| ClientError::InvalidAddress {
                     addr: addr.to_owned(),
                     reason: error_chain(&e),

@@ -352,6 +352,13 @@ pub struct SendCommand {
     /// `https://` address (TLS).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// PEM file of this client's certificate chain, for an engine that
+    /// requires client certificates (`[server.tls] client_ca`); needs `--key`.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM file of the private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl SendCommand {
@@ -375,6 +382,16 @@ impl SendCommand {
             },
             None => None,
         };
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => match crate::tls::ClientIdentity::from_files(cert, key) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    eprintln!("sluice send: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => None,
+        };
         let args = SendArgs {
             addr: self.addr,
             source_id: self.source_id,
@@ -385,6 +402,7 @@ impl SendCommand {
                 max_batch_records: self.batch.max(1),
                 token: self.token,
                 ca_pem,
+                identity,
                 ..ClientOptions::default()
             },
             progress: !self.no_progress,

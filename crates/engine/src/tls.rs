@@ -1,5 +1,9 @@
-//! TLS (`[server.tls]`): the server's identity from PEM files, and the
-//! client side's trust of a CA (`--ca FILE`, [`ClientOptions::ca_pem`](crate::client::ClientOptions::ca_pem)).
+//! TLS (`[server.tls]`): the server's identity from PEM files and, with
+//! `client_ca`, the CA that client certificates must chain to (mutual TLS);
+//! the client side's trust of a CA (`--ca FILE`,
+//! [`ClientOptions::ca_pem`](crate::client::ClientOptions::ca_pem)) and its
+//! own certificate (`--cert FILE --key FILE`,
+//! [`ClientOptions::identity`](crate::client::ClientOptions::identity)).
 //!
 //! Both use tonic's rustls transport with the ring crypto provider.
 
@@ -29,15 +33,77 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
 }
 
 /// The server TLS configuration from `[server.tls]`; an unreadable file is
-/// an error naming its key and path.
+/// an error naming its key and path. With `client_ca`, clients must present
+/// a certificate signed by that CA.
 pub fn server_config(tls: &TlsSettings) -> Result<ServerTlsConfig, TlsFileError> {
     let cert = read("server.tls.cert", &tls.cert)?;
     let key = read("server.tls.key", &tls.key)?;
-    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(path) = &tls.client_ca {
+        let ca = read("server.tls.client_ca", path)?;
+        // Required, not optional: a client without a certificate fails the handshake.
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}
+
+/// A client's own certificate chain and private key (PEM), presented to an
+/// engine that requires client certificates (`[server.tls] client_ca`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// PEM certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl ClientIdentity {
+    /// An identity from PEM certificate chain `cert_pem` and key `key_pem`.
+    pub fn from_pem(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        Self {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+
+    /// Reads the PEM files given as `--cert` and `--key`; an unreadable file
+    /// is an error naming the flag and the path.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsFileError> {
+        Ok(Self {
+            cert_pem: read("--cert", cert)?,
+            key_pem: read("--key", key)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A client TLS configuration trusting the CA certificate(s) in `ca_pem`
 /// (PEM), for an `https://` engine address.
 pub fn client_config(ca_pem: &[u8]) -> ClientTlsConfig {
-    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
+    client_tls(Some(ca_pem), None)
+}
+
+/// A client TLS configuration trusting the CA certificate(s) in `ca_pem`
+/// (when given) and presenting `identity` (when given) as the client
+/// certificate.
+pub fn client_tls(ca_pem: Option<&[u8]>, identity: Option<&ClientIdentity>) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = ca_pem {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some(id) = identity {
+        config = config.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    config
 }

@@ -34,6 +34,13 @@ pub struct TopCommand {
     /// PEM file of the CA that signed the engine's certificate (`https://`).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
+    /// PEM file of this client's certificate chain, for an engine that
+    /// requires client certificates (`[server.tls] client_ca`); needs `--key`.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM file of the private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl TopCommand {
@@ -58,10 +65,21 @@ impl TopCommand {
                 return ExitCode::FAILURE;
             }
         };
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => match crate::tls::ClientIdentity::from_files(cert, key) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    eprintln!("sluice top: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
         let client = runtime.block_on(async {
             let mut endpoint = tonic::transport::Endpoint::from_shared(addr.clone())?;
-            if let Some(ca) = &ca {
-                endpoint = endpoint.tls_config(crate::tls::client_config(ca))?;
+            if ca.is_some() || identity.is_some() {
+                let tls = crate::tls::client_tls(ca.as_deref(), identity.as_ref());
+                endpoint = endpoint.tls_config(tls)?;
             }
             Ok::<_, tonic::transport::Error>(AdminClient::new(endpoint.connect().await?))
         });

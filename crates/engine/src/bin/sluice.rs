@@ -25,7 +25,8 @@ enum Command {
         #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print the effective configuration (defaults < file < environment) as TOML.
+    /// Print the effective configuration (defaults < file < environment) as TOML,
+    /// with the bearer tokens written in it replaced by `<redacted>`.
     Config {
         /// TOML configuration file; `SLUICE__SECTION__KEY` variables override it.
         #[arg(long, short, value_name = "FILE", env = "SLUICE_CONFIG")]
@@ -50,27 +51,23 @@ fn main() -> ExitCode {
             sluice_engine::config::LogFormat::Text
         });
     }
-    if let Command::Serve { config } = &cli.command {
-        return sluice_engine::serve_command(config.as_deref());
-    }
-    let (path, serve) = match cli.command {
-        Command::Serve { config } => (config, true),
-        Command::Config { config } => (config, false),
+    let path = match cli.command {
+        Command::Serve { config } => return sluice_engine::serve_command(config.as_deref()),
+        Command::Config { config } => config,
         Command::Send(cmd) => return cmd.run(),
         Command::Demo(cmd) => return cmd.run(),
         Command::Top(cmd) => return cmd.run(),
         Command::Bench(args) => return sluice_engine::bench::run(args),
     };
-    let toml = match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string()) {
-        Ok(toml) => toml,
+    // Secrets written in the configuration are printed as "<redacted>".
+    match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string_redacted()) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("sluice: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    if serve {
-        println!("# engine not yet implemented; effective configuration:");
     }
-    print!("{toml}");
-    ExitCode::SUCCESS
 }
