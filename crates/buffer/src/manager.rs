@@ -1011,30 +1011,40 @@ impl<T> BufferManager<T> {
                 let st = &mut *st;
                 let mut free = st.stages[next.index()].usage.free(self.limits.per_stage);
                 let mut moved = Credit::ZERO;
-                while let Some(r) = pending.records.front() {
+                let mut queued = Credit::ZERO;
+                // First account for (and retag) the prefix that fits, then
+                // move it in one go: records are moved once, not popped and
+                // pushed one by one.
+                let mut n = 0;
+                for r in pending.records.iter_mut() {
                     let size = u64::from(r.size);
-                    if r.stage != next && (free.records == 0 || free.bytes < size) {
-                        break;
-                    }
-                    let Some(mut r) = pending.records.pop_front() else {
-                        break;
-                    };
                     if r.stage != next {
+                        if free.records == 0 || free.bytes < size {
+                            break;
+                        }
                         free.sub(Credit::new(1, size));
                         st.stages[r.stage.index()].usage.sub(Credit::new(1, size));
                         match from {
                             None => from = Some(r.stage),
-                            Some(f) if f != r.stage => from_many.push(r.stage),
+                            Some(f) if f != r.stage && !from_many.contains(&r.stage) => {
+                                from_many.push(r.stage)
+                            }
                             _ => {}
                         }
                         moved.add(Credit::new(1, size));
                         r.stage = next;
                     }
-                    let dst = &mut st.stages[next.index()];
-                    dst.queued.add(Credit::new(1, size));
-                    dst.ready.push_back(r);
+                    queued.add(Credit::new(1, size));
+                    n += 1;
                 }
-                st.stages[next.index()].usage.add(moved);
+                let dst = &mut st.stages[next.index()];
+                dst.queued.add(queued);
+                dst.usage.add(moved);
+                if n == pending.records.len() {
+                    dst.ready.append(&mut pending.records);
+                } else {
+                    dst.ready.extend(pending.records.drain(..n));
+                }
             }
             if from.is_some() || pending.records.is_empty() {
                 signals.ready.notify_waiters();

@@ -229,15 +229,33 @@ impl Worker {
     /// Returns false when the worker should stop (the buffer shut down).
     async fn transform(&self, tf: &Transform, batch: Vec<BufferedRecord<EngineRecord>>) -> bool {
         let t = Instant::now();
-        let mut keep = Vec::with_capacity(batch.len());
+        let mut keep = batch;
+        // What happened to each record taken out of `keep`, in order:
+        // `None` filtered, `Some(error)` failed. Kept records stay where
+        // they are (no per-record move when all are kept).
+        let mut outcomes: Vec<Option<Arc<str>>> = Vec::new();
+        let removed: Vec<BufferedRecord<EngineRecord>> = keep
+            .extract_if(.., |r| {
+                let seq = r.seq();
+                match tf.apply(seq, &mut r.payload) {
+                    Ok(Outcome::Keep) => false,
+                    Ok(Outcome::Filtered) => {
+                        outcomes.push(None);
+                        true
+                    }
+                    Err(e) => {
+                        outcomes.push(Some(Arc::from(e.to_string())));
+                        true
+                    }
+                }
+            })
+            .collect();
         let mut filtered = Vec::new();
         let mut failed: Vec<(BufferedRecord<EngineRecord>, Arc<str>)> = Vec::new();
-        for mut r in batch {
-            let seq = r.seq();
-            match tf.apply(seq, &mut r.payload) {
-                Ok(Outcome::Keep) => keep.push(r),
-                Ok(Outcome::Filtered) => filtered.push(r),
-                Err(e) => failed.push((r, Arc::from(e.to_string()))),
+        for (r, outcome) in removed.into_iter().zip(outcomes) {
+            match outcome {
+                None => filtered.push(r),
+                Some(error) => failed.push((r, error)),
             }
         }
         let buffer = &self.env.buffer;

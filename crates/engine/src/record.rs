@@ -1,7 +1,5 @@
 //! The engine's record: what a source sent, as the buffer holds it.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use sluice_buffer::ByteSize;
 use sluice_proto::v1;
@@ -10,34 +8,106 @@ use sluice_proto::v1;
 ///
 /// Its size against every byte limit ([`ByteSize`]) is the wire protocol's
 /// definition: `len(key) + len(payload) + Σ (len(name) + len(value))` over
-/// the attributes. Transforms may rewrite the payload; the charge taken at
-/// admission stays the same (the buffer fixes it then).
+/// the attributes, with the payload as the source sent it. Transforms may
+/// rewrite the payload ([`set_payload`](Self::set_payload)); the charge
+/// taken at admission stays the same (the buffer fixes it then).
+///
+/// Why the layout: every record is moved from queue to queue several times
+/// and dropped once, so its size and its drop are per-record costs of the
+/// whole engine (BENCHMARKS.md, "Where the engine spends its CPU"). The
+/// common case (no attributes, payload not rewritten) is kept inline in 80
+/// bytes with no heap allocation of its own; attributes and the original of
+/// a rewritten payload live behind one optional box.
+///
+/// ```
+/// use sluice_engine::record::EngineRecord;
+///
+/// let mut r = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
+/// r.set_payload(&b"{\"a\":2}"[..]);
+/// assert_eq!(&r.payload()[..], b"{\"a\":2}");
+/// assert_eq!(&r.original_payload()[..], b"{\"a\":1}"); // dead letters keep it
+/// assert!(r.attributes().is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineRecord {
     /// Optional key (empty when absent).
     pub key: Bytes,
-    /// The content; transforms rewrite it.
-    pub payload: Bytes,
-    /// Free-form metadata, sorted by name.
-    pub attributes: Arc<[(String, String)]>,
     /// Event time in ms since the Unix epoch, 0 when unknown.
     pub event_time_ms: i64,
-    /// The payload as the source sent it (shares memory with `payload` until
-    /// a transform rewrites it); dead letters keep it.
-    pub original_payload: Bytes,
+    /// The content, as the last transform left it.
+    payload: Bytes,
+    /// Attributes and the original payload; `None` when there are no
+    /// attributes and the payload was never rewritten.
+    extra: Option<Box<Extra>>,
+}
+
+/// The rarely present parts of a record.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Extra {
+    /// Sorted by name.
+    attributes: Vec<(String, String)>,
+    /// The payload as the source sent it, once a transform rewrote it.
+    original_payload: Option<Bytes>,
 }
 
 impl EngineRecord {
     /// A record with just a payload.
     pub fn from_payload(payload: impl Into<Bytes>) -> Self {
-        let payload = payload.into();
         Self {
             key: Bytes::new(),
-            original_payload: payload.clone(),
-            payload,
-            attributes: Arc::from(Vec::new()),
             event_time_ms: 0,
+            payload: payload.into(),
+            extra: None,
         }
+    }
+
+    /// The same record with these attributes (sorted by name here).
+    pub fn with_attributes(
+        mut self,
+        attributes: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let mut attributes: Vec<(String, String)> = attributes.into_iter().collect();
+        if attributes.is_empty() && self.extra.is_none() {
+            return self;
+        }
+        attributes.sort_unstable();
+        self.extra.get_or_insert_with(Box::default).attributes = attributes;
+        self
+    }
+
+    /// The content, as the last transform left it.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Replaces the content; the first replacement keeps the original for
+    /// [`original_payload`](Self::original_payload).
+    pub fn set_payload(&mut self, payload: impl Into<Bytes>) {
+        let old = std::mem::replace(&mut self.payload, payload.into());
+        let extra = self.extra.get_or_insert_with(Box::default);
+        if extra.original_payload.is_none() {
+            extra.original_payload = Some(old);
+        }
+    }
+
+    /// The payload as the source sent it (what dead letters keep).
+    pub fn original_payload(&self) -> &Bytes {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.original_payload.as_ref())
+            .unwrap_or(&self.payload)
+    }
+
+    /// Whether a transform rewrote the payload.
+    pub fn payload_rewritten(&self) -> bool {
+        self.extra
+            .as_ref()
+            .is_some_and(|e| e.original_payload.is_some())
+    }
+
+    /// Free-form metadata, sorted by name.
+    pub fn attributes(&self) -> &[(String, String)] {
+        self.extra.as_ref().map_or(&[], |e| &e.attributes)
     }
 
     /// The wire size of a record, as credits and limits count it.
@@ -54,14 +124,17 @@ impl EngineRecord {
 
 impl From<v1::Record> for EngineRecord {
     fn from(r: v1::Record) -> Self {
-        let mut attributes: Vec<(String, String)> = r.attributes.into_iter().collect();
-        attributes.sort_unstable();
-        Self {
+        let record = Self {
             key: r.key,
-            original_payload: r.payload.clone(),
-            payload: r.payload,
-            attributes: attributes.into(),
             event_time_ms: r.event_time_ms,
+            payload: r.payload,
+            extra: None,
+        };
+        if r.attributes.is_empty() {
+            // No allocation for the common case.
+            record
+        } else {
+            record.with_attributes(r.attributes)
         }
     }
 }
@@ -69,9 +142,9 @@ impl From<v1::Record> for EngineRecord {
 impl ByteSize for EngineRecord {
     fn byte_size(&self) -> usize {
         self.key.len()
-            + self.original_payload.len()
+            + self.original_payload().len()
             + self
-                .attributes
+                .attributes()
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
@@ -92,7 +165,49 @@ mod tests {
         };
         let n = EngineRecord::wire_size(&wire);
         assert_eq!(n, 2 + 7 + 4 + 3);
-        let r = EngineRecord::from(wire);
+        let mut r = EngineRecord::from(wire);
         assert_eq!(r.byte_size(), n);
+        // A rewrite does not change the charge.
+        r.set_payload(&b"{\"a\":1,\"b\":2}"[..]);
+        assert_eq!(r.byte_size(), n);
+    }
+
+    #[test]
+    fn attributes_are_sorted_and_kept() {
+        let wire = v1::Record {
+            attributes: [("b".into(), "2".into()), ("a".into(), "1".into())].into(),
+            ..Default::default()
+        };
+        let r = EngineRecord::from(wire);
+        assert_eq!(
+            r.attributes(),
+            &[("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn the_original_payload_survives_rewrites() {
+        let mut r =
+            EngineRecord::from_payload(&b"1"[..]).with_attributes([("k".into(), "v".into())]);
+        assert!(!r.payload_rewritten());
+        assert_eq!(&r.original_payload()[..], b"1");
+        r.set_payload(&b"2"[..]);
+        r.set_payload(&b"3"[..]);
+        assert!(r.payload_rewritten());
+        assert_eq!(&r.payload()[..], b"3");
+        assert_eq!(&r.original_payload()[..], b"1");
+        assert_eq!(r.attributes().len(), 1);
+    }
+
+    /// The size the stage queues move per record (see the type's docs):
+    /// the buffer's 48 bytes of bookkeeping plus this record. Growing it
+    /// costs every record several copies.
+    #[test]
+    fn a_buffered_record_is_128_bytes() {
+        assert_eq!(std::mem::size_of::<EngineRecord>(), 80);
+        assert_eq!(
+            std::mem::size_of::<sluice_buffer::BufferedRecord<EngineRecord>>(),
+            128
+        );
     }
 }

@@ -116,9 +116,9 @@ pub fn json_value(r: &SinkRecord<'_>) -> Value {
     if !rec.key.is_empty() {
         bytes_field(&mut out, "key", &rec.key, false);
     }
-    if !rec.attributes.is_empty() {
+    if !rec.attributes().is_empty() {
         let attrs: Map<String, Value> = rec
-            .attributes
+            .attributes()
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
@@ -127,14 +127,14 @@ pub fn json_value(r: &SinkRecord<'_>) -> Value {
     if rec.event_time_ms != 0 {
         out.insert("event_time_ms".into(), json!(rec.event_time_ms));
     }
-    bytes_field(&mut out, "payload", &rec.payload, true);
+    bytes_field(&mut out, "payload", rec.payload(), true);
     if let Some(d) = r.dead_letter {
         out.insert("pipeline".into(), json!(d.pipeline));
         out.insert("stage".into(), json!(d.stage));
         out.insert("error".into(), json!(d.error));
         out.insert("retries".into(), json!(d.retries));
-        if rec.original_payload != rec.payload {
-            bytes_field(&mut out, "original_payload", &rec.original_payload, true);
+        if rec.payload_rewritten() && rec.original_payload() != rec.payload() {
+            bytes_field(&mut out, "original_payload", rec.original_payload(), true);
         }
     }
     Value::Object(out)
@@ -504,7 +504,7 @@ mod tests {
         };
         let sink = build_sink(&spec).unwrap();
         let mut rec = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
-        rec.payload = bytes::Bytes::from_static(b"{\"a\":2}");
+        rec.set_payload(&b"{\"a\":2}"[..]);
         let batch = [SinkRecord {
             source: "s",
             seq: 9,

@@ -250,7 +250,7 @@ impl Transform {
                 }
             }
             Transform::Filter { path, op, value } => {
-                let doc = parse(&record.payload)?;
+                let doc = parse(record.payload())?;
                 let keep = match get(&doc, path) {
                     None => matches!(op, FilterOp::Ne | FilterOp::NotExists),
                     Some(field) => compare(field, *op, value),
@@ -262,7 +262,7 @@ impl Transform {
                 })
             }
             Transform::Set { path, value } => {
-                let mut doc = parse(&record.payload)?;
+                let mut doc = parse(record.payload())?;
                 if let Some(obj) = parent_mut(&mut doc, path, true, "set")? {
                     obj.insert(last(path).to_owned(), value.clone());
                 }
@@ -270,7 +270,7 @@ impl Transform {
                 Ok(Outcome::Keep)
             }
             Transform::Rename { from, to } => {
-                let mut doc = parse(&record.payload)?;
+                let mut doc = parse(record.payload())?;
                 let taken = match parent_mut(&mut doc, from, false, "rename")? {
                     Some(obj) => obj.remove(last(from)),
                     None => None,
@@ -284,7 +284,7 @@ impl Transform {
                 Ok(Outcome::Keep)
             }
             Transform::Drop { paths } => {
-                let mut doc = parse(&record.payload)?;
+                let mut doc = parse(record.payload())?;
                 let mut changed = false;
                 for path in paths {
                     // A field under a non-object simply is not there.
@@ -303,7 +303,7 @@ impl Transform {
 
 fn write_back(record: &mut EngineRecord, doc: &Value) {
     // Serializing a `Value` cannot fail (its keys are strings).
-    record.payload = Bytes::from(serde_json::to_vec(doc).unwrap_or_default());
+    record.set_payload(serde_json::to_vec(doc).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -315,7 +315,7 @@ mod tests {
         EngineRecord::from_payload(serde_json::to_vec(&v).unwrap())
     }
     fn payload(r: &EngineRecord) -> Value {
-        serde_json::from_slice(&r.payload).unwrap()
+        serde_json::from_slice(r.payload()).unwrap()
     }
     fn filter(field: &str, op: FilterOp, value: Option<Value>) -> Transform {
         Transform::from(&TransformSpec::Filter {
@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(t.apply(1, &mut r).unwrap(), Outcome::Keep);
         assert_eq!(payload(&r), json!({"a": 1, "meta": {"source": "shop"}}));
         // The original payload is kept for dead letters.
-        assert_eq!(&r.original_payload[..], br#"{"a":1}"#);
+        assert_eq!(&r.original_payload()[..], br#"{"a":1}"#);
         let err = t.apply(1, &mut rec(json!([1, 2]))).unwrap_err();
         assert!(matches!(err, TransformError::NotAnObject { .. }), "{err}");
         let err = t.apply(1, &mut rec(json!({"meta": 3}))).unwrap_err();
