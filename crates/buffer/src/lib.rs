@@ -45,6 +45,7 @@ mod limits;
 mod manager;
 mod memory;
 pub mod metrics;
+mod queue;
 mod record;
 mod snapshot;
 mod sync;

@@ -1,10 +1,11 @@
 //! The [`BufferManager`]: bounded queues per stage, with limits per level.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::queue::RecordQueue;
 use crate::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -392,7 +393,7 @@ struct StageState<T> {
     reserved: Credit,
     /// Records waiting (in `ready` or `delayed`).
     queued: Credit,
-    ready: VecDeque<BufferedRecord<T>>,
+    ready: RecordQueue<T>,
     /// Retried records waiting for their backoff, earliest first.
     delayed: BinaryHeap<Reverse<Delayed<T>>>,
 }
@@ -403,7 +404,7 @@ impl<T> Default for StageState<T> {
             usage: Usage::default(),
             reserved: Credit::ZERO,
             queued: Credit::ZERO,
-            ready: VecDeque::new(),
+            ready: RecordQueue::default(),
             delayed: BinaryHeap::new(),
         }
     }
@@ -494,7 +495,7 @@ impl<T> State<T> {
             bytes += size;
         }
         st.queued.sub(Credit::new(n as u64, bytes));
-        Ok(st.ready.drain(..n).collect())
+        Ok(st.ready.take_front(n))
     }
 }
 
@@ -830,9 +831,10 @@ impl<T> BufferManager<T> {
             s.admitted += admitted as u64;
             let pipeline = s.pipeline;
             let mut bytes = 0u64;
-            stage
-                .ready
-                .extend(payloads.drain(skip..).enumerate().map(|(i, payload)| {
+            let chunk: Vec<BufferedRecord<T>> = payloads
+                .drain(skip..)
+                .enumerate()
+                .map(|(i, payload)| {
                     let size = payload.byte_size() as u32;
                     bytes += u64::from(size);
                     BufferedRecord {
@@ -845,7 +847,9 @@ impl<T> BufferManager<T> {
                         buffered_at: now,
                         retry: None,
                     }
-                }));
+                })
+                .collect();
+            stage.ready.push_chunk(chunk);
             stage.queued.add(Credit::new(admitted as u64, bytes));
         }
         let s = &mut st.sources[source.index()];
@@ -994,7 +998,7 @@ impl<T> BufferManager<T> {
         }
         let mut pending = PendingForward {
             manager: self,
-            records: records.into(),
+            records,
         };
         let signals = &self.signals[next.index()];
         loop {
@@ -1041,9 +1045,11 @@ impl<T> BufferManager<T> {
                 dst.queued.add(queued);
                 dst.usage.add(moved);
                 if n == pending.records.len() {
-                    dst.ready.append(&mut pending.records);
+                    dst.ready.push_chunk(std::mem::take(&mut pending.records));
                 } else {
-                    dst.ready.extend(pending.records.drain(..n));
+                    let rest = pending.records.split_off(n);
+                    dst.ready
+                        .push_chunk(std::mem::replace(&mut pending.records, rest));
                 }
             }
             if from.is_some() || pending.records.is_empty() {
@@ -1503,7 +1509,7 @@ fn util(used: Credit, limit: Limit) -> f64 {
 /// cancelled or shut-down forward loses nothing.
 struct PendingForward<'a, T> {
     manager: &'a BufferManager<T>,
-    records: VecDeque<BufferedRecord<T>>,
+    records: Vec<BufferedRecord<T>>,
 }
 
 impl<T> Drop for PendingForward<'_, T> {

@@ -47,8 +47,9 @@ pub struct PipelineSpec {
     /// Unique, non-empty name; sources address a pipeline by it.
     #[serde(default)]
     pub name: String,
-    /// The stages in order; at least one is required (use an `identity`
-    /// stage for a pipeline that only moves records).
+    /// The transform stages in order. May be empty (the default): records
+    /// then go from the sources straight to the pipeline's final `sink`
+    /// stage, which every pipeline has.
     #[serde(default)]
     pub stages: Vec<StageSpec>,
     /// Where completed records go. Required.
@@ -68,15 +69,13 @@ pub struct PipelineSpec {
 }
 
 impl Default for PipelineSpec {
-    /// The built-in pipeline `default`: one `identity` stage, a file sink
-    /// under `./sluice-data/` and the default dead-letter sink.
+    /// The built-in pipeline `default`: no transform stages (records go
+    /// unchanged to the sink), a file sink under `./sluice-data/` and the
+    /// default dead-letter sink.
     fn default() -> Self {
         Self {
             name: "default".to_owned(),
-            stages: vec![StageSpec {
-                name: "identity".to_owned(),
-                transform: TransformSpec::Identity,
-            }],
+            stages: Vec::new(),
             sink: SinkSpec::File {
                 dir: PathBuf::from("./sluice-data"),
                 prefix: default_prefix(),

@@ -371,14 +371,6 @@ fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
             format!("{key}.name must not be empty"),
         );
     }
-    if p.stages.is_empty() {
-        e.push(
-            format!("{key}.stages"),
-            format!(
-                "{key}.stages must contain at least one stage (use kind = \"identity\" to pass records through)"
-            ),
-        );
-    }
     let mut stage_names: HashMap<&str, usize> = HashMap::new();
     for (j, stage) in p.stages.iter().enumerate() {
         let skey = format!("{key}.stages[{j}]");

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use sluice_config::{
-    ConfigError, FilterOp, PipelineSpec, Settings, SinkSpec, TransformSpec, ValidationErrors,
+    ConfigError, FilterOp, PipelineSpec, Settings, SinkSpec, StageSpec, TransformSpec,
+    ValidationErrors,
 };
 
 /// The messages of `s`'s problems.
@@ -197,13 +198,10 @@ fn at_least_one_pipeline_and_one_stage() {
         "pipelines",
         "pipelines must contain at least one pipeline",
     );
+    // A pipeline without transform stages is valid: sources feed its sink stage.
     let mut s = Settings::default();
     s.pipelines[0].stages.clear();
-    only(
-        &s,
-        "pipelines[0].stages",
-        "pipelines[0].stages must contain at least one stage (use kind = \"identity\" to pass records through)",
-    );
+    s.validate().unwrap();
 }
 
 #[test]
@@ -219,9 +217,13 @@ fn batch_sizes_must_be_positive() {
 
 #[test]
 fn stage_and_transform_rules() {
+    let identity = StageSpec {
+        name: "identity".into(),
+        transform: TransformSpec::Identity,
+    };
     let mut s = Settings::default();
     let p = &mut s.pipelines[0];
-    p.stages.push(p.stages[0].clone());
+    p.stages = vec![identity.clone(), identity.clone()];
     p.stages[1].transform = TransformSpec::Filter {
         field: "level".into(),
         op: FilterOp::Eq,
@@ -237,6 +239,7 @@ fn stage_and_transform_rules() {
     );
 
     let mut s = Settings::default();
+    s.pipelines[0].stages = vec![identity];
     s.pipelines[0].stages[0].transform = TransformSpec::Fail { rate: 2.0 };
     only(
         &s,

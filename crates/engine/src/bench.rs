@@ -90,6 +90,11 @@ pub struct BenchArgs {
     /// Records per sink batch of the in-process engine (`batch.max_records`).
     #[arg(long, default_value_t = 1000)]
     pub sink_batch: usize,
+    /// Identity transform stages in front of the sink stage of the
+    /// in-process engine (default 0: the engine's default pipeline, sources
+    /// straight to the sink stage). Each stage adds a worker and a hop.
+    #[arg(long, default_value_t = 0)]
+    pub stages: usize,
     /// How long the in-process engine's stage workers wait for a batch to
     /// fill (`batch.linger`; engine default `50ms`).
     #[arg(long, value_parser = parse_duration)]
@@ -134,6 +139,7 @@ impl Default for BenchArgs {
             sink_delay: None,
             flood: None,
             sink_batch: 1000,
+            stages: 0,
             linger: None,
             buffer_bytes: None,
             buffer_records: None,
@@ -207,6 +213,9 @@ pub struct RunReport {
     pub record_bytes: usize,
     /// Records per batch.
     pub batch: usize,
+    /// Identity stages in front of the sink stage (`--stages`; 0 for the
+    /// raw baseline).
+    pub stages: usize,
     /// Offered rate cap in records/s (0 = none).
     pub rate_cap: f64,
     /// Seconds from the first send to the last ack.
@@ -354,6 +363,12 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
     }
     if let Some(p) = settings.pipelines.first_mut() {
         p.batch.max_records = args.sink_batch.max(1);
+        p.stages = (1..=args.stages)
+            .map(|i| crate::config::StageSpec {
+                name: format!("identity-{i}"),
+                transform: crate::config::TransformSpec::Identity,
+            })
+            .collect();
         if let Some(l) = args.linger {
             p.batch.linger = l;
         }
@@ -479,6 +494,7 @@ async fn drive(
         sources: n,
         record_bytes: args.record_bytes,
         batch: args.batch,
+        stages: if target == "raw" { 0 } else { args.stages },
         rate_cap: rate,
         elapsed_s: 0.0,
         sent: 0,
@@ -609,11 +625,12 @@ pub fn render_table(report: &BenchReport) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{:<22}{}", "", cols(&runs, |r| r.target.clone()));
-    let rows: [Row<'_>; 16] = [
+    let rows: [Row<'_>; 17] = [
         ("sources × batch", &|r| {
             format!("{} × {}", r.sources, r.batch)
         }),
         ("record bytes", &|r| r.record_bytes.to_string()),
+        ("transform stages", &|r| r.stages.to_string()),
         ("rate cap (rec/s)", &|r| {
             if r.rate_cap > 0.0 {
                 format!("{:.0}", r.rate_cap)
