@@ -218,8 +218,21 @@ pub(crate) fn ack_latency<'a>(
     }
     let h = metrics::histogram!(ACK_LATENCY_SECONDS, "pipeline" => pipeline.clone());
     let now = Instant::now();
+    // The records of one admitted batch share their admission time: one
+    // observation per run of equal times, counted for every record of it.
+    let mut run: Option<(Instant, usize)> = None;
     for r in records {
-        h.record(now.saturating_duration_since(r.buffered_at()).as_secs_f64());
+        match &mut run {
+            Some((at, n)) if *at == r.buffered_at() => *n += 1,
+            _ => {
+                if let Some((at, n)) = run.replace((r.buffered_at(), 1)) {
+                    h.record_many(now.saturating_duration_since(at).as_secs_f64(), n);
+                }
+            }
+        }
+    }
+    if let Some((at, n)) = run {
+        h.record_many(now.saturating_duration_since(at).as_secs_f64(), n);
     }
 }
 

@@ -107,6 +107,19 @@ pub struct WorkerEnv {
     pub high_watermark: f64,
 }
 
+/// The names of a batch's sources (a handful), looked up once per batch.
+struct SourceNames(Vec<(SourceId, Arc<str>)>);
+
+impl SourceNames {
+    /// The name of `id`, which must be one of the looked-up sources.
+    fn get(&self, id: SourceId) -> &str {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
 struct Worker {
     env: WorkerEnv,
     pipeline: Arc<PipelineRuntime>,
@@ -303,21 +316,19 @@ impl Worker {
             .unwrap_or_else(|| Arc::from(format!("source-{source}")))
     }
 
-    /// The source name of each record, looked up once per run of records of
-    /// one source (the lookup takes the AckHub lock; per record it cost ~8 %
-    /// of the engine's CPU, see BENCHMARKS.md).
-    fn source_names(&self, sources: impl Iterator<Item = SourceId>) -> Vec<Arc<str>> {
-        let mut last: Option<(SourceId, Arc<str>)> = None;
-        sources
-            .map(|id| match &last {
-                Some((prev, name)) if *prev == id => name.clone(),
-                _ => {
-                    let name = self.source_name(id);
-                    last = Some((id, name.clone()));
-                    name
-                }
-            })
-            .collect()
+    /// The names of the sources in `sources`, each looked up once (the
+    /// lookup takes the AckHub lock; per record it cost ~8 % of the engine's
+    /// CPU, see BENCHMARKS.md), for [`SourceNames::get`] per record.
+    fn source_names(&self, sources: impl Iterator<Item = SourceId>) -> SourceNames {
+        let mut names: Vec<(SourceId, Arc<str>)> = Vec::new();
+        let mut last = None;
+        for id in sources {
+            if last != Some(id) && !names.iter().any(|(s, _)| *s == id) {
+                names.push((id, self.source_name(id)));
+            }
+            last = Some(id);
+        }
+        SourceNames(names)
     }
 
     async fn sink(&self, sink: &Arc<dyn Sink>, batch: Vec<BufferedRecord<EngineRecord>>) {
@@ -325,9 +336,8 @@ impl Worker {
         let names = self.source_names(batch.iter().map(|r| r.source()));
         let recs: Vec<SinkRecord<'_>> = batch
             .iter()
-            .zip(&names)
-            .map(|(r, name)| SinkRecord {
-                source: name,
+            .map(|r| SinkRecord {
+                source: names.get(r.source()),
                 seq: r.seq(),
                 record: &r.payload,
                 dead_letter: None,
@@ -376,9 +386,9 @@ impl Worker {
         loop {
             let recs: Vec<SinkRecord<'_>> = dead
                 .iter()
-                .zip(names.iter().zip(&stages))
-                .map(|(d, (name, stage))| SinkRecord {
-                    source: name,
+                .zip(&stages)
+                .map(|(d, stage)| SinkRecord {
+                    source: names.get(d.record.source()),
                     seq: d.record.seq(),
                     record: &d.record.payload,
                     dead_letter: Some(DeadLetterInfo {
