@@ -86,6 +86,10 @@ impl<T> RecordQueue<T> {
             if out.is_empty() {
                 out = chunk;
             } else {
+                // Grow once to the exact size: doubling would also cross
+                // malloc's mmap threshold (128 KiB = 1024 records) for the
+                // usual batch of ~1000, and page-fault on every batch.
+                out.reserve_exact(n - out.len());
                 out.append(&mut chunk);
             }
         }
