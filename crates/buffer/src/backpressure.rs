@@ -1249,21 +1249,14 @@ impl<T> SourceHandle<T> {
     where
         T: ByteSize,
     {
-        let manager = &self.controller.manager;
-        let total: u64 = payloads.iter().map(|p| p.byte_size() as u64).sum();
-        // Leading duplicates (a resend) are dropped by the manager: keep
-        // their sizes when a resend is possible, to subtract them.
-        let resend = manager.admitted_through(self.source)? >= first_seq;
-        let sizes: Option<Vec<u64>> =
-            resend.then(|| payloads.iter().map(|p| p.byte_size() as u64).collect());
-        let admission = manager.admit(self.source, first_seq, payloads)?;
-        let rejected: u64 = admission
-            .rejected
-            .as_ref()
-            .map_or(0, |r| r.payloads.iter().map(|p| p.byte_size() as u64).sum());
-        let duplicates: u64 = sizes.map_or(0, |s| s.iter().take(admission.duplicates).sum());
-        let bytes = total.saturating_sub(rejected).saturating_sub(duplicates);
-        self.on_admitted(Credit::new(admission.admitted as u64, bytes));
+        let admission = self
+            .controller
+            .manager
+            .admit(self.source, first_seq, payloads)?;
+        self.on_admitted(Credit::new(
+            admission.admitted as u64,
+            admission.admitted_bytes,
+        ));
         Ok(admission)
     }
 

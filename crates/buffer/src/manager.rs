@@ -89,6 +89,8 @@ impl From<usize> for BatchSize {
 pub struct Admission<T> {
     /// Records now in the buffer.
     pub admitted: usize,
+    /// Their bytes, as charged (the sum of their [`ByteSize`]s).
+    pub admitted_bytes: u64,
     /// Leading records whose sequence numbers were already admitted earlier
     /// (a resend after a reconnect); they were dropped as already held.
     pub duplicates: usize,
@@ -813,6 +815,8 @@ impl<T> BufferManager<T> {
 
         let admitted = fit - skip;
         let rejected_payloads = payloads.split_off(fit);
+        let mut admitted_bytes = 0u64;
+        let mut bytes = 0u64;
         if admitted > 0 {
             st.global.add(new);
             st.global_reserved.sub(consumed);
@@ -830,7 +834,6 @@ impl<T> BufferManager<T> {
             s.admitted_through = first_seq + (fit as u64 - 1);
             s.admitted += admitted as u64;
             let pipeline = s.pipeline;
-            let mut bytes = 0u64;
             let chunk: Vec<BufferedRecord<T>> = payloads
                 .drain(skip..)
                 .enumerate()
@@ -851,6 +854,7 @@ impl<T> BufferManager<T> {
                 .collect();
             stage.ready.push_chunk(chunk);
             stage.queued.add(Credit::new(admitted as u64, bytes));
+            admitted_bytes = bytes;
         }
         let s = &mut st.sources[source.index()];
         s.rejected += rejected_payloads.len() as u64;
@@ -866,6 +870,7 @@ impl<T> BufferManager<T> {
         }
         Ok(Admission {
             admitted,
+            admitted_bytes,
             duplicates: skip,
             admitted_through,
             rejected,
@@ -1086,51 +1091,64 @@ impl<T> BufferManager<T> {
     where
         T: 'a,
     {
+        // Outside the lock: coalesce the records into runs of one source
+        // and stage with contiguous sequence numbers (a batch is usually a
+        // few such runs), so the critical section works per run, not per
+        // record.
+        struct Run {
+            source: SourceId,
+            stage: StageId,
+            start: u64,
+            end: u64,
+            used: Credit,
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for r in records {
+            let size = u64::from(r.size);
+            match runs.last_mut() {
+                Some(run)
+                    if run.source == r.source
+                        && run.stage == r.stage
+                        && run.end.checked_add(1) == Some(r.seq) =>
+                {
+                    run.end = r.seq;
+                    run.used.add(Credit::new(1, size));
+                }
+                _ => runs.push(Run {
+                    source: r.source,
+                    stage: r.stage,
+                    start: r.seq,
+                    end: r.seq,
+                    used: Credit::new(1, size),
+                }),
+            }
+        }
         let mut touched: Vec<(SourceId, u64)> = Vec::new();
         let mut stages_freed: Vec<StageId> = Vec::new();
+        for run in &runs {
+            if !stages_freed.contains(&run.stage) {
+                stages_freed.push(run.stage);
+            }
+            match touched.iter_mut().find(|(src, _)| *src == run.source) {
+                Some((_, n)) => *n += run.used.records,
+                None => touched.push((run.source, run.used.records)),
+            }
+        }
         let sources = {
             let mut st = self.state.lock();
             let st = &mut *st;
-            // Coalesce contiguous runs of one source into one range.
-            let mut run: Option<(SourceId, u64, u64)> = None;
             let mut total = Credit::ZERO;
-            for r in records {
-                let c = Credit::new(1, u64::from(r.size));
-                total.add(c);
-                st.stages[r.stage.index()].usage.sub(c);
-                if stages_freed.last() != Some(&r.stage) && !stages_freed.contains(&r.stage) {
-                    stages_freed.push(r.stage);
-                }
-                let s = &mut st.sources[r.source.index()];
-                s.usage.sub(c);
+            for run in &runs {
+                total.add(run.used);
+                st.stages[run.stage.index()].usage.sub(run.used);
+                let s = &mut st.sources[run.source.index()];
+                s.usage.sub(run.used);
                 if dead {
-                    s.dead_lettered += 1;
+                    s.dead_lettered += run.used.records;
                 } else {
-                    s.delivered += 1;
+                    s.delivered += run.used.records;
                 }
-                match &mut run {
-                    Some((src, _, end))
-                        if *src == r.source && end.checked_add(1) == Some(r.seq) =>
-                    {
-                        *end = r.seq
-                    }
-                    _ => {
-                        if let Some((src, start, end)) = run.take() {
-                            st.sources[src.index()].acks.complete(start, end);
-                        }
-                        run = Some((r.source, r.seq, r.seq));
-                    }
-                }
-                match touched.last_mut() {
-                    Some((src, n)) if *src == r.source => *n += 1,
-                    _ => match touched.iter_mut().find(|(src, _)| *src == r.source) {
-                        Some((_, n)) => *n += 1,
-                        None => touched.push((r.source, 1)),
-                    },
-                }
-            }
-            if let Some((src, start, end)) = run {
-                st.sources[src.index()].acks.complete(start, end);
+                s.acks.complete(run.start, run.end);
             }
             st.global.sub(total);
             touched

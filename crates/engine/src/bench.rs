@@ -114,6 +114,12 @@ pub struct BenchArgs {
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
+    /// With `--baseline`: run the baseline and sluice alternately this many
+    /// times and report the median of the per-round ratios (the machine's
+    /// speed drifts between runs; alternating short rounds compares like
+    /// with like).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Only run the raw baseline (no sluice run).
     #[arg(long)]
     pub raw_only: bool,
@@ -145,6 +151,7 @@ impl Default for BenchArgs {
             buffer_records: None,
             window: None,
             baseline: None,
+            rounds: 1,
             raw_only: false,
             json: false,
             quiet: true,
@@ -260,8 +267,24 @@ pub struct BenchReport {
     pub raw: Option<RunReport>,
     /// The sluice run (absent with `--raw-only`).
     pub sluice: Option<RunReport>,
-    /// sluice records/s ÷ raw records/s.
+    /// sluice records/s ÷ raw records/s; with `--rounds`, the median of
+    /// the rounds' ratios (and `raw`/`sluice` are that round's runs).
     pub ratio: Option<f64>,
+    /// Every round of a `--rounds` comparison, in order.
+    pub rounds: Vec<Round>,
+}
+
+/// One baseline-then-sluice round of a comparison.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Round {
+    /// Raw-transport records/s.
+    pub raw_records_per_s: f64,
+    /// sluice records/s.
+    pub sluice_records_per_s: f64,
+    /// sluice ÷ raw.
+    pub ratio: f64,
+    /// Records lost in either run (must be 0).
+    pub lost: i64,
 }
 
 /// `sluice bench` entry point: runs and prints; exit code 1 when records were
@@ -290,7 +313,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let bad = [&report.raw, &report.sluice]
         .into_iter()
         .flatten()
-        .any(|r| r.lost != 0 || !r.errors.is_empty());
+        .any(|r| r.lost != 0 || !r.errors.is_empty())
+        || report.rounds.iter().any(|r| r.lost != 0);
     if bad {
         ExitCode::FAILURE
     } else {
@@ -303,21 +327,58 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     if args.sources == 0 || args.batch == 0 {
         return Err("--sources and --batch must be at least 1".into());
     }
-    let raw = if args.baseline.is_some() || args.raw_only {
-        Some(run_raw(args).await?)
+    let compare = args.baseline.is_some() && !args.raw_only;
+    let rounds = if compare { args.rounds.max(1) } else { 1 };
+    let mut runs: Vec<(Option<RunReport>, Option<RunReport>, Option<f64>)> = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 && !args.quiet {
+            eprintln!("[round {round}/{rounds}]");
+        }
+        let raw = if args.baseline.is_some() || args.raw_only {
+            Some(run_raw(args).await?)
+        } else {
+            None
+        };
+        let sluice = if args.raw_only {
+            None
+        } else {
+            Some(run_sluice(args).await?)
+        };
+        let ratio = match (&raw, &sluice) {
+            (Some(r), Some(s)) if r.records_per_s > 0.0 => Some(s.records_per_s / r.records_per_s),
+            _ => None,
+        };
+        runs.push((raw, sluice, ratio));
+    }
+    let summary: Vec<Round> = if rounds > 1 {
+        runs.iter()
+            .filter_map(|(r, s, ratio)| {
+                let (r, s) = (r.as_ref()?, s.as_ref()?);
+                Some(Round {
+                    raw_records_per_s: r.records_per_s,
+                    sluice_records_per_s: s.records_per_s,
+                    ratio: (*ratio)?,
+                    lost: r.lost + s.lost,
+                })
+            })
+            .collect()
     } else {
-        None
+        Vec::new()
     };
-    let sluice = if args.raw_only {
-        None
-    } else {
-        Some(run_sluice(args).await?)
-    };
-    let ratio = match (&raw, &sluice) {
-        (Some(r), Some(s)) if r.records_per_s > 0.0 => Some(s.records_per_s / r.records_per_s),
-        _ => None,
-    };
-    Ok(BenchReport { raw, sluice, ratio })
+    // The round with the median ratio stands for the comparison.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| runs[i].2.unwrap_or(0.0);
+        key(a).total_cmp(&key(b))
+    });
+    let median = order[order.len() / 2];
+    let (raw, sluice, ratio) = runs.swap_remove(median);
+    Ok(BenchReport {
+        raw,
+        sluice,
+        ratio,
+        rounds: summary,
+    })
 }
 
 async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
@@ -680,8 +741,23 @@ pub fn render_table(report: &BenchReport) -> String {
             let _ = writeln!(out, "error ({}): {e}", r.target);
         }
     }
+    for (i, r) in report.rounds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "round {}: raw {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
+            i + 1,
+            r.raw_records_per_s,
+            r.sluice_records_per_s,
+            r.ratio
+        );
+    }
     if let Some(ratio) = report.ratio {
-        let _ = writeln!(out, "sluice / raw records/s: {ratio:.3}");
+        let which = if report.rounds.is_empty() {
+            ""
+        } else {
+            " (median round, shown above)"
+        };
+        let _ = writeln!(out, "sluice / raw records/s: {ratio:.3}{which}");
     }
     out
 }

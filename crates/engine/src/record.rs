@@ -141,13 +141,18 @@ impl From<v1::Record> for EngineRecord {
 
 impl ByteSize for EngineRecord {
     fn byte_size(&self) -> usize {
-        self.key.len()
-            + self.original_payload().len()
-            + self
-                .attributes()
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        match &self.extra {
+            // The common case, asked several times per record at admission.
+            None => self.key.len() + self.payload.len(),
+            Some(e) => {
+                self.key.len()
+                    + e.original_payload.as_ref().unwrap_or(&self.payload).len()
+                    + e.attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+        }
     }
 }
 
