@@ -557,3 +557,79 @@ async fn a_compliant_source_is_never_rejected_under_the_unacked_limit() {
     .await
     .expect("in time");
 }
+
+/// Starts an `Ingest.Stream` on `channel` that never sends a message (the
+/// request stays open: its sender is returned) and returns the engine's
+/// answer to it.
+async fn silent_stream(
+    channel: Channel,
+) -> (
+    tokio::sync::mpsc::Sender<SourceMessage>,
+    Result<tonic::Streaming<sluice_proto::v1::EngineMessage>, tonic::Status>,
+) {
+    let mut client = sluice_proto::v1::ingest_client::IngestClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<SourceMessage>(1);
+    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let answer = client.stream(request).await.map(|r| r.into_inner());
+    (tx, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_open_ends_deadline_exceeded_after_open_timeout() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = test_settings(dir.path());
+        s.server.open_timeout = Duration::from_millis(300);
+        let engine = start_engine(s, |b| b).await;
+        let addr = url(&engine);
+        let ch = channel(&addr).await;
+
+        // A stream that sends nothing (and keeps its request open) is ended.
+        let (held, answer) =
+            tokio::time::timeout(Duration::from_secs(10), silent_stream(ch.clone()))
+                .await
+                .expect("the engine ends a stream without Open, not waiting forever");
+        let status = match answer {
+            Err(status) => status,
+            Ok(mut inbound) => inbound
+                .message()
+                .await
+                .expect_err("a stream without Open must end with an error"),
+        };
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("no Open within server.open_timeout (300ms)"),
+            "{status:?}"
+        );
+
+        // The timeout bounds only the wait for Open: a stream that opens and
+        // then idles longer than it is not ended.
+        let mut idle = raw_open(ch.clone(), "idle", None).await.unwrap();
+        idle.opened().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        idle.send(batch_msg(1, 5, 64)).await;
+        idle.tx = None;
+        let mut acked = 0;
+        while let Some(m) = idle.next().await.expect("the idle stream ends OK") {
+            if let engine_message::Body::Ack(a) = m {
+                acked = a.through_seq;
+            }
+        }
+        assert_eq!(acked, 5, "every record of the idle stream acked");
+        // The silent client kept its request open all along.
+        drop(held);
+
+        // A normal source on the same engine still works.
+        let summary = send_n(&addr, "after", 200, ClientOptions::default()).await;
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 200);
+        engine.shutdown().await.unwrap();
+        let keys = delivered_keys(&dir.path().join("sink"));
+        assert_exactly_once(&keys, "after", 200);
+        assert_exactly_once(&keys, "idle", 5);
+    })
+    .await
+    .expect("in time");
+}

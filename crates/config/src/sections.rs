@@ -22,6 +22,7 @@ const MIB: u64 = 1024 * 1024;
 /// keepalive_interval = "30s"
 /// keepalive_timeout = "10s"
 /// shutdown_timeout = "30s"
+/// open_timeout = "10s"
 /// max_sessions_per_connection = 100
 /// max_unacked_per_session = 100000
 ///
@@ -55,6 +56,13 @@ pub struct ServerSettings {
     /// Default `30s`; `0s` stops at once.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a new `Ingest.Stream` may take to send its first message
+    /// (`Open`) before the engine ends it `DEADLINE_EXCEEDED`. Without it a
+    /// client could open streams that never send anything and hold their
+    /// resources forever (bounded per connection by
+    /// `max_sessions_per_connection`, but not in total). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub open_timeout: Duration,
     /// Most concurrent `Ingest.Stream` sessions (HTTP/2 streams) one client
     /// connection may have open; further streams wait until one ends (the
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces, which
@@ -356,6 +364,7 @@ impl Default for ServerSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            open_timeout: Duration::from_secs(10),
             max_sessions_per_connection: 100,
             max_unacked_per_session: 100_000,
             auth: AuthSettings::default(),

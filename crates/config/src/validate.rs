@@ -138,6 +138,12 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
             "server.keepalive_timeout must be greater than 0s",
         );
     }
+    if sv.open_timeout.is_zero() {
+        e.push(
+            "server.open_timeout",
+            "server.open_timeout must be greater than 0s",
+        );
+    }
     positive(
         e,
         "server.max_sessions_per_connection",

@@ -377,6 +377,23 @@ fn per_connection_limits_must_be_positive() {
 }
 
 #[test]
+fn open_timeout_must_be_positive() {
+    assert_eq!(
+        Settings::default().server.open_timeout,
+        Duration::from_secs(10)
+    );
+    let mut s = Settings::default();
+    s.server.open_timeout = Duration::ZERO;
+    only(
+        &s,
+        "server.open_timeout",
+        "server.open_timeout must be greater than 0s",
+    );
+    s.server.open_timeout = Duration::from_millis(1);
+    assert!(problems(&s).is_empty(), "1ms is allowed");
+}
+
+#[test]
 fn tls_paths_must_not_be_empty() {
     let mut s = Settings::default();
     s.server.tls = Some(sluice_config::TlsSettings::new("", "key.pem"));
@@ -405,6 +422,7 @@ fn security_settings_load_from_toml_and_round_trip() {
 listen = "127.0.0.1:7001"
 max_sessions_per_connection = 8
 max_unacked_per_session = 5000
+open_timeout = "750ms"
 
 [server.auth]
 tokens = [{{ token = "tok-a", sources = ["a", "web-*"] }}, {{ token = "tok-all", sources = ["*"] }}]
@@ -419,6 +437,7 @@ key = "/etc/sluice/key.pem"
         Settings::load_with_env(Some(f.path()), std::iter::empty::<(String, String)>()).unwrap();
     assert_eq!(s.server.max_sessions_per_connection, 8);
     assert_eq!(s.server.max_unacked_per_session, 5000);
+    assert_eq!(s.server.open_timeout, Duration::from_millis(750));
     assert_eq!(s.server.auth.tokens.len(), 2);
     assert_eq!(s.server.auth.tokens[0].sources, ["a", "web-*"]);
     let tls = s.server.tls.clone().unwrap();

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  (await Open) ──bad first message──▶ INVALID_ARGUMENT / NOT_FOUND (handler returns the status)
+//!       │       ──no message within server.open_timeout──▶ DEADLINE_EXCEEDED
 //!       │ Open ok: register source, open a credit session, Opened{credit}
 //!       ▼
 //!  OPEN ── Batch ──▶ admit ⇒ Reject for any tail, Credit refill
@@ -93,13 +94,27 @@ fn reject_reason(r: &BufReject) -> RejectReason {
 
 /// Reads and checks the first message, registers the source and starts the
 /// session task. Errors are the statuses the contract names.
+///
+/// The first message must arrive within `server.open_timeout`, else the
+/// stream ends `DEADLINE_EXCEEDED`: a stream that never sends `Open` would
+/// otherwise hold its resources for as long as the client keeps it open.
 pub(crate) async fn open(
     shared: Arc<Shared>,
     mut inbound: Streaming<SourceMessage>,
     grant: Option<crate::auth::Grant>,
 ) -> Result<mpsc::Receiver<Outbound>, Status> {
+    let open_timeout = shared.settings.server.open_timeout;
     let first = tokio::select! {
-        m = inbound.message() => m?,
+        m = tokio::time::timeout(open_timeout, inbound.message()) => match m {
+            Ok(m) => m?,
+            Err(_elapsed) => {
+                tracing::info!(?open_timeout, "stream ended: no Open within server.open_timeout");
+                return Err(Status::deadline_exceeded(format!(
+                    "no Open within server.open_timeout ({open_timeout:?}); \
+                     the first message of a stream must be Open"
+                )));
+            }
+        },
         _ = shared.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
     };
     let open = match first.and_then(|m| m.body) {
