@@ -486,18 +486,9 @@ impl<T> State<T> {
         if st.ready.is_empty() || max.records == 0 {
             return Err(st.delayed.peek().map(|d| d.0.at));
         }
-        let mut n = 0;
-        let mut bytes = 0u64;
-        for r in st.ready.iter().take(max.records) {
-            let size = u64::from(r.size);
-            if n > 0 && bytes + size > max.bytes {
-                break;
-            }
-            n += 1;
-            bytes += size;
-        }
-        st.queued.sub(Credit::new(n as u64, bytes));
-        Ok(st.ready.take_front(n))
+        let (batch, bytes) = st.ready.take_batch(max.records, max.bytes);
+        st.queued.sub(Credit::new(batch.len() as u64, bytes));
+        Ok(batch)
     }
 }
 
@@ -935,6 +926,14 @@ impl<T> BufferManager<T> {
 
     /// Waits until records of `stage` are ready, then takes up to `max`.
     ///
+    /// Records enter a stage a batch at a time (an admitted or forwarded
+    /// batch) and are taken the same way: whole batches while they fit in
+    /// `max`, and a queued batch is split only when it comes first and alone
+    /// exceeds `max`. So the result can hold fewer than `max` records while
+    /// more are ready ([`ready_records`](Self::ready_records)); it always
+    /// holds at least one record, whatever its size. This way records are
+    /// not copied from batch to batch.
+    ///
     /// Returns `None` once the manager is shut down. Retried records are
     /// handed out only after their backoff; while only such records wait,
     /// this sleeps until the earliest is due. Cancel-safe: if the future is
@@ -972,8 +971,21 @@ impl<T> BufferManager<T> {
         }
     }
 
-    /// Takes up to `max` ready records of `stage` without waiting (empty
-    /// when none is ready or the manager is shut down).
+    /// How many records of `stage` [`next_batch`](Self::next_batch) would
+    /// hand out right now (retried records still waiting for their backoff
+    /// are not counted); 0 for an unknown stage.
+    ///
+    /// A batch may stop short of its limits at a queued batch it would have
+    /// to split; a worker that would wait for a fuller batch checks this
+    /// first, since waiting is pointless while records are ready.
+    pub fn ready_records(&self, stage: StageId) -> usize {
+        let st = self.state.lock();
+        st.stages.get(stage.index()).map_or(0, |s| s.ready.len())
+    }
+
+    /// Takes up to `max` ready records of `stage` without waiting, like
+    /// [`next_batch`](Self::next_batch) (empty when none is ready or the
+    /// manager is shut down).
     pub fn try_batch(&self, stage: StageId, max: impl Into<BatchSize>) -> Vec<BufferedRecord<T>> {
         let mut st = self.state.lock();
         if st.shutdown || stage.index() >= st.stages.len() {

@@ -69,32 +69,65 @@ impl<T> RecordQueue<T> {
         self.chunks.iter().flatten()
     }
 
-    /// Removes and returns the first `n` records (`n ≤ len`), in order.
-    pub(crate) fn take_front(&mut self, n: usize) -> Vec<BufferedRecord<T>> {
-        debug_assert!(n <= self.len);
+    /// Removes and returns a batch from the front: at most `max_records`
+    /// records and `max_bytes` bytes (but at least one record when any is
+    /// queued, whatever its size), in order, and their total size.
+    ///
+    /// Queued chunks are taken whole while they fit; a chunk is split only
+    /// when it is the first and alone exceeds the limits. So a batch may
+    /// stop short of the limits while records are still queued: the next
+    /// take gets them. (Filling a batch up to the limits from parts of
+    /// several chunks copied every record into a fresh allocation, and the
+    /// allocator returned and re-faulted those pages on every batch: with
+    /// one transform stage that cost a third of the engine's throughput,
+    /// see BENCHMARKS.md.)
+    pub(crate) fn take_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> (Vec<BufferedRecord<T>>, u64) {
         let mut out: Vec<BufferedRecord<T>> = Vec::new();
-        while out.len() < n {
+        let mut bytes = 0u64;
+        if max_records == 0 {
+            return (out, 0);
+        }
+        while let Some(chunk) = self.chunks.front() {
+            // How much of this chunk fits after what is already taken.
+            let mut fit = 0;
+            let mut fit_bytes = 0u64;
+            for r in chunk.iter().take(max_records - out.len()) {
+                let size = u64::from(r.size);
+                if out.len() + fit > 0 && bytes + fit_bytes + size > max_bytes {
+                    break;
+                }
+                fit += 1;
+                fit_bytes += size;
+            }
+            if fit < chunk.len() && !out.is_empty() {
+                // Would need a split: leave the chunk for the next batch.
+                break;
+            }
             let Some(mut chunk) = self.chunks.pop_front() else {
                 break;
             };
-            let want = n - out.len();
-            if chunk.len() > want {
-                // The boundary falls inside this chunk: keep its tail queued.
-                let tail = chunk.split_off(want);
+            let split = fit < chunk.len();
+            if split {
+                // The first chunk alone is too large: keep its tail queued.
+                let tail = chunk.split_off(fit);
                 self.chunks.push_front(tail);
             }
+            bytes += fit_bytes;
             if out.is_empty() {
                 out = chunk;
             } else {
-                // Grow once to the exact size: doubling would also cross
-                // malloc's mmap threshold (128 KiB = 1024 records) for the
-                // usual batch of ~1000, and page-fault on every batch.
-                out.reserve_exact(n - out.len());
                 out.append(&mut chunk);
+            }
+            if split || out.len() >= max_records {
+                break;
             }
         }
         self.len -= out.len();
-        out
+        (out, bytes)
     }
 }
 
@@ -121,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn fifo_across_chunks_and_single_pushes() {
+    fn whole_chunks_are_taken_and_only_a_too_large_first_one_is_split() {
         let mut q = RecordQueue::default();
         q.push_chunk((1..=5).map(rec).collect());
         q.push_chunk(Vec::new());
@@ -129,26 +162,32 @@ mod tests {
         q.push_back(rec(7));
         q.push_chunk((8..=10).map(rec).collect());
         assert_eq!(q.len(), 10);
-        assert_eq!(
-            q.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (1..=10).collect::<Vec<_>>()
-        );
-        assert_eq!(seqs(&q.take_front(3)), vec![1, 2, 3]);
-        assert_eq!(seqs(&q.take_front(4)), vec![4, 5, 6, 7]);
-        assert_eq!(q.len(), 3);
-        assert_eq!(seqs(&q.take_front(3)), vec![8, 9, 10]);
+        let all: Vec<u64> = q.iter().map(|r| r.seq).collect();
+        assert_eq!(all, (1..=10).collect::<Vec<_>>());
+        // The first chunk alone is larger than 3: split.
+        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![1, 2, 3]);
+        // [4, 5] fits whole, [6, 7] would need a split: stop short.
+        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![4, 5]);
+        // Byte limit (1 byte per record): [6, 7] and [8, 9, 10] fit in 5.
+        let (b, bytes) = q.take_batch(100, 5);
+        assert_eq!((seqs(&b), bytes), (vec![6, 7, 8, 9, 10], 5));
         assert!(q.is_empty());
-        assert!(q.take_front(0).is_empty());
+        assert!(q.take_batch(3, 3).0.is_empty());
+        // At least one record, whatever its size.
+        q.push_back(rec(11));
+        assert_eq!(seqs(&q.take_batch(1, 0).0), vec![11]);
     }
 
     proptest::proptest! {
-        /// Any interleaving of pushes and takes behaves like a plain FIFO.
+        /// Any interleaving of pushes and takes behaves like a plain FIFO,
+        /// every batch within its limits (or a single record), and a take
+        /// from a non-empty queue never comes back empty.
         #[test]
-        fn behaves_like_a_fifo(ops in proptest::collection::vec((0u8..3, 0usize..40), 0..60)) {
+        fn behaves_like_a_fifo(ops in proptest::collection::vec((0u8..3, 0usize..40, 0u64..60), 0..60)) {
             let mut q = RecordQueue::default();
             let mut model: VecDeque<u64> = VecDeque::new();
             let mut next = 0u64;
-            for (op, n) in ops {
+            for (op, n, max_bytes) in ops {
                 match op {
                     0 => {
                         let chunk: Vec<_> = (next..next + n as u64).map(rec).collect();
@@ -162,9 +201,15 @@ mod tests {
                         next += 1;
                     }
                     _ => {
-                        let n = n.min(model.len());
-                        let got = seqs(&q.take_front(n));
-                        let want: Vec<u64> = model.drain(..n).collect();
+                        let (got, bytes) = q.take_batch(n, max_bytes);
+                        let got = seqs(&got);
+                        proptest::prop_assert_eq!(bytes, got.len() as u64);
+                        proptest::prop_assert!(got.len() <= n);
+                        proptest::prop_assert!(got.len() as u64 <= max_bytes || got.len() == 1);
+                        if n > 0 && !model.is_empty() {
+                            proptest::prop_assert!(!got.is_empty());
+                        }
+                        let want: Vec<u64> = model.drain(..got.len()).collect();
                         proptest::prop_assert_eq!(got, want);
                     }
                 }

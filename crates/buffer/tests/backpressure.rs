@@ -62,13 +62,19 @@ fn fill(m: &Manager, filler: SourceId, records: u64) {
         assert!(out.rejected.is_none(), "the filler must fit");
     } else if held > records {
         let stage = m.pipeline_by_name("p").unwrap().stages[0];
-        let batch = m.try_batch(stage, (held - records) as usize);
-        assert!(
-            batch.iter().all(|r| r.source() == filler),
-            "only the filler's records are taken"
-        );
-        assert_eq!(batch.len() as u64, held - records);
-        m.complete(batch);
+        // A take stops at a queued batch it would have to split: loop.
+        let mut left = held - records;
+        while left > 0 {
+            let batch = m.try_batch(stage, left as usize);
+            assert!(!batch.is_empty(), "records are queued");
+            assert!(
+                batch.iter().all(|r| r.source() == filler),
+                "only the filler's records are taken"
+            );
+            assert!(batch.len() as u64 <= left);
+            left -= batch.len() as u64;
+            m.complete(batch);
+        }
     }
 }
 

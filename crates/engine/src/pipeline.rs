@@ -216,7 +216,14 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + self.linger;
         loop {
             let bytes: u64 = batch.iter().map(|r| r.size()).sum();
-            if batch.len() >= self.max.records || bytes >= self.max.bytes || self.pressured() {
+            // No waiting while more records are ready (the batch stopped at
+            // a queued batch it would have had to split) or while the
+            // pipeline is pressured.
+            if batch.len() >= self.max.records
+                || bytes >= self.max.bytes
+                || buffer.ready_records(self.stage) > 0
+                || self.pressured()
+            {
                 break;
             }
             let rest = BatchSize {
