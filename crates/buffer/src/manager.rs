@@ -719,7 +719,7 @@ impl<T> BufferManager<T> {
         &self,
         source: SourceId,
         first_seq: u64,
-        mut payloads: Vec<T>,
+        payloads: Vec<T>,
     ) -> Result<Admission<T>, BufferError>
     where
         T: ByteSize,
@@ -734,12 +734,42 @@ impl<T> BufferManager<T> {
                 count: n,
             });
         }
+        // The source's route never changes after registration.
+        let (entry, pipeline) = {
+            let st = self.state.lock();
+            let s = st
+                .sources
+                .get(source.index())
+                .ok_or(BufferError::UnknownSource(source))?;
+            (s.entry, s.pipeline)
+        };
+        // Build the records outside the critical section (sizes included),
+        // so that the lock is held only to decide what fits and to queue
+        // them: sessions admit while stage workers take and complete.
         let now = Instant::now();
-        let mut st = self.state.lock();
-        if st.shutdown {
+        let mut chunk: Vec<BufferedRecord<T>> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                // u32::MAX stands for "this size or more" (too large anyway).
+                let size = u32::try_from(payload.byte_size()).unwrap_or(u32::MAX);
+                BufferedRecord {
+                    payload,
+                    seq: first_seq + i as u64,
+                    source,
+                    pipeline,
+                    stage: entry,
+                    size,
+                    buffered_at: now,
+                    retry: None,
+                }
+            })
+            .collect();
+        let mut guard = self.state.lock();
+        if guard.shutdown {
             return Err(BufferError::Closed);
         }
-        let st = &mut *st;
+        let st = &mut *guard;
         let s = st
             .sources
             .get(source.index())
@@ -760,7 +790,6 @@ impl<T> BufferManager<T> {
             });
         }
         let skip = (expected - u128::from(first_seq)).min(n as u128) as usize;
-        let entry = s.entry;
         let stage_usage = st.stages[entry.index()].usage;
 
         // Work out, in this critical section, how long a prefix fits.
@@ -780,9 +809,12 @@ impl<T> BufferManager<T> {
             .bytes
             .min(self.limits.per_stage.bytes)
             .min(self.limits.per_source.bytes);
-        for p in &payloads[skip..] {
-            let size = p.byte_size() as u64;
-            if size > max_size || size > u64::from(u32::MAX) {
+        for r in &chunk[skip..] {
+            let mut size = u64::from(r.size);
+            if size == u64::from(u32::MAX) {
+                size = r.payload.byte_size() as u64;
+            }
+            if size > max_size || size >= u64::from(u32::MAX) {
                 reason = Some(self.too_large(size, entry, source));
                 break;
             }
@@ -805,9 +837,15 @@ impl<T> BufferManager<T> {
         }
 
         let admitted = fit - skip;
-        let rejected_payloads = payloads.split_off(fit);
-        let mut admitted_bytes = 0u64;
-        let mut bytes = 0u64;
+        // Rare (a limit hit, a resend): these split off copies of the tail.
+        let rejected_records = chunk.split_off(fit);
+        let duplicates = if skip > 0 {
+            let admitted_records = chunk.split_off(skip);
+            std::mem::replace(&mut chunk, admitted_records)
+        } else {
+            Vec::new()
+        };
+        let admitted_bytes = new.bytes + consumed.bytes;
         if admitted > 0 {
             st.global.add(new);
             st.global_reserved.sub(consumed);
@@ -824,36 +862,19 @@ impl<T> BufferManager<T> {
             // fit ≥ 1 here, and first_seq + n - 1 was checked not to overflow.
             s.admitted_through = first_seq + (fit as u64 - 1);
             s.admitted += admitted as u64;
-            let pipeline = s.pipeline;
-            let chunk: Vec<BufferedRecord<T>> = payloads
-                .drain(skip..)
-                .enumerate()
-                .map(|(i, payload)| {
-                    let size = payload.byte_size() as u32;
-                    bytes += u64::from(size);
-                    BufferedRecord {
-                        payload,
-                        seq: first_seq + (skip + i) as u64,
-                        source,
-                        pipeline,
-                        stage: entry,
-                        size,
-                        buffered_at: now,
-                        retry: None,
-                    }
-                })
-                .collect();
             stage.ready.push_chunk(chunk);
-            stage.queued.add(Credit::new(admitted as u64, bytes));
-            admitted_bytes = bytes;
+            stage
+                .queued
+                .add(Credit::new(admitted as u64, admitted_bytes));
         }
         let s = &mut st.sources[source.index()];
-        s.rejected += rejected_payloads.len() as u64;
+        s.rejected += rejected_records.len() as u64;
         let admitted_through = s.admitted_through;
-        drop(payloads); // the duplicates, if any
+        drop(guard);
+        drop(duplicates);
         let rejected = reason.map(|reason| Rejected {
             first_seq: first_seq + fit as u64,
-            payloads: rejected_payloads,
+            payloads: rejected_records.into_iter().map(|r| r.payload).collect(),
             reason,
         });
         if admitted > 0 {
