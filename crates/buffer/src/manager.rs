@@ -948,12 +948,13 @@ impl<T> BufferManager<T> {
     /// Waits until records of `stage` are ready, then takes up to `max`.
     ///
     /// Records enter a stage a batch at a time (an admitted or forwarded
-    /// batch) and are taken the same way: whole batches while they fit in
-    /// `max`, and a queued batch is split only when it comes first and alone
-    /// exceeds `max`. So the result can hold fewer than `max` records while
-    /// more are ready ([`ready_records`](Self::ready_records)); it always
-    /// holds at least one record, whatever its size. This way records are
-    /// not copied from batch to batch.
+    /// batch) and are taken the same way: a large queued batch (more than 64
+    /// records) is handed out as it is, small ones are merged while they fit
+    /// in `max`, and a queued batch is split only when it comes first and
+    /// alone exceeds `max`. So the result can hold fewer than `max` records
+    /// while more are ready ([`ready_records`](Self::ready_records)); it
+    /// always holds at least one record, whatever its size. This way large
+    /// batches of records are never copied from batch to batch.
     ///
     /// Returns `None` once the manager is shut down. Retried records are
     /// handed out only after their backoff; while only such records wait,

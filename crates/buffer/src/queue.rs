@@ -33,6 +33,12 @@ impl<T> Default for RecordQueue<T> {
 /// Capacity of a chunk started for single records (retries, put-backs).
 const SMALL_CHUNK: usize = 16;
 
+/// Chunks are merged into one batch (copied) only while both the batch so
+/// far and the next chunk have at most this many records: small chunks
+/// (sources sending a few records at a time) still make full batches,
+/// large ones are handed out as they are.
+const MERGE_MAX: usize = 64;
+
 impl<T> RecordQueue<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -73,10 +79,11 @@ impl<T> RecordQueue<T> {
     /// records and `max_bytes` bytes (but at least one record when any is
     /// queued, whatever its size), in order, and their total size.
     ///
-    /// Queued chunks are taken whole while they fit; a chunk is split only
-    /// when it is the first and alone exceeds the limits. So a batch may
-    /// stop short of the limits while records are still queued: the next
-    /// take gets them. (Filling a batch up to the limits from parts of
+    /// Queued chunks are taken whole while they fit (small ones merged, up
+    /// to [`MERGE_MAX`] records, large ones one per batch); a chunk is split
+    /// only when it is the first and alone exceeds the limits. So a batch
+    /// may stop short of the limits while records are still queued: the
+    /// next take gets them. (Filling a batch up to the limits from parts of
     /// several chunks copied every record into a fresh allocation, and the
     /// allocator returned and re-faulted those pages on every batch: with
     /// one transform stage that cost a third of the engine's throughput,
@@ -103,8 +110,9 @@ impl<T> RecordQueue<T> {
                 fit += 1;
                 fit_bytes += size;
             }
-            if fit < chunk.len() && !out.is_empty() {
-                // Would need a split: leave the chunk for the next batch.
+            if !out.is_empty() && (fit < chunk.len() || out.len().max(chunk.len()) > MERGE_MAX) {
+                // Would need a split, or would copy a large chunk: leave the
+                // chunk for the next batch.
                 break;
             }
             let Some(mut chunk) = self.chunks.pop_front() else {

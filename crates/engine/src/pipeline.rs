@@ -9,10 +9,12 @@
 //! slows the stages before it.) One worker task runs per stage.
 //!
 //! A worker loop: take a batch ([`BatchSettings`]: at most `max_records`
-//! records and `max_bytes` bytes; when partial, wait up to `linger` for more,
-//! but never while the pipeline is backpressured — a level of the pipeline
-//! at or above the high watermark, or the memory gate closed — because
-//! completing records is what frees capacity); then
+//! records and `max_bytes` bytes, made of what is ready at once; when
+//! partial, wait up to `linger` for more, but never while the pipeline is
+//! backpressured — a level of the pipeline at or above the high watermark,
+//! or the memory gate closed — because completing records is what frees
+//! capacity). A batch is kept as the parts the buffer handed out (whole
+//! queued batches), not copied into one `Vec`; then
 //!
 //! - a transform stage applies its transform per record: kept records are
 //!   forwarded to the next stage (waiting while it is full), filtered ones
@@ -107,6 +109,9 @@ pub struct WorkerEnv {
     pub high_watermark: f64,
 }
 
+/// A batch as the buffer handed it out: whole queued batches, in order.
+type Parts = Vec<Vec<BufferedRecord<EngineRecord>>>;
+
 /// The names of a batch's sources (a handful), looked up once per batch.
 struct SourceNames(Vec<(SourceId, Arc<str>)>);
 
@@ -165,21 +170,21 @@ pub fn spawn_workers(
 impl Worker {
     async fn run(self) {
         tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker started");
-        loop {
+        'batches: loop {
             let t = Instant::now();
-            let Some(batch) = self.collect().await else {
+            let Some(parts) = self.collect().await else {
                 break;
             };
             add(&self.times.idle_ns, t);
-            let go_on = match &self.work {
-                StageWork::Transform(tf) => self.transform(tf, batch).await,
-                StageWork::Sink(sink) => {
-                    self.sink(sink, batch).await;
-                    true
+            match &self.work {
+                StageWork::Transform(tf) => {
+                    for part in parts {
+                        if !self.transform(tf, part).await {
+                            break 'batches;
+                        }
+                    }
                 }
-            };
-            if !go_on {
-                break;
+                StageWork::Sink(sink) => self.sink(sink, parts).await,
             }
         }
         tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker stopped");
@@ -205,45 +210,53 @@ impl Worker {
                 .any(|s| s.pipeline == pid && s.level.utilization() >= high)
     }
 
-    /// A batch: what is ready, topped up for at most `linger` unless the
-    /// pipeline is backpressured. `None` once the buffer is shut down.
-    async fn collect(&self) -> Option<Vec<BufferedRecord<EngineRecord>>> {
+    /// A batch of at most `max` records, as the parts the buffer handed out
+    /// (whole queued batches; kept apart rather than copied into one `Vec`):
+    /// what is ready now, topped up for at most `linger` unless the pipeline
+    /// is backpressured. `None` once the buffer is shut down.
+    async fn collect(&self) -> Option<Parts> {
         let buffer = &self.env.buffer;
-        let mut batch = buffer.next_batch(self.stage, self.max).await?;
-        if self.linger.is_zero() {
-            return Some(batch);
-        }
+        let first = buffer.next_batch(self.stage, self.max).await?;
+        let mut records = first.len();
+        let mut bytes: u64 = first.iter().map(|r| r.size()).sum();
+        let mut parts = vec![first];
         let deadline = tokio::time::Instant::now() + self.linger;
         loop {
-            let bytes: u64 = batch.iter().map(|r| r.size()).sum();
-            // No waiting while more records are ready (the batch stopped at
-            // a queued batch it would have had to split) or while the
-            // pipeline is pressured.
-            if batch.len() >= self.max.records
-                || bytes >= self.max.bytes
-                || buffer.ready_records(self.stage) > 0
-                || self.pressured()
-            {
+            if records >= self.max.records || bytes >= self.max.bytes {
                 break;
             }
             let rest = BatchSize {
-                records: self.max.records - batch.len(),
+                records: self.max.records - records,
                 bytes: self.max.bytes - bytes,
             };
-            let check = deadline.min(tokio::time::Instant::now() + PRESSURE_CHECK);
-            tokio::select! {
-                more = buffer.next_batch(self.stage, rest) => match more {
-                    Some(more) => batch.extend(more),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(check) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
+            // Whatever is ready joins the batch at once.
+            let more = if buffer.ready_records(self.stage) > 0 {
+                buffer.try_batch(self.stage, rest)
+            } else if self.linger.is_zero() || self.pressured() {
+                break;
+            } else {
+                let check = deadline.min(tokio::time::Instant::now() + PRESSURE_CHECK);
+                tokio::select! {
+                    more = buffer.next_batch(self.stage, rest) => match more {
+                        Some(more) => more,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(check) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        continue;
                     }
                 }
+            };
+            if more.is_empty() {
+                break;
             }
+            records += more.len();
+            bytes += more.iter().map(|r| r.size()).sum::<u64>();
+            parts.push(more);
         }
-        Some(batch)
+        Some(parts)
     }
 
     /// Returns false when the worker should stop (the buffer shut down).
@@ -338,11 +351,14 @@ impl Worker {
         SourceNames(names)
     }
 
-    async fn sink(&self, sink: &Arc<dyn Sink>, batch: Vec<BufferedRecord<EngineRecord>>) {
+    /// Writes one batch (its parts in order) to the sink and commits it,
+    /// then completes it; on error the whole batch is retried.
+    async fn sink(&self, sink: &Arc<dyn Sink>, parts: Parts) {
         let t = Instant::now();
-        let names = self.source_names(batch.iter().map(|r| r.source()));
-        let recs: Vec<SinkRecord<'_>> = batch
+        let names = self.source_names(parts.iter().flatten().map(|r| r.source()));
+        let recs: Vec<SinkRecord<'_>> = parts
             .iter()
+            .flatten()
             .map(|r| SinkRecord {
                 source: names.get(r.source()),
                 seq: r.seq(),
@@ -359,11 +375,14 @@ impl Worker {
         let buffer = &self.env.buffer;
         match result {
             Ok(()) => {
-                crate::observe::ack_latency(&self.pipeline.name, &batch);
-                let done = buffer.complete(batch);
-                self.env.hub.publish(&done);
+                crate::observe::ack_latency(&self.pipeline.name, parts.iter().flatten());
+                for part in parts {
+                    let done = buffer.complete(part);
+                    self.env.hub.publish(&done);
+                }
             }
             Err(e) => {
+                let batch: Vec<_> = parts.into_iter().flatten().collect();
                 tracing::warn!(pipeline = %self.pipeline.name, records = batch.len(), error = %e, "sink failed, retrying the batch");
                 let dead = buffer.retry(batch, e.to_string());
                 self.dead_letters(dead).await;

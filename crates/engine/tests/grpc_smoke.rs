@@ -454,3 +454,71 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
     assert_eq!(ack.delivered, admitted);
     engine.shutdown().await.unwrap();
 }
+
+/// A sink that records the size of every batch it is given and takes
+/// `delay` per batch (a slow sink, one commit per batch).
+#[derive(Debug, Default)]
+struct BatchSizes {
+    delay: Duration,
+    sizes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl sluice_engine::sink::Sink for BatchSizes {
+    fn describe(&self) -> String {
+        "batch-sizes".into()
+    }
+    fn write<'a>(
+        &'a self,
+        batch: &'a [sluice_engine::sink::SinkRecord<'a>],
+    ) -> sluice_engine::sink::SinkFuture<'a> {
+        self.sizes.lock().unwrap().push(batch.len());
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            Ok(())
+        })
+    }
+    fn commit(&self) -> sluice_engine::sink::SinkFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Records queue up in front of a slow sink: the sink must still get full
+/// batches of `batch.max_records`, even when sources send batches that do
+/// not divide it (the buffer hands out queued batches whole; the worker
+/// puts several together). Smaller batches would cut a per-batch sink's
+/// throughput.
+#[tokio::test]
+async fn a_slow_sink_gets_full_batches_while_records_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Vec::new());
+    s.pipelines[0].batch.max_records = 100;
+    let sink = std::sync::Arc::new(BatchSizes {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let engine = EngineBuilder::new(s)
+        .sink("default", sink.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
+    let credit = opened(&mut conn).await.credit.unwrap().records;
+    // 20 batches of 80 records (larger than what the buffer merges), all
+    // within the first credit.
+    let total = 1600u64;
+    assert!(credit >= total, "credit {credit}");
+    for i in 0..20 {
+        conn.tx.send(batch(1 + i * 80, 80)).await.unwrap();
+    }
+    let (ack, rejects) = until_ack(&mut conn, total).await;
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!(ack.delivered, total);
+    let sizes = sink.sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>() as u64, total);
+    assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+    // Full batches except while the queue fills at the start and drains
+    // at the end; with batches of 80 only there would be 20.
+    assert!(sizes.len() <= 16 + 3, "{} batches: {sizes:?}", sizes.len());
+    drop(conn);
+    engine.shutdown().await.unwrap();
+}
