@@ -1111,6 +1111,13 @@ impl<T> BufferManager<T> {
         self.finish(records.iter(), false)
     }
 
+    /// [`complete`](Self::complete) for a batch kept as several parts (as
+    /// successive [`next_batch`](Self::next_batch) calls handed them out),
+    /// in one step: one lock and one [`Completion`] for all of them.
+    pub fn complete_parts(&self, parts: Vec<Vec<BufferedRecord<T>>>) -> Completion {
+        self.finish(parts.iter().flatten(), false)
+    }
+
     /// Completes dead letters once they are written to the dead-letter sink:
     /// like [`complete`](Self::complete), but counted as dead-lettered.
     pub fn complete_dead_letters(&self, dead: Vec<DeadLetter<T>>) -> Completion {

@@ -376,10 +376,8 @@ impl Worker {
         match result {
             Ok(()) => {
                 crate::observe::ack_latency(&self.pipeline.name, parts.iter().flatten());
-                for part in parts {
-                    let done = buffer.complete(part);
-                    self.env.hub.publish(&done);
-                }
+                let done = buffer.complete_parts(parts);
+                self.env.hub.publish(&done);
             }
             Err(e) => {
                 let batch: Vec<_> = parts.into_iter().flatten().collect();
