@@ -120,9 +120,19 @@ impl<T> RecordQueue<T> {
             };
             let split = fit < chunk.len();
             if split {
-                // The first chunk alone is too large: keep its tail queued.
-                let tail = chunk.split_off(fit);
-                self.chunks.push_front(tail);
+                // The first chunk alone is too large: cut its tail into
+                // pieces of `fit` records, from the back, and queue them in
+                // order. Each record is copied at most once, however many
+                // batches the chunk makes (cutting only the first batch off
+                // would copy the rest again on every take).
+                let mut pieces = Vec::new();
+                while chunk.len() > fit {
+                    let at = fit.max((chunk.len() - 1) / fit * fit);
+                    pieces.push(chunk.split_off(at));
+                }
+                for piece in pieces {
+                    self.chunks.push_front(piece);
+                }
             }
             bytes += fit_bytes;
             if out.is_empty() {
@@ -184,6 +194,19 @@ mod tests {
         // At least one record, whatever its size.
         q.push_back(rec(11));
         assert_eq!(seqs(&q.take_batch(1, 0).0), vec![11]);
+    }
+
+    #[test]
+    fn a_large_chunk_is_cut_into_batch_sized_pieces_once() {
+        let mut q = RecordQueue::default();
+        q.push_chunk((1..=10).map(rec).collect());
+        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![1, 2, 3]);
+        // The rest now waits as pieces of 3 (4–6, 7–9) and 1 (10).
+        let pieces: Vec<usize> = q.chunks.iter().map(Vec::len).collect();
+        assert_eq!(pieces, vec![3, 3, 1]);
+        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![4, 5, 6]);
+        assert_eq!(seqs(&q.take_batch(100, u64::MAX).0), vec![7, 8, 9, 10]);
+        assert!(q.is_empty());
     }
 
     proptest::proptest! {
