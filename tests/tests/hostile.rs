@@ -20,7 +20,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Raw, open_msg, raw_stream};
+use common::{Raw, batch_msg, open_msg, raw_stream};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sluice_engine::EngineHandle;
@@ -470,17 +470,7 @@ fn sequence_numbers_near_u64_max_get_a_clear_answer() {
             let dir = tempfile::tempdir().unwrap();
             let engine = start(dir.path()).await;
             let addr = url(&engine);
-            let batch = |first_seq: u64, n: u64| SourceMessage {
-                body: Some(source_message::Body::Batch(Batch {
-                    first_seq,
-                    records: (0..n)
-                        .map(|i| Record {
-                            payload: payload(i, 20),
-                            ..Record::default()
-                        })
-                        .collect(),
-                })),
-            };
+            let batch = |first_seq: u64, n: u64| batch_msg(first_seq, n, 20);
 
             // u64::MAX - 1 with 3 records: the last would be u64::MAX + 1.
             let mut raw = raw_stream(&addr, open_msg("edge-overflow", ""))
@@ -519,17 +509,7 @@ fn a_batch_ending_at_u64_max_is_admitted() {
             let dir = tempfile::tempdir().unwrap();
             let engine = start(dir.path()).await;
             let addr = url(&engine);
-            let batch = |first_seq: u64, n: u64| SourceMessage {
-                body: Some(source_message::Body::Batch(Batch {
-                    first_seq,
-                    records: (0..n)
-                        .map(|i| Record {
-                            payload: payload(i, 20),
-                            ..Record::default()
-                        })
-                        .collect(),
-                })),
-            };
+            let batch = |first_seq: u64, n: u64| batch_msg(first_seq, n, 20);
             // u64::MAX - 1 with 2 records: ends exactly at u64::MAX; admitted and
             // acked. Then more after it (cannot be numbered) and a resend.
             let mut raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();

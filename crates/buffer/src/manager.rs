@@ -952,7 +952,7 @@ impl<T> BufferManager<T> {
     /// records) is handed out as it is, small ones are merged while they fit
     /// in `max`, and a queued batch is split only when it comes first and
     /// alone exceeds `max`. So the result can hold fewer than `max` records
-    /// while more are ready ([`ready_records`](Self::ready_records)); it
+    /// while more are ready ([`try_batch`](Self::try_batch) gets them); it
     /// always holds at least one record, whatever its size. This way large
     /// batches of records are never copied from batch to batch.
     ///
@@ -991,18 +991,6 @@ impl<T> BufferManager<T> {
                 None => notified.await,
             }
         }
-    }
-
-    /// How many records of `stage` [`next_batch`](Self::next_batch) would
-    /// hand out right now (retried records still waiting for their backoff
-    /// are not counted); 0 for an unknown stage.
-    ///
-    /// A batch may stop short of its limits at a queued batch it would have
-    /// to split; a worker that would wait for a fuller batch checks this
-    /// first, since waiting is pointless while records are ready.
-    pub fn ready_records(&self, stage: StageId) -> usize {
-        let st = self.state.lock();
-        st.stages.get(stage.index()).map_or(0, |s| s.ready.len())
     }
 
     /// Takes up to `max` ready records of `stage` without waiting, like

@@ -229,14 +229,15 @@ impl Worker {
                 records: self.max.records - records,
                 bytes: self.max.bytes - bytes,
             };
-            // Whatever is ready joins the batch at once.
-            let more = if buffer.ready_records(self.stage) > 0 {
-                buffer.try_batch(self.stage, rest)
-            } else if self.linger.is_zero() || self.pressured() {
-                break;
-            } else {
+            // Whatever is ready joins the batch at once; otherwise wait for
+            // more, unless lingering is off or the pipeline is pressured.
+            let mut more = buffer.try_batch(self.stage, rest);
+            if more.is_empty() {
+                if self.linger.is_zero() || self.pressured() {
+                    break;
+                }
                 let check = deadline.min(tokio::time::Instant::now() + PRESSURE_CHECK);
-                tokio::select! {
+                more = tokio::select! {
                     more = buffer.next_batch(self.stage, rest) => match more {
                         Some(more) => more,
                         None => break,
@@ -247,10 +248,7 @@ impl Worker {
                         }
                         continue;
                     }
-                }
-            };
-            if more.is_empty() {
-                break;
+                };
             }
             records += more.len();
             bytes += more.iter().map(|r| r.size()).sum::<u64>();

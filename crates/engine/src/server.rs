@@ -269,7 +269,9 @@ pub struct IngestService {
     shared: Arc<Shared>,
 }
 
-type EngineStream = Pin<Box<dyn Stream<Item = Result<EngineMessage, Status>> + Send + 'static>>;
+/// The response stream of an `Ingest.Stream` call.
+pub(crate) type EngineStream =
+    Pin<Box<dyn Stream<Item = Result<EngineMessage, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Ingest for IngestService {

@@ -85,14 +85,16 @@ pub fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
     }
 }
 
-/// A batch of `n` records of about `size` bytes from `first_seq`.
+/// A batch of `n` records of about `size` bytes from `first_seq` (each
+/// payload carries its sequence number; numbers past `u64::MAX` wrap, so a
+/// test can build an overflowing batch).
 pub fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
     SourceMessage {
         body: Some(source_message::Body::Batch(Batch {
             first_seq,
-            records: (first_seq..first_seq + n)
+            records: (0..n)
                 .map(|i| Record {
-                    payload: payload(i, size),
+                    payload: payload(first_seq.wrapping_add(i), size),
                     ..Record::default()
                 })
                 .collect(),

@@ -7,11 +7,9 @@
 //! server settings as the engine (tonic's default windows, 16 MiB messages).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -84,11 +82,9 @@ struct RawIngest {
     records: Arc<AtomicU64>,
 }
 
-type RawStream = Pin<Box<dyn Stream<Item = Result<EngineMessage, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl Ingest for RawIngest {
-    type StreamStream = RawStream;
+    type StreamStream = crate::server::EngineStream;
 
     async fn stream(
         &self,
