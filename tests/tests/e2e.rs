@@ -562,19 +562,6 @@ async fn e_disconnect_and_reconnect_without_duplicates_or_gaps() {
 // (f) bad input
 // ---------------------------------------------------------------------------
 
-async fn expect_status(result: Result<Raw, tonic::Status>) -> tonic::Status {
-    match result {
-        Err(status) => status,
-        Ok(mut raw) => loop {
-            match raw.next().await {
-                Err(status) => return status,
-                Ok(None) => panic!("stream ended OK; a status was expected"),
-                Ok(Some(_)) => {}
-            }
-        },
-    }
-}
-
 /// (f) Protocol errors each get a clear status or reject naming the problem,
 /// while another source keeps being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Raw, batch_msg, open_msg, raw_stream};
+use common::{Raw, batch_msg, expect_status, open_msg, raw_stream};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sluice_engine::EngineHandle;
@@ -473,17 +473,11 @@ fn sequence_numbers_near_u64_max_get_a_clear_answer() {
             let batch = |first_seq: u64, n: u64| batch_msg(first_seq, n, 20);
 
             // u64::MAX - 1 with 3 records: the last would be u64::MAX + 1.
-            let mut raw = raw_stream(&addr, open_msg("edge-overflow", ""))
+            let raw = raw_stream(&addr, open_msg("edge-overflow", ""))
                 .await
                 .unwrap();
             raw.send(batch(u64::MAX - 1, 3)).await;
-            let st = loop {
-                match raw.next().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("stream ended OK; an overflow status was expected"),
-                    Err(st) => break st,
-                }
-            };
+            let st = expect_status(Ok(raw)).await;
             assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
             assert!(st.message().contains("overflow"), "{st:?}");
 
@@ -532,15 +526,9 @@ fn a_batch_ending_at_u64_max_is_admitted() {
 
             // A reconnect of that source: the engine admitted through u64::MAX;
             // anything further cannot be numbered and gets a clear answer.
-            let mut raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
+            let raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
             raw.send(batch(u64::MAX, 2)).await;
-            let st = loop {
-                match raw.next().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("stream ended OK; an overflow status was expected"),
-                    Err(st) => break st,
-                }
-            };
+            let st = expect_status(Ok(raw)).await;
             assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
 
             assert!(!engine.is_finished());
@@ -570,16 +558,9 @@ async fn a_huge_pipeline_name_gets_a_readable_status() {
         let dir = tempfile::tempdir().unwrap();
         let engine = start(dir.path()).await;
         let pipeline = "p".repeat(50_000);
-        let st = match raw_stream(&url(&engine), open_msg("huge-pipeline", &pipeline)).await {
-            Err(st) => st,
-            Ok(mut raw) => loop {
-                match raw.next().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("stream ended OK; a status was expected"),
-                    Err(st) => break st,
-                }
-            },
-        };
+        let st =
+            expect_status(raw_stream(&url(&engine), open_msg("huge-pipeline", &pipeline)).await)
+                .await;
         assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
         assert!(
             st.message().contains("Open.pipeline is 50000 bytes"),

@@ -168,3 +168,18 @@ impl Raw {
         }
     }
 }
+
+/// The status that ends a stream: the refusal of its opening, or the status
+/// it ends with after any messages. Panics if it ends OK instead.
+pub async fn expect_status(result: Result<Raw, tonic::Status>) -> tonic::Status {
+    match result {
+        Err(status) => status,
+        Ok(mut raw) => loop {
+            match raw.next().await {
+                Err(status) => return status,
+                Ok(None) => panic!("stream ended OK; a status was expected"),
+                Ok(Some(_)) => {}
+            }
+        },
+    }
+}
