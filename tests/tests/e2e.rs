@@ -285,17 +285,7 @@ async fn b_records_beyond_credit_are_rejected_even_with_free_capacity() {
         assert_eq!(r.credit.expect("Reject.credit").bytes, 0, "{r:?}");
         next_credit(&mut raw).await;
         raw.send(batch_msg(next + 1, 1, 100)).await;
-        raw.tx = None;
-        let mut acked = 0;
-        loop {
-            match raw.next().await {
-                Ok(Some(engine_message::Body::Ack(a))) => acked = acked.max(a.through_seq),
-                Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(st) => panic!("unexpected status {st:?}"),
-            }
-        }
+        let acked = raw.finish().await;
         assert_eq!(acked, next + 1);
         assert_eq!(engine.buffer().audit(), Ok(()));
         engine.shutdown().await.unwrap();
@@ -622,17 +612,7 @@ async fn f_bad_input_gets_clear_errors_and_others_are_still_served() {
         // Empty batch: allowed, no effect (per ingest.proto); then a good batch is admitted.
         raw.send(batch_msg(3, 0, 10)).await;
         raw.send(batch_msg(3, 2, 10)).await;
-        raw.tx = None;
-        let mut acked = 0;
-        loop {
-            match raw.next().await {
-                Ok(Some(engine_message::Body::Ack(a))) => acked = acked.max(a.through_seq),
-                Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(st) => panic!("unexpected status {st:?}"),
-            }
-        }
+        let acked = raw.finish().await;
         assert_eq!(acked, 4);
 
         let good = good.await.unwrap();

@@ -154,6 +154,21 @@ impl Raw {
             other => panic!("expected Opened, got {other:?}"),
         }
     }
+    /// Half-closes the stream and reads it to its OK end; returns the
+    /// highest `Ack.through_seq` seen. Panics on a reject or an error status.
+    pub async fn finish(mut self) -> u64 {
+        self.tx = None;
+        let mut acked = 0;
+        loop {
+            match self.next().await {
+                Ok(Some(engine_message::Body::Ack(a))) => acked = acked.max(a.through_seq),
+                Ok(Some(engine_message::Body::Reject(r))) => panic!("unexpected reject {r:?}"),
+                Ok(Some(_)) => {}
+                Ok(None) => return acked,
+                Err(st) => panic!("unexpected status {st:?}"),
+            }
+        }
+    }
     /// The first message that is not a credit, signal or ack (or the end).
     pub async fn next_notable(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
         loop {
