@@ -1245,7 +1245,11 @@ impl<T> SourceHandle<T> {
 
     /// [`BufferManager::admit`] for this source, with the credit it used
     /// reported to the controller.
-    pub fn admit(&self, first_seq: u64, payloads: Vec<T>) -> Result<Admission<T>, BufferError>
+    pub fn admit(
+        &self,
+        first_seq: u64,
+        payloads: impl Into<crate::Pending<T>>,
+    ) -> Result<Admission<T>, BufferError>
     where
         T: ByteSize,
     {

@@ -45,6 +45,7 @@ mod limits;
 mod manager;
 mod memory;
 pub mod metrics;
+mod pending;
 mod queue;
 mod record;
 mod snapshot;
@@ -66,5 +67,6 @@ pub use manager::{
     Admission, BatchSize, BufferManager, BufferManagerBuilder, Completion, Credit, PipelineInfo,
     Rejected, SourceProgress, StageInfo,
 };
+pub use pending::Pending;
 pub use record::{BufferedRecord, ByteSize, DeadLetter, PipelineId, SourceId, StageId};
 pub use snapshot::{LevelSnapshot, Pressure, Snapshot, SourceSnapshot, StageSnapshot};

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::pending::Pending;
 use crate::queue::RecordQueue;
 use crate::sync::Mutex;
 use tokio::sync::Notify;
@@ -715,11 +716,14 @@ impl<T> BufferManager<T> {
     /// limit that was hit (so admitted sequence numbers stay contiguous).
     /// Leading records already admitted before (a resend) are counted as
     /// duplicates and dropped. A batch that would leave a gap is refused whole.
+    ///
+    /// `payloads` is a `Vec<T>` or a [`Pending`] batch built in the queues'
+    /// record layout, which is admitted in place (no copy of its records).
     pub fn admit(
         &self,
         source: SourceId,
         first_seq: u64,
-        payloads: Vec<T>,
+        payloads: impl Into<Pending<T>>,
     ) -> Result<Admission<T>, BufferError>
     where
         T: ByteSize,
@@ -727,7 +731,8 @@ impl<T> BufferManager<T> {
         if first_seq == 0 {
             return Err(BufferError::ZeroSequence);
         }
-        let n = payloads.len();
+        let mut chunk = payloads.into().records;
+        let n = chunk.len();
         if n > 0 && first_seq.checked_add(n as u64 - 1).is_none() {
             return Err(BufferError::SequenceOverflow {
                 first: first_seq,
@@ -743,28 +748,18 @@ impl<T> BufferManager<T> {
                 .ok_or(BufferError::UnknownSource(source))?;
             (s.entry, s.pipeline)
         };
-        // Build the records outside the critical section (sizes included),
-        // so that the lock is held only to decide what fits and to queue
-        // them: sessions admit while stage workers take and complete.
+        // Fill in the bookkeeping outside the critical section (the sizes
+        // were taken at push), so that the lock is held only to decide what
+        // fits and to queue them: sessions admit while stage workers take
+        // and complete.
         let now = Instant::now();
-        let mut chunk: Vec<BufferedRecord<T>> = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(i, payload)| {
-                // u32::MAX stands for "this size or more" (too large anyway).
-                let size = u32::try_from(payload.byte_size()).unwrap_or(u32::MAX);
-                BufferedRecord {
-                    payload,
-                    seq: first_seq + i as u64,
-                    source,
-                    pipeline,
-                    stage: entry,
-                    size,
-                    buffered_at: now,
-                    retry: None,
-                }
-            })
-            .collect();
+        for (i, r) in chunk.iter_mut().enumerate() {
+            r.seq = first_seq + i as u64;
+            r.source = source;
+            r.pipeline = pipeline;
+            r.stage = entry;
+            r.buffered_at = now;
+        }
         let mut guard = self.state.lock();
         if guard.shutdown {
             return Err(BufferError::Closed);

@@ -540,7 +540,7 @@ async fn four_equal_sources_share_a_slow_consumer_fairly() {
                 if n == 0 {
                     continue;
                 }
-                let batch = (0..n).map(|_| vec![7u8; RECORD]).collect();
+                let batch = (0..n).map(|_| vec![7u8; RECORD]).collect::<Vec<_>>();
                 let a = h.admit(seq, batch).unwrap();
                 assert!(
                     a.rejected.is_none(),

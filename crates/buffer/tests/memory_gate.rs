@@ -138,7 +138,7 @@ async fn closed_gate_pauses_every_source_and_reopening_resumes_them() {
     for (i, h) in handles.iter().enumerate() {
         assert_eq!(h.grant().records, 100);
         // Use 60 of the 100 credits, so each wants more.
-        let batch = (0..60).map(|_| vec![0u8; 10]).collect();
+        let batch = (0..60).map(|_| vec![0u8; 10]).collect::<Vec<_>>();
         let _ = h.admit(1, batch).unwrap();
         assert!(h.outstanding().records <= 50, "source {i} wants a refill");
     }

@@ -219,12 +219,16 @@ async fn scenario() {
     let a = flow.open_source(alpha).unwrap();
     assert_eq!(a.grant(), Credit::new(10, 100));
     let _ = a
-        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect())
+        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
         .unwrap();
 
     // Episode 1: SLOW_DOWN for global, 2 s.
     let _ = m
-        .admit(filler, 1, (0..75).map(|_| vec![0u8; 10]).collect())
+        .admit(
+            filler,
+            1,
+            (0..75).map(|_| vec![0u8; 10]).collect::<Vec<_>>(),
+        )
         .unwrap(); // 85 % load
     assert_eq!(flow.evaluate()[0].1.kind, SignalKind::SlowDown);
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -259,13 +263,17 @@ async fn scenario() {
     // Alpha and beta use their credit, the filler takes the rest:
     // 10 + 10 + 10 + 70 = 100 records in the engine, full.
     let _ = a
-        .admit(11, (0..10).map(|_| vec![0u8; 10]).collect())
+        .admit(11, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
         .unwrap();
     let _ = b
-        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect())
+        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
         .unwrap();
     let _ = m
-        .admit(filler, 76, (0..70).map(|_| vec![0u8; 10]).collect())
+        .admit(
+            filler,
+            76,
+            (0..70).map(|_| vec![0u8; 10]).collect::<Vec<_>>(),
+        )
         .unwrap();
     let s = flow.evaluate();
     assert_eq!(s.len(), 2);

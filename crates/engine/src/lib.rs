@@ -29,6 +29,7 @@ mod session;
 pub mod sink;
 pub mod tls;
 pub mod transform;
+mod wire;
 
 pub use server::{
     DEFAULT_MAX_BATCH_RECORDS, Engine, EngineBuilder, EngineError, EngineHandle, ShutdownReport,

@@ -61,6 +61,17 @@ impl EngineRecord {
         }
     }
 
+    /// A record from the fields of a wire record without attributes (the
+    /// decoder's constructor; see `wire.rs`).
+    pub(crate) fn from_wire_parts(key: Bytes, payload: Bytes, event_time_ms: i64) -> Self {
+        Self {
+            key,
+            event_time_ms,
+            payload,
+            extra: None,
+        }
+    }
+
     /// The same record with these attributes (sorted by name here).
     pub fn with_attributes(
         mut self,
@@ -124,12 +135,7 @@ impl EngineRecord {
 
 impl From<v1::Record> for EngineRecord {
     fn from(r: v1::Record) -> Self {
-        let record = Self {
-            key: r.key,
-            event_time_ms: r.event_time_ms,
-            payload: r.payload,
-            extra: None,
-        };
+        let record = Self::from_wire_parts(r.key, r.payload, r.event_time_ms);
         if r.attributes.is_empty() {
             // No allocation for the common case.
             record

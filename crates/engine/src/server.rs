@@ -10,6 +10,7 @@
 //! and ends with `UNAVAILABLE`, and the server stops (bounded waits).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,13 +25,13 @@ use sluice_buffer::{
 };
 use sluice_config::{Settings, ValidationErrors};
 use sluice_proto::v1::{
-    self, EngineMessage, SourceMessage,
+    self, EngineMessage,
     admin_server::{Admin, AdminServer},
-    ingest_server::{Ingest, IngestServer},
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ack::AckHub;
@@ -41,6 +42,7 @@ use crate::record::EngineRecord;
 use crate::session::{self, StreamEntry};
 use crate::sink::{Sink, SinkError, build_sink};
 use crate::transform::Transform;
+use crate::wire;
 
 /// Default of [`EngineBuilder::max_batch_records`].
 pub const DEFAULT_MAX_BATCH_RECORDS: u32 = 10_000;
@@ -264,6 +266,11 @@ impl Shared {
 }
 
 /// The `sluice.v1.Ingest` service.
+///
+/// Served by hand rather than through the generated `IngestServer` so that
+/// requests are decoded by [`IngestCodec`](crate::wire::IngestCodec) straight
+/// into records the buffer admits in place (see `wire.rs`); the route, the
+/// message size limits and the behaviour are the generated server's.
 #[derive(Debug, Clone)]
 pub struct IngestService {
     shared: Arc<Shared>,
@@ -273,19 +280,67 @@ pub struct IngestService {
 pub(crate) type EngineStream =
     Pin<Box<dyn Stream<Item = Result<EngineMessage, Status>> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type StreamStream = EngineStream;
-
+impl IngestService {
     async fn stream(
         &self,
-        request: Request<Streaming<SourceMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+        request: Request<Streaming<wire::Inbound>>,
+    ) -> Result<Response<EngineStream>, Status> {
         let grant = crate::auth::check(self.shared.auth.as_ref(), request.metadata())?;
         let rx = session::open(self.shared.clone(), request.into_inner(), grant).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+impl tonic::server::NamedService for IngestService {
+    const NAME: &'static str = v1::ingest_server::SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for IngestService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let service = self.clone();
+        if req.uri().path() != "/sluice.v1.Ingest/Stream" {
+            let path = req.uri().path().to_owned();
+            return Box::pin(async move {
+                Ok(
+                    Status::unimplemented(format!("no method {path} in sluice.v1.Ingest"))
+                        .into_http(),
+                )
+            });
+        }
+        Box::pin(async move {
+            let max = service.shared.settings.server.max_message_bytes;
+            let mut grpc = tonic::server::Grpc::new(wire::IngestCodec)
+                .apply_max_message_size_config(Some(max), Some(max));
+            Ok(grpc.streaming(StreamCall(service), req).await)
+        })
+    }
+}
+
+/// One `Ingest.Stream` call, as tonic's server machinery calls it.
+struct StreamCall(IngestService);
+
+impl tonic::server::StreamingService<wire::Inbound> for StreamCall {
+    type Response = EngineMessage;
+    type ResponseStream = EngineStream;
+    type Future = BoxFuture<Response<EngineStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<wire::Inbound>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.stream(request).await })
     }
 }
 
@@ -560,12 +615,9 @@ impl EngineBuilder {
             .build_v1alpha()
             .map_err(|e| EngineError::Reflection(e.to_string()))?;
 
-        let max_message = shared.settings.server.max_message_bytes;
-        let ingest = IngestServer::new(IngestService {
+        let ingest = IngestService {
             shared: shared.clone(),
-        })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        };
         let admin = AdminServer::new(AdminService {
             shared: shared.clone(),
         });
@@ -615,7 +667,7 @@ impl EngineBuilder {
 /// Names the health service reports: the whole server ("") and each service.
 const SERVICES: [&str; 3] = [
     "",
-    <IngestServer<IngestService> as tonic::server::NamedService>::NAME,
+    <IngestService as tonic::server::NamedService>::NAME,
     <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
 ];
 

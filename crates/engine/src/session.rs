@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice_buffer::{
-    BufferError, ByteSize, Credit, Level, RejectReason as BufReject, SignalKind as BufKind,
-    SignalReason as BufReason, SourceHandle, SourceId, SourceState,
+    BufferError, ByteSize, Credit, Level, Pending, RejectReason as BufReject,
+    SignalKind as BufKind, SignalReason as BufReason, SourceHandle, SourceId, SourceState,
 };
 use sluice_proto::v1::{
-    self, EngineMessage, RejectReason, SignalKind, SignalReason, SourceMessage, engine_message,
-    source_message,
+    self, EngineMessage, RejectReason, SignalKind, SignalReason, engine_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +33,7 @@ use tonic::{Status, Streaming};
 use crate::ack::AckProgress;
 use crate::record::EngineRecord;
 use crate::server::Shared;
+use crate::wire::{self, Body, Inbound};
 
 /// The longest source id or pipeline name accepted in `Open`, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -100,7 +100,7 @@ fn reject_reason(r: &BufReject) -> RejectReason {
 /// otherwise hold its resources for as long as the client keeps it open.
 pub(crate) async fn open(
     shared: Arc<Shared>,
-    mut inbound: Streaming<SourceMessage>,
+    mut inbound: Streaming<Inbound>,
     grant: Option<crate::auth::Grant>,
 ) -> Result<mpsc::Receiver<Outbound>, Status> {
     let open_timeout = shared.settings.server.open_timeout;
@@ -117,9 +117,9 @@ pub(crate) async fn open(
         },
         _ = shared.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
     };
-    let open = match first.and_then(|m| m.body) {
-        Some(source_message::Body::Open(open)) => open,
-        Some(source_message::Body::Batch(_)) => {
+    let open = match first.flatten() {
+        Some(Body::Open(open)) => open,
+        Some(Body::Batch(_)) => {
             return Err(Status::invalid_argument(
                 "the first message of a stream must be Open, got Batch",
             ));
@@ -291,7 +291,7 @@ enum End {
 impl Session {
     async fn run(
         mut self,
-        mut inbound: Streaming<SourceMessage>,
+        mut inbound: Streaming<Inbound>,
         mut signals: sluice_buffer::SignalReceiver,
         mut acks: watch::Receiver<AckProgress>,
     ) {
@@ -445,12 +445,12 @@ impl Session {
         .await
     }
 
-    fn on_message(&mut self, m: SourceMessage) -> Result<Vec<engine_message::Body>, Status> {
-        match m.body {
-            Some(source_message::Body::Open(_)) => Err(Status::invalid_argument(
+    fn on_message(&mut self, m: Inbound) -> Result<Vec<engine_message::Body>, Status> {
+        match m {
+            Some(Body::Open(_)) => Err(Status::invalid_argument(
                 "Open was sent twice on one stream",
             )),
-            Some(source_message::Body::Batch(b)) => self.on_batch(b),
+            Some(Body::Batch(b)) => self.on_batch(b),
             None => Err(Status::invalid_argument("empty SourceMessage (no body)")),
         }
     }
@@ -491,7 +491,7 @@ impl Session {
         &self,
         handle: &SourceHandle<EngineRecord>,
         first: u64,
-        records: &[EngineRecord],
+        records: &Pending<EngineRecord>,
     ) -> CreditPlan {
         let buffer = &self.shared.buffer;
         let admitted = buffer.admitted_through(self.source).unwrap_or(0);
@@ -506,7 +506,7 @@ impl Session {
         let window_bytes = self.shared.controller.window(SourceState::Normal).bytes;
         let mut left = credit;
         let mut keep = records.len();
-        for (i, r) in records.iter().enumerate().skip(dupes) {
+        for (i, r) in records.payloads().enumerate().skip(dupes) {
             let size = r.byte_size() as u64;
             if size > max_record {
                 keep = i + 1;
@@ -562,7 +562,7 @@ impl Session {
         })
     }
 
-    fn on_batch(&mut self, batch: v1::Batch) -> Result<Vec<engine_message::Body>, Status> {
+    fn on_batch(&mut self, batch: wire::Batch) -> Result<Vec<engine_message::Body>, Status> {
         let n = batch.records.len();
         let first = batch.first_seq;
         if first == 0 {
@@ -599,7 +599,7 @@ impl Session {
         let Some(handle) = self.handle.as_ref() else {
             return Err(Status::failed_precondition("batch after end of input"));
         };
-        let mut records: Vec<EngineRecord> = batch.records.into_iter().map(Into::into).collect();
+        let mut records = batch.records;
         // The tail this session refuses itself, before the buffer sees it.
         let mut tail: Option<(RejectReason, String, u32)> = None;
         let max = self.shared.max_batch_records as usize;
@@ -615,8 +615,12 @@ impl Session {
         // take free capacity beyond the reservation).
         let plan = self.credit_plan(handle, first, &records);
         if plan.keep < records.len() {
-            let sent = &records[plan.dupes..];
-            let sent_bytes: u64 = sent.iter().map(|r| r.byte_size() as u64).sum();
+            let sent = records.len() - plan.dupes;
+            let sent_bytes: u64 = records
+                .payloads()
+                .skip(plan.dupes)
+                .map(|r| r.byte_size() as u64)
+                .sum();
             let (reason, why) = if self.shared.gate.borrow().closed {
                 (
                     RejectReason::Memory,
@@ -633,7 +637,7 @@ impl Session {
                  the first {} admitted, the rest rejected (not charged)",
                 plan.credit.records,
                 plan.credit.bytes,
-                sent.len(),
+                sent,
                 sent_bytes,
                 plan.keep - plan.dupes,
             );
