@@ -857,7 +857,7 @@ impl<T> BufferManager<T> {
             // fit ≥ 1 here, and first_seq + n - 1 was checked not to overflow.
             s.admitted_through = first_seq + (fit as u64 - 1);
             s.admitted += admitted as u64;
-            stage.ready.push_chunk(chunk);
+            stage.ready.push_chunk(chunk, admitted_bytes);
             stage
                 .queued
                 .add(Credit::new(admitted as u64, admitted_bytes));
@@ -1067,11 +1067,12 @@ impl<T> BufferManager<T> {
                 dst.queued.add(queued);
                 dst.usage.add(moved);
                 if n == pending.records.len() {
-                    dst.ready.push_chunk(std::mem::take(&mut pending.records));
+                    dst.ready
+                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes);
                 } else {
                     let rest = pending.records.split_off(n);
                     dst.ready
-                        .push_chunk(std::mem::replace(&mut pending.records, rest));
+                        .push_chunk(std::mem::replace(&mut pending.records, rest), queued.bytes);
                 }
             }
             if from.is_some() || pending.records.is_empty() {
@@ -1499,7 +1500,16 @@ impl<T> BufferManager<T> {
             );
             sum_stages.add(s.usage.used);
             let q_records = (s.ready.len() + s.delayed.len()) as u64;
-            let q_bytes: u64 = s.ready.iter().map(|r| u64::from(r.size)).sum::<u64>()
+            // Summed record by record, not from the queue's chunk totals,
+            // which are checked against the same sum here.
+            let ready_bytes: u64 = s.ready.iter().map(|r| u64::from(r.size)).sum();
+            if s.ready.bytes() != ready_bytes {
+                problems.push(format!(
+                    "stage {i}: queue chunk totals {} bytes != records {ready_bytes} bytes",
+                    s.ready.bytes()
+                ));
+            }
+            let q_bytes: u64 = ready_bytes
                 + s.delayed
                     .iter()
                     .map(|d| u64::from(d.0.record.size))

@@ -16,7 +16,7 @@ use crate::record::BufferedRecord;
 
 /// FIFO of records in chunks; no chunk is empty.
 pub(crate) struct RecordQueue<T> {
-    chunks: VecDeque<Vec<BufferedRecord<T>>>,
+    chunks: VecDeque<Chunk<T>>,
     /// Total records over all chunks (kept so `len` is O(1)).
     len: usize,
 }
@@ -27,6 +27,21 @@ impl<T> Default for RecordQueue<T> {
             chunks: VecDeque::new(),
             len: 0,
         }
+    }
+}
+
+/// Records queued together, with their total charged size (kept so that a
+/// whole chunk is taken without reading each of its records).
+struct Chunk<T> {
+    records: Vec<BufferedRecord<T>>,
+    /// The sum of the records' `size`s.
+    bytes: u64,
+}
+
+impl<T> Chunk<T> {
+    fn new(records: Vec<BufferedRecord<T>>) -> Self {
+        let bytes = records.iter().map(|r| u64::from(r.size)).sum();
+        Self { records, bytes }
     }
 }
 
@@ -50,29 +65,46 @@ impl<T> RecordQueue<T> {
 
     /// Appends one record.
     pub(crate) fn push_back(&mut self, r: BufferedRecord<T>) {
+        let size = u64::from(r.size);
         match self.chunks.back_mut() {
-            Some(last) if last.len() < last.capacity() => last.push(r),
+            Some(last) if last.records.len() < last.records.capacity() => {
+                last.records.push(r);
+                last.bytes += size;
+            }
             _ => {
-                let mut chunk = Vec::with_capacity(SMALL_CHUNK);
-                chunk.push(r);
-                self.chunks.push_back(chunk);
+                let mut records = Vec::with_capacity(SMALL_CHUNK);
+                records.push(r);
+                self.chunks.push_back(Chunk {
+                    records,
+                    bytes: size,
+                });
             }
         }
         self.len += 1;
     }
 
-    /// Appends a whole batch, in order, without moving its records.
-    pub(crate) fn push_chunk(&mut self, chunk: Vec<BufferedRecord<T>>) {
-        if chunk.is_empty() {
+    /// Appends a whole batch, in order, without moving its records;
+    /// `bytes` is the sum of their sizes (the caller has just counted it).
+    pub(crate) fn push_chunk(&mut self, records: Vec<BufferedRecord<T>>, bytes: u64) {
+        debug_assert_eq!(
+            bytes,
+            records.iter().map(|r| u64::from(r.size)).sum::<u64>()
+        );
+        if records.is_empty() {
             return;
         }
-        self.len += chunk.len();
-        self.chunks.push_back(chunk);
+        self.len += records.len();
+        self.chunks.push_back(Chunk { records, bytes });
     }
 
     /// The records, front to back.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &BufferedRecord<T>> {
-        self.chunks.iter().flatten()
+        self.chunks.iter().flat_map(|c| &c.records)
+    }
+
+    /// The sum of the queued records' sizes.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.bytes).sum()
     }
 
     /// Removes and returns a batch from the front: at most `max_records`
@@ -99,26 +131,38 @@ impl<T> RecordQueue<T> {
             return (out, 0);
         }
         while let Some(chunk) = self.chunks.front() {
-            // How much of this chunk fits after what is already taken.
-            let mut fit = 0;
-            let mut fit_bytes = 0u64;
-            for r in chunk.iter().take(max_records - out.len()) {
-                let size = u64::from(r.size);
-                if out.len() + fit > 0 && bytes + fit_bytes + size > max_bytes {
-                    break;
-                }
-                fit += 1;
-                fit_bytes += size;
-            }
-            if !out.is_empty() && (fit < chunk.len() || out.len().max(chunk.len()) > MERGE_MAX) {
+            let room = max_records - out.len();
+            // How much of this chunk fits after what is already taken: all
+            // of it, known from its totals (the common case, no record
+            // read), or a prefix counted record by record.
+            let (fit, fit_bytes) =
+                if chunk.records.len() <= room && bytes.saturating_add(chunk.bytes) <= max_bytes {
+                    (chunk.records.len(), chunk.bytes)
+                } else {
+                    let mut fit = 0;
+                    let mut fit_bytes = 0u64;
+                    for r in chunk.records.iter().take(room) {
+                        let size = u64::from(r.size);
+                        if out.len() + fit > 0 && bytes + fit_bytes + size > max_bytes {
+                            break;
+                        }
+                        fit += 1;
+                        fit_bytes += size;
+                    }
+                    (fit, fit_bytes)
+                };
+            if !out.is_empty()
+                && (fit < chunk.records.len() || out.len().max(chunk.records.len()) > MERGE_MAX)
+            {
                 // Would need a split, or would copy a large chunk: leave the
                 // chunk for the next batch.
                 break;
             }
-            let Some(mut chunk) = self.chunks.pop_front() else {
+            let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
-            let split = fit < chunk.len();
+            let mut records = chunk.records;
+            let split = fit < records.len();
             if split {
                 // The first chunk alone is too large: cut its tail into
                 // pieces of `fit` records, from the back, and queue them in
@@ -126,9 +170,9 @@ impl<T> RecordQueue<T> {
                 // batches the chunk makes (cutting only the first batch off
                 // would copy the rest again on every take).
                 let mut pieces = Vec::new();
-                while chunk.len() > fit {
-                    let at = fit.max((chunk.len() - 1) / fit * fit);
-                    pieces.push(chunk.split_off(at));
+                while records.len() > fit {
+                    let at = fit.max((records.len() - 1) / fit * fit);
+                    pieces.push(Chunk::new(records.split_off(at)));
                 }
                 for piece in pieces {
                     self.chunks.push_front(piece);
@@ -136,9 +180,9 @@ impl<T> RecordQueue<T> {
             }
             bytes += fit_bytes;
             if out.is_empty() {
-                out = chunk;
+                out = records;
             } else {
-                out.append(&mut chunk);
+                out.append(&mut records);
             }
             if split || out.len() >= max_records {
                 break;
@@ -174,11 +218,11 @@ mod tests {
     #[test]
     fn whole_chunks_are_taken_and_only_a_too_large_first_one_is_split() {
         let mut q = RecordQueue::default();
-        q.push_chunk((1..=5).map(rec).collect());
-        q.push_chunk(Vec::new());
+        q.push_chunk((1..=5).map(rec).collect(), 5);
+        q.push_chunk(Vec::new(), 0);
         q.push_back(rec(6));
         q.push_back(rec(7));
-        q.push_chunk((8..=10).map(rec).collect());
+        q.push_chunk((8..=10).map(rec).collect(), 3);
         assert_eq!(q.len(), 10);
         let all: Vec<u64> = q.iter().map(|r| r.seq).collect();
         assert_eq!(all, (1..=10).collect::<Vec<_>>());
@@ -199,10 +243,10 @@ mod tests {
     #[test]
     fn a_large_chunk_is_cut_into_batch_sized_pieces_once() {
         let mut q = RecordQueue::default();
-        q.push_chunk((1..=10).map(rec).collect());
+        q.push_chunk((1..=10).map(rec).collect(), 10);
         assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![1, 2, 3]);
         // The rest now waits as pieces of 3 (4–6, 7–9) and 1 (10).
-        let pieces: Vec<usize> = q.chunks.iter().map(Vec::len).collect();
+        let pieces: Vec<usize> = q.chunks.iter().map(|c| c.records.len()).collect();
         assert_eq!(pieces, vec![3, 3, 1]);
         assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![4, 5, 6]);
         assert_eq!(seqs(&q.take_batch(100, u64::MAX).0), vec![7, 8, 9, 10]);
@@ -224,7 +268,7 @@ mod tests {
                         let chunk: Vec<_> = (next..next + n as u64).map(rec).collect();
                         model.extend(next..next + n as u64);
                         next += n as u64;
-                        q.push_chunk(chunk);
+                        q.push_chunk(chunk, n as u64);
                     }
                     1 => {
                         q.push_back(rec(next));
@@ -245,7 +289,8 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(q.len(), model.len());
-                proptest::prop_assert!(q.chunks.iter().all(|c| !c.is_empty()));
+                proptest::prop_assert!(q.chunks.iter().all(|c| !c.records.is_empty()));
+                proptest::prop_assert_eq!(q.bytes(), q.iter().map(|r| u64::from(r.size)).sum::<u64>());
             }
         }
     }
