@@ -731,7 +731,9 @@ impl<T> BufferManager<T> {
         if first_seq == 0 {
             return Err(BufferError::ZeroSequence);
         }
-        let mut chunk = payloads.into().records;
+        let pending = payloads.into();
+        let (batch_bytes, largest) = (pending.bytes(), pending.largest());
+        let mut chunk = pending.records;
         let n = chunk.len();
         if n > 0 && first_seq.checked_add(n as u64 - 1).is_none() {
             return Err(BufferError::SequenceOverflow {
@@ -804,7 +806,21 @@ impl<T> BufferManager<T> {
             .bytes
             .min(self.limits.per_stage.bytes)
             .min(self.limits.per_source.bytes);
-        for r in &chunk[skip..] {
+        if skip == 0
+            && largest <= max_size
+            && largest < u64::from(u32::MAX)
+            && res_left.records >= n as u64
+            && res_left.bytes >= batch_bytes
+        {
+            // The common case, decided at once from the batch's totals:
+            // nothing resent, no record too large, and the reservation
+            // covers the whole batch (a source sending within its credit).
+            // The same outcome as the loop below, which would take every
+            // record from the reservation.
+            consumed = Credit::new(n as u64, batch_bytes);
+            fit = n;
+        }
+        for r in &chunk[fit..] {
             let mut size = u64::from(r.size);
             if size == u64::from(u32::MAX) {
                 size = r.payload.byte_size() as u64;

@@ -42,6 +42,11 @@ pub struct Pending<T> {
     /// `admit` fills it in; a `Pending` never hands its records out, so no
     /// placeholder is ever seen.
     pub(crate) records: Vec<BufferedRecord<T>>,
+    /// The sum of the records' sizes, kept as they are pushed, so that
+    /// admission can check a whole batch against a reservation at once.
+    bytes: u64,
+    /// The largest record's size.
+    largest: u32,
     /// The placeholder admission time.
     created: Instant,
 }
@@ -57,6 +62,8 @@ impl<T> Pending<T> {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             records: Vec::with_capacity(n),
+            bytes: 0,
+            largest: 0,
             created: Instant::now(),
         }
     }
@@ -69,6 +76,8 @@ impl<T> Pending<T> {
         // u32::MAX stands for "this size or more" (too large anyway; admit
         // asks the payload again).
         let size = u32::try_from(payload.byte_size()).unwrap_or(u32::MAX);
+        self.bytes += u64::from(size);
+        self.largest = self.largest.max(size);
         self.records.push(BufferedRecord {
             payload,
             seq: 0,
@@ -103,7 +112,21 @@ impl<T> Pending<T> {
 
     /// Keeps the first `n` records and drops the rest.
     pub fn truncate(&mut self, n: usize) {
-        self.records.truncate(n);
+        if n < self.records.len() {
+            self.records.truncate(n);
+            self.bytes = self.sizes().sum();
+            self.largest = self.records.iter().map(|r| r.size).max().unwrap_or(0);
+        }
+    }
+
+    /// The sum of the records' charged sizes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The largest record's charged size (0 when empty).
+    pub fn largest(&self) -> u64 {
+        u64::from(self.largest)
     }
 
     /// The payloads, in order.
@@ -157,7 +180,9 @@ mod tests {
         p.push(vec![3, 3, 3]);
         assert_eq!(p.len(), 3);
         assert_eq!(p.sizes().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!((p.bytes(), p.largest()), (6, 3));
         p.truncate(2);
+        assert_eq!((p.bytes(), p.largest()), (3, 2));
         assert_eq!(p.payloads().count(), 2);
         assert_eq!(p.into_payloads(), vec![vec![1], vec![2, 2]]);
         assert!(Pending::<Vec<u8>>::default().is_empty());

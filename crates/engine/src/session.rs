@@ -504,8 +504,21 @@ impl Session {
             .min(limits.per_stage.bytes)
             .min(limits.per_source.bytes);
         let window_bytes = self.shared.controller.window(SourceState::Normal).bytes;
-        let mut left = credit;
         let mut keep = records.len();
+        if dupes == 0
+            && records.len() as u64 <= credit.records
+            && records.bytes() <= credit.bytes
+            && records.largest() <= max_record
+            && records.largest() < u64::from(u32::MAX)
+        {
+            // The common case, from the batch's totals: all of it is covered.
+            return CreditPlan {
+                dupes,
+                keep,
+                credit,
+            };
+        }
+        let mut left = credit;
         for (i, r) in records.payloads().enumerate().skip(dupes) {
             let size = r.byte_size() as u64;
             if size > max_record {
