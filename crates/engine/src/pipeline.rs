@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::ack::AckHub;
 use crate::record::EngineRecord;
-use crate::sink::{DeadLetterInfo, Sink, SinkRecord};
+use crate::sink::{Sink, SinkBatch, SourceNames};
 use crate::transform::{Outcome, Transform};
 
 /// The buffer manager as the engine instantiates it.
@@ -111,19 +111,6 @@ pub struct WorkerEnv {
 
 /// A batch as the buffer handed it out: whole queued batches, in order.
 type Parts = Vec<Vec<BufferedRecord<EngineRecord>>>;
-
-/// The names of a batch's sources (a handful), looked up once per batch.
-struct SourceNames(Vec<(SourceId, Arc<str>)>);
-
-impl SourceNames {
-    /// The name of `id`, which must be one of the looked-up sources.
-    fn get(&self, id: SourceId) -> &str {
-        self.0
-            .iter()
-            .find(|(s, _)| *s == id)
-            .map_or("?", |(_, name)| name)
-    }
-}
 
 struct Worker {
     env: WorkerEnv,
@@ -354,22 +341,11 @@ impl Worker {
     async fn sink(&self, sink: &Arc<dyn Sink>, parts: Parts) {
         let t = Instant::now();
         let names = self.source_names(parts.iter().flatten().map(|r| r.source()));
-        let recs: Vec<SinkRecord<'_>> = parts
-            .iter()
-            .flatten()
-            .map(|r| SinkRecord {
-                source: names.get(r.source()),
-                seq: r.seq(),
-                record: &r.payload,
-                dead_letter: None,
-            })
-            .collect();
         let result = async {
-            sink.write(&recs).await?;
+            sink.write(SinkBatch::parts(&parts, &names)).await?;
             sink.commit().await
         }
         .await;
-        drop(recs);
         let buffer = &self.env.buffer;
         match result {
             Ok(()) => {
@@ -406,27 +382,12 @@ impl Worker {
             .collect();
         let mut attempt = 0u32;
         loop {
-            let recs: Vec<SinkRecord<'_>> = dead
-                .iter()
-                .zip(&stages)
-                .map(|(d, stage)| SinkRecord {
-                    source: names.get(d.record.source()),
-                    seq: d.record.seq(),
-                    record: &d.record.payload,
-                    dead_letter: Some(DeadLetterInfo {
-                        pipeline: &self.pipeline.name,
-                        stage,
-                        error: &d.error,
-                        retries: d.retries(),
-                    }),
-                })
-                .collect();
+            let batch = SinkBatch::dead_letters(&dead, &stages, &names, &self.pipeline.name);
             let result = async {
-                dl.write(&recs).await?;
+                dl.write(batch).await?;
                 dl.commit().await
             }
             .await;
-            drop(recs);
             match result {
                 Ok(()) => {
                     tracing::info!(pipeline = %self.pipeline.name, records = dead.len(), "records dead-lettered");

@@ -27,6 +27,8 @@ use serde_json::{Map, Value, json};
 use sluice_config::SinkSpec;
 use tokio::io::AsyncWriteExt;
 
+use sluice_buffer::{BufferedRecord, DeadLetter, SourceId};
+
 use crate::record::EngineRecord;
 use crate::transform::hits;
 
@@ -90,7 +92,7 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// A short description (kind and target) for `Admin.Stats` and logs.
     fn describe(&self) -> String;
     /// Writes a batch (not necessarily durable yet).
-    fn write<'a>(&'a self, batch: &'a [SinkRecord<'a>]) -> SinkFuture<'a>;
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a>;
     /// Makes everything written so far durable.
     fn commit(&self) -> SinkFuture<'_>;
 }
@@ -177,6 +179,171 @@ pub fn with_knobs(sink: Arc<dyn Sink>, delay: Duration, fail_rate: f64) -> Arc<d
     })
 }
 
+/// The batch a [`Sink`] writes: its records in order, each made into a
+/// [`SinkRecord`] as it is read.
+///
+/// Why not a slice of `SinkRecord`s: the runtime holds a batch as the parts
+/// the buffer handed out, and building a `SinkRecord` for every record up
+/// front cost every sink a pass and an allocation per batch, also sinks
+/// that read no record (`null`, BENCHMARKS.md). A slice still converts:
+///
+/// ```
+/// use sluice_engine::record::EngineRecord;
+/// use sluice_engine::sink::{SinkBatch, SinkRecord};
+///
+/// let record = EngineRecord::from_payload(&b"{}"[..]);
+/// let records = [SinkRecord { source: "app", seq: 1, record: &record, dead_letter: None }];
+/// let batch = SinkBatch::from(&records[..]);
+/// assert_eq!(batch.len(), 1);
+/// assert_eq!(batch.iter().next().unwrap().seq, 1);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SinkBatch<'a> {
+    inner: Inner<'a>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Inner<'a> {
+    /// Ready-made records.
+    Records(&'a [SinkRecord<'a>]),
+    /// Records as the buffer handed them out.
+    Parts {
+        parts: &'a [Vec<BufferedRecord<EngineRecord>>],
+        names: &'a SourceNames,
+    },
+    /// Dead letters, with the name of the stage each failed at.
+    Dead {
+        dead: &'a [DeadLetter<EngineRecord>],
+        stages: &'a [Arc<str>],
+        names: &'a SourceNames,
+        pipeline: &'a str,
+    },
+}
+
+impl<'a> SinkBatch<'a> {
+    /// A batch of the records in `parts`, in order.
+    pub(crate) fn parts(
+        parts: &'a [Vec<BufferedRecord<EngineRecord>>],
+        names: &'a SourceNames,
+    ) -> Self {
+        Self {
+            inner: Inner::Parts { parts, names },
+            len: parts.iter().map(Vec::len).sum(),
+        }
+    }
+
+    /// A batch of dead letters of `pipeline`; `stages[i]` names the stage
+    /// where `dead[i]` failed.
+    pub(crate) fn dead_letters(
+        dead: &'a [DeadLetter<EngineRecord>],
+        stages: &'a [Arc<str>],
+        names: &'a SourceNames,
+        pipeline: &'a str,
+    ) -> Self {
+        Self {
+            inner: Inner::Dead {
+                dead,
+                stages,
+                names,
+                pipeline,
+            },
+            len: dead.len(),
+        }
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = SinkRecord<'a>> + 'a {
+        match self.inner {
+            Inner::Records(records) => Iter::Records(records.iter()),
+            Inner::Parts { parts, names } => Iter::Parts(parts.iter().flatten(), names),
+            Inner::Dead {
+                dead,
+                stages,
+                names,
+                pipeline,
+            } => Iter::Dead(dead.iter().zip(stages), names, pipeline),
+        }
+    }
+}
+
+/// [`SinkBatch::iter`].
+enum Iter<'a> {
+    Records(std::slice::Iter<'a, SinkRecord<'a>>),
+    Parts(
+        std::iter::Flatten<std::slice::Iter<'a, Vec<BufferedRecord<EngineRecord>>>>,
+        &'a SourceNames,
+    ),
+    Dead(
+        std::iter::Zip<
+            std::slice::Iter<'a, DeadLetter<EngineRecord>>,
+            std::slice::Iter<'a, Arc<str>>,
+        >,
+        &'a SourceNames,
+        &'a str,
+    ),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = SinkRecord<'a>;
+
+    fn next(&mut self) -> Option<SinkRecord<'a>> {
+        match self {
+            Iter::Records(records) => records.next().copied(),
+            Iter::Parts(records, names) => records.next().map(|r| SinkRecord {
+                source: names.get(r.source()),
+                seq: r.seq(),
+                record: &r.payload,
+                dead_letter: None,
+            }),
+            Iter::Dead(dead, names, pipeline) => dead.next().map(|(d, stage)| SinkRecord {
+                source: names.get(d.record.source()),
+                seq: d.record.seq(),
+                record: &d.record.payload,
+                dead_letter: Some(DeadLetterInfo {
+                    pipeline,
+                    stage,
+                    error: &d.error,
+                    retries: d.retries(),
+                }),
+            }),
+        }
+    }
+}
+
+impl<'a> From<&'a [SinkRecord<'a>]> for SinkBatch<'a> {
+    fn from(records: &'a [SinkRecord<'a>]) -> Self {
+        Self {
+            inner: Inner::Records(records),
+            len: records.len(),
+        }
+    }
+}
+
+/// The names of a batch's sources (a handful), looked up once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct SourceNames(pub(crate) Vec<(SourceId, Arc<str>)>);
+
+impl SourceNames {
+    /// The name of `id`, which should be one of the looked-up sources.
+    pub(crate) fn get(&self, id: SourceId) -> &str {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
 /// The `delay` / `fail_rate` test knobs around another sink: a pause before
 /// each batch, and a deterministic fraction of batches that fail.
 #[derive(Debug)]
@@ -196,7 +363,7 @@ impl Sink for Knobs {
             self.fail_rate
         )
     }
-    fn write<'a>(&'a self, batch: &'a [SinkRecord<'a>]) -> SinkFuture<'a> {
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
         Box::pin(async move {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
@@ -221,7 +388,7 @@ impl Sink for NullSink {
     fn describe(&self) -> String {
         "null".into()
     }
-    fn write<'a>(&'a self, _batch: &'a [SinkRecord<'a>]) -> SinkFuture<'a> {
+    fn write<'a>(&'a self, _batch: SinkBatch<'a>) -> SinkFuture<'a> {
         Box::pin(async { Ok(()) })
     }
     fn commit(&self) -> SinkFuture<'_> {
@@ -237,11 +404,11 @@ impl Sink for StdoutSink {
     fn describe(&self) -> String {
         "stdout".into()
     }
-    fn write<'a>(&'a self, batch: &'a [SinkRecord<'a>]) -> SinkFuture<'a> {
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
         Box::pin(async move {
             let mut buf = Vec::new();
-            for r in batch {
-                buf.extend(json_line(r));
+            for r in batch.iter() {
+                buf.extend(json_line(&r));
             }
             tokio::io::stdout()
                 .write_all(&buf)
@@ -372,12 +539,12 @@ impl Sink for FileSink {
         format!("file {}/{}-*.jsonl", self.dir.display(), self.prefix)
     }
 
-    fn write<'a>(&'a self, batch: &'a [SinkRecord<'a>]) -> SinkFuture<'a> {
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
         Box::pin(async move {
             let mut st = self.state.lock().await;
             let mut pending: Vec<u8> = Vec::new();
-            for r in batch {
-                let line = json_line(r);
+            for r in batch.iter() {
+                let line = json_line(&r);
                 let size = st.size + pending.len() as u64;
                 if size > 0 && size + line.len() as u64 > self.rotate_bytes {
                     let chunk = std::mem::take(&mut pending);
@@ -456,9 +623,9 @@ mod tests {
                 dead_letter: None,
             })
             .collect();
-        sink.write(&batch[..5]).await.unwrap();
+        sink.write(batch[..5].into()).await.unwrap();
         sink.commit().await.unwrap();
-        sink.write(&batch[5..]).await.unwrap();
+        sink.write(batch[5..].into()).await.unwrap();
         sink.commit().await.unwrap();
         let files = lines(dir.path());
         assert!(files.len() > 1, "rotation expected: {files:?}");
@@ -486,7 +653,7 @@ mod tests {
         // A new sink on the same directory starts a new file.
         let again = FileSink::open(dir.path(), "records", 200, false).unwrap();
         let n_before = lines(dir.path()).len();
-        again.write(&batch[..1]).await.unwrap();
+        again.write(batch[..1].into()).await.unwrap();
         again.commit().await.unwrap();
         assert_eq!(lines(dir.path()).len(), n_before + 1);
     }
@@ -516,7 +683,7 @@ mod tests {
                 retries: 3,
             }),
         }];
-        sink.write(&batch).await.unwrap();
+        sink.write(batch[..].into()).await.unwrap();
         sink.commit().await.unwrap();
         let files = lines(dir.path());
         let v = &files[0].1[0];
@@ -540,17 +707,17 @@ mod tests {
             dead_letter: None,
         }];
         assert!(matches!(
-            all_fail.write(&batch).await,
+            all_fail.write(batch[..].into()).await,
             Err(SinkError::Injected(_))
         ));
         let slow = with_knobs(Arc::new(NullSink), Duration::from_millis(30), 0.0);
         let t = std::time::Instant::now();
-        slow.write(&batch).await.unwrap();
+        slow.write(batch[..].into()).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(30));
         let half = with_knobs(Arc::new(NullSink), Duration::ZERO, 0.5);
         let mut failed = 0;
         for _ in 0..200 {
-            failed += half.write(&batch).await.is_err() as usize;
+            failed += half.write(batch[..].into()).await.is_err() as usize;
         }
         assert!((60..140).contains(&failed), "{failed}");
     }

@@ -469,7 +469,7 @@ impl sluice_engine::sink::Sink for BatchSizes {
     }
     fn write<'a>(
         &'a self,
-        batch: &'a [sluice_engine::sink::SinkRecord<'a>],
+        batch: sluice_engine::sink::SinkBatch<'a>,
     ) -> sluice_engine::sink::SinkFuture<'a> {
         self.sizes.lock().unwrap().push(batch.len());
         Box::pin(async move {
