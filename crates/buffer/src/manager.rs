@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::pending::Pending;
+use crate::pending::{Entry, Laid, Pending};
 use crate::queue::RecordQueue;
 use crate::sync::Mutex;
 use tokio::sync::Notify;
@@ -732,9 +732,7 @@ impl<T> BufferManager<T> {
             return Err(BufferError::ZeroSequence);
         }
         let pending = payloads.into();
-        let (batch_bytes, largest) = (pending.bytes(), pending.largest());
-        let mut chunk = pending.records;
-        let n = chunk.len();
+        let n = pending.len();
         if n > 0 && first_seq.checked_add(n as u64 - 1).is_none() {
             return Err(BufferError::SequenceOverflow {
                 first: first_seq,
@@ -742,7 +740,7 @@ impl<T> BufferManager<T> {
             });
         }
         // The source's route never changes after registration.
-        let (entry, pipeline) = {
+        let (stage, pipeline) = {
             let st = self.state.lock();
             let s = st
                 .sources
@@ -750,18 +748,22 @@ impl<T> BufferManager<T> {
                 .ok_or(BufferError::UnknownSource(source))?;
             (s.entry, s.pipeline)
         };
-        // Fill in the bookkeeping outside the critical section (the sizes
-        // were taken at push), so that the lock is held only to decide what
+        // Lay the records out (or fill in their bookkeeping) outside the
+        // critical section, so that the lock is held only to decide what
         // fits and to queue them: sessions admit while stage workers take
         // and complete.
-        let now = Instant::now();
-        for (i, r) in chunk.iter_mut().enumerate() {
-            r.seq = first_seq + i as u64;
-            r.source = source;
-            r.pipeline = pipeline;
-            r.stage = entry;
-            r.buffered_at = now;
-        }
+        let Laid {
+            records: mut chunk,
+            bytes: batch_bytes,
+            largest,
+        } = pending.lay_out(&Entry {
+            first_seq,
+            source,
+            pipeline,
+            stage,
+            now: Instant::now(),
+        });
+        let entry = stage;
         let mut guard = self.state.lock();
         if guard.shutdown {
             return Err(BufferError::Closed);

@@ -1,23 +1,25 @@
-//! Records built for admission, already in the buffer's record layout.
+//! Records on their way into `admit`, possibly already in the buffer's
+//! record layout.
 
 use std::time::Instant;
 
 use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 
-/// Payloads on their way into [`BufferManager::admit`](crate::BufferManager::admit),
-/// stored in the layout the stage queues keep them in.
+/// Payloads on their way into [`BufferManager::admit`](crate::BufferManager::admit):
+/// a `Vec<T>` as it is, or a batch built straight into the layout the
+/// stage queues keep records in.
 ///
 /// Why it exists: a queued record is a [`BufferedRecord`], the payload plus
-/// the buffer's bookkeeping. Admitting a `Vec<T>` means writing every record
-/// a second time into a new allocation; a receiver that builds its payloads
-/// straight into a `Pending` (one [`push`](Self::push) per decoded record)
-/// has them admitted in place: `admit` fills in the bookkeeping and queues
-/// the allocation as it is. At millions of records per second that copy was
-/// the largest single cost of admission (see BENCHMARKS.md).
+/// the buffer's bookkeeping. Admitting a `Vec<T>` writes every record once
+/// more, into a new allocation. A receiver that builds its payloads straight
+/// into a `Pending` (one [`push`](Self::push) per decoded record, into a
+/// `Pending` made [`with_capacity`](Self::with_capacity)) has them admitted
+/// in place: `admit` fills in the bookkeeping and queues the allocation as
+/// it is. The engine's gRPC decoder does this (see BENCHMARKS.md).
 ///
-/// The charged size of each payload ([`ByteSize`]) is taken at `push`.
-/// A `Vec<T>` converts into a `Pending` (with that copy), so `admit` takes
-/// either.
+/// A `Vec<T>` converts into a `Pending` for free and is laid out by `admit`
+/// in one pass, so `admit` takes either. The charged size of each payload
+/// ([`ByteSize`]) is taken at `push`, or at admission for a `Vec`.
 ///
 /// ```
 /// use sluice_buffer::{BufferManager, Limits, Pending};
@@ -35,20 +37,47 @@ use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 /// assert_eq!(batch.sizes().sum::<u64>(), 3);
 /// let out = buffer.admit(app, 1, batch).unwrap();
 /// assert_eq!((out.admitted, out.admitted_bytes), (2, 3));
+/// let out = buffer.admit(app, 3, vec!["def".to_string()]).unwrap();
+/// assert_eq!((out.admitted, out.admitted_bytes), (1, 3));
 /// ```
 #[derive(Debug)]
-pub struct Pending<T> {
-    /// Bookkeeping other than `payload` and `size` is a placeholder until
-    /// `admit` fills it in; a `Pending` never hands its records out, so no
-    /// placeholder is ever seen.
+pub struct Pending<T>(Kind<T>);
+
+#[derive(Debug)]
+enum Kind<T> {
+    /// Payloads as handed in; laid out at admission.
+    Payloads(Vec<T>),
+    /// Records in the queues' layout. Bookkeeping other than `payload` and
+    /// `size` is a placeholder until `admit` fills it in; a `Pending` never
+    /// hands its records out, so no placeholder is ever seen.
+    Records {
+        records: Vec<BufferedRecord<T>>,
+        /// The sum of the records' sizes, kept as they are pushed, so that
+        /// admission can check a whole batch against a reservation at once.
+        bytes: u64,
+        /// The largest record's size.
+        largest: u32,
+        /// The placeholder admission time.
+        created: Instant,
+    },
+}
+
+/// Where and when admitted records enter: what `admit` fills in.
+pub(crate) struct Entry {
+    pub(crate) first_seq: u64,
+    pub(crate) source: SourceId,
+    pub(crate) pipeline: PipelineId,
+    pub(crate) stage: StageId,
+    pub(crate) now: Instant,
+}
+
+/// Admitted records in the queues' layout, with their totals.
+pub(crate) struct Laid<T> {
     pub(crate) records: Vec<BufferedRecord<T>>,
-    /// The sum of the records' sizes, kept as they are pushed, so that
-    /// admission can check a whole batch against a reservation at once.
-    bytes: u64,
-    /// The largest record's size.
-    largest: u32,
-    /// The placeholder admission time.
-    created: Instant,
+    /// The sum of their sizes.
+    pub(crate) bytes: u64,
+    /// The largest size.
+    pub(crate) largest: u64,
 }
 
 impl<T> Default for Pending<T> {
@@ -60,96 +89,203 @@ impl<T> Default for Pending<T> {
 impl<T> Pending<T> {
     /// An empty batch with room for `n` records.
     pub fn with_capacity(n: usize) -> Self {
-        Self {
+        Self(Kind::Records {
             records: Vec::with_capacity(n),
             bytes: 0,
             largest: 0,
             created: Instant::now(),
-        }
+        })
     }
 
     /// Appends a payload, taking its charged size now.
+    #[inline]
     pub fn push(&mut self, payload: T)
     where
         T: ByteSize,
     {
-        // u32::MAX stands for "this size or more" (too large anyway; admit
-        // asks the payload again).
-        let size = u32::try_from(payload.byte_size()).unwrap_or(u32::MAX);
-        self.bytes += u64::from(size);
-        self.largest = self.largest.max(size);
-        self.records.push(BufferedRecord {
-            payload,
-            seq: 0,
-            source: SourceId(0),
-            pipeline: PipelineId(0),
-            stage: StageId(0),
-            size,
-            buffered_at: self.created,
-            retry: None,
-        });
+        if let Kind::Payloads(payloads) = &mut self.0 {
+            // Appending to a converted `Vec`: keep it one (rare).
+            payloads.push(payload);
+            return;
+        }
+        if let Kind::Records {
+            records,
+            bytes,
+            largest,
+            created,
+        } = &mut self.0
+        {
+            let size = charged_size(&payload);
+            *bytes += u64::from(size);
+            *largest = (*largest).max(size);
+            records.push(placeholder(payload, size, *created));
+        }
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
-        self.records.len()
+        match &self.0 {
+            Kind::Payloads(p) => p.len(),
+            Kind::Records { records, .. } => records.len(),
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
     /// Makes room for at least `additional` more records.
     pub fn reserve(&mut self, additional: usize) {
-        self.records.reserve(additional);
+        match &mut self.0 {
+            Kind::Payloads(p) => p.reserve(additional),
+            Kind::Records { records, .. } => records.reserve(additional),
+        }
     }
 
     /// How many records fit without reallocating.
     pub fn capacity(&self) -> usize {
-        self.records.capacity()
+        match &self.0 {
+            Kind::Payloads(p) => p.capacity(),
+            Kind::Records { records, .. } => records.capacity(),
+        }
     }
 
     /// Keeps the first `n` records and drops the rest.
     pub fn truncate(&mut self, n: usize) {
-        if n < self.records.len() {
-            self.records.truncate(n);
-            self.bytes = self.sizes().sum();
-            self.largest = self.records.iter().map(|r| r.size).max().unwrap_or(0);
+        match &mut self.0 {
+            Kind::Payloads(p) => p.truncate(n),
+            Kind::Records {
+                records,
+                bytes,
+                largest,
+                ..
+            } => {
+                if n < records.len() {
+                    records.truncate(n);
+                    *bytes = records.iter().map(|r| u64::from(r.size)).sum();
+                    *largest = records.iter().map(|r| r.size).max().unwrap_or(0);
+                }
+            }
         }
-    }
-
-    /// The sum of the records' charged sizes.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// The largest record's charged size (0 when empty).
-    pub fn largest(&self) -> u64 {
-        u64::from(self.largest)
     }
 
     /// The payloads, in order.
     pub fn payloads(&self) -> impl ExactSizeIterator<Item = &T> {
-        self.records.iter().map(|r| &r.payload)
+        let (payloads, records): (&[T], &[BufferedRecord<T>]) = match &self.0 {
+            Kind::Payloads(p) => (p, &[]),
+            Kind::Records { records, .. } => (&[], records),
+        };
+        // One of the two is empty.
+        Payloads {
+            payloads: payloads.iter(),
+            records: records.iter(),
+        }
     }
 
     /// The charged size of each record, in order (`u32::MAX` for a payload
     /// of 4 GiB or more).
-    pub fn sizes(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.records.iter().map(|r| u64::from(r.size))
+    pub fn sizes(&self) -> impl ExactSizeIterator<Item = u64> + '_
+    where
+        T: ByteSize,
+    {
+        let (payloads, records): (&[T], &[BufferedRecord<T>]) = match &self.0 {
+            Kind::Payloads(p) => (p, &[]),
+            Kind::Records { records, .. } => (&[], records),
+        };
+        Sizes {
+            payloads: payloads.iter(),
+            records: records.iter(),
+        }
+    }
+
+    /// The sum of the records' charged sizes.
+    pub fn bytes(&self) -> u64
+    where
+        T: ByteSize,
+    {
+        match &self.0 {
+            Kind::Payloads(_) => self.sizes().sum(),
+            Kind::Records { bytes, .. } => *bytes,
+        }
+    }
+
+    /// The largest record's charged size (0 when empty).
+    pub fn largest(&self) -> u64
+    where
+        T: ByteSize,
+    {
+        match &self.0 {
+            Kind::Payloads(_) => self.sizes().max().unwrap_or(0),
+            Kind::Records { largest, .. } => u64::from(*largest),
+        }
     }
 
     /// Takes the payloads back out.
     pub fn into_payloads(self) -> Vec<T> {
-        self.records.into_iter().map(|r| r.payload).collect()
+        match self.0 {
+            Kind::Payloads(p) => p,
+            Kind::Records { records, .. } => records.into_iter().map(|r| r.payload).collect(),
+        }
+    }
+
+    /// The records with their bookkeeping filled in from `entry`: a
+    /// `Vec<T>` laid out in one pass, a built batch filled in in place.
+    pub(crate) fn lay_out(self, entry: &Entry) -> Laid<T>
+    where
+        T: ByteSize,
+    {
+        let fill = |i: usize, r: &mut BufferedRecord<T>| {
+            r.seq = entry.first_seq + i as u64;
+            r.source = entry.source;
+            r.pipeline = entry.pipeline;
+            r.stage = entry.stage;
+            r.buffered_at = entry.now;
+        };
+        match self.0 {
+            Kind::Payloads(payloads) => {
+                let (mut bytes, mut largest) = (0u64, 0u32);
+                let records = payloads
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, payload)| {
+                        let size = charged_size(&payload);
+                        bytes += u64::from(size);
+                        largest = largest.max(size);
+                        let mut r = placeholder(payload, size, entry.now);
+                        fill(i, &mut r);
+                        r
+                    })
+                    .collect();
+                Laid {
+                    records,
+                    bytes,
+                    largest: u64::from(largest),
+                }
+            }
+            Kind::Records {
+                mut records,
+                bytes,
+                largest,
+                ..
+            } => {
+                for (i, r) in records.iter_mut().enumerate() {
+                    fill(i, r);
+                }
+                Laid {
+                    records,
+                    bytes,
+                    largest: u64::from(largest),
+                }
+            }
+        }
     }
 }
 
 impl<T: ByteSize> Extend<T> for Pending<T> {
     fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
         let iter = iter.into_iter();
-        self.records.reserve(iter.size_hint().0);
+        self.reserve(iter.size_hint().0);
         for payload in iter {
             self.push(payload);
         }
@@ -164,9 +300,74 @@ impl<T: ByteSize> FromIterator<T> for Pending<T> {
     }
 }
 
-impl<T: ByteSize> From<Vec<T>> for Pending<T> {
+impl<T> From<Vec<T>> for Pending<T> {
     fn from(payloads: Vec<T>) -> Self {
-        payloads.into_iter().collect()
+        Self(Kind::Payloads(payloads))
+    }
+}
+
+/// [`Pending::payloads`]: one of the two slices is empty.
+struct Payloads<'a, T> {
+    payloads: std::slice::Iter<'a, T>,
+    records: std::slice::Iter<'a, BufferedRecord<T>>,
+}
+
+impl<'a, T> Iterator for Payloads<'a, T> {
+    type Item = &'a T;
+    fn next(&mut self) -> Option<&'a T> {
+        self.payloads
+            .next()
+            .or_else(|| self.records.next().map(|r| &r.payload))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.payloads.len() + self.records.len();
+        (n, Some(n))
+    }
+}
+
+impl<T> ExactSizeIterator for Payloads<'_, T> {}
+
+/// [`Pending::sizes`]: one of the two slices is empty.
+struct Sizes<'a, T> {
+    payloads: std::slice::Iter<'a, T>,
+    records: std::slice::Iter<'a, BufferedRecord<T>>,
+}
+
+impl<T: ByteSize> Iterator for Sizes<'_, T> {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.payloads
+            .next()
+            .map(|p| u64::from(charged_size(p)))
+            .or_else(|| self.records.next().map(|r| u64::from(r.size)))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.payloads.len() + self.records.len();
+        (n, Some(n))
+    }
+}
+
+impl<T: ByteSize> ExactSizeIterator for Sizes<'_, T> {}
+
+/// The size a payload is charged for; u32::MAX stands for "this size or
+/// more" (too large anyway; admit asks the payload again).
+#[inline]
+fn charged_size<T: ByteSize>(payload: &T) -> u32 {
+    u32::try_from(payload.byte_size()).unwrap_or(u32::MAX)
+}
+
+/// A record whose bookkeeping (but its size) `admit` fills in.
+#[inline]
+fn placeholder<T>(payload: T, size: u32, created: Instant) -> BufferedRecord<T> {
+    BufferedRecord {
+        payload,
+        seq: 0,
+        source: SourceId(0),
+        pipeline: PipelineId(0),
+        stage: StageId(0),
+        size,
+        buffered_at: created,
+        retry: None,
     }
 }
 
@@ -175,16 +376,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_are_taken_at_push_and_payloads_come_back_in_order() {
-        let mut p: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into();
-        p.push(vec![3, 3, 3]);
-        assert_eq!(p.len(), 3);
-        assert_eq!(p.sizes().collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!((p.bytes(), p.largest()), (6, 3));
-        p.truncate(2);
-        assert_eq!((p.bytes(), p.largest()), (3, 2));
-        assert_eq!(p.payloads().count(), 2);
-        assert_eq!(p.into_payloads(), vec![vec![1], vec![2, 2]]);
+    fn both_forms_report_the_same_sizes_and_payloads() {
+        let built: Pending<Vec<u8>> = vec![vec![1], vec![2, 2], vec![3, 3, 3]]
+            .into_iter()
+            .collect();
+        let converted: Pending<Vec<u8>> = vec![vec![1], vec![2, 2], vec![3, 3, 3]].into();
+        for mut p in [built, converted] {
+            assert_eq!(p.len(), 3);
+            assert_eq!(p.sizes().collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!((p.bytes(), p.largest()), (6, 3));
+            p.truncate(2);
+            assert_eq!((p.bytes(), p.largest()), (3, 2));
+            assert_eq!(p.payloads().count(), 2);
+            p.push(vec![4]);
+            assert_eq!((p.bytes(), p.largest(), p.len()), (4, 2, 3));
+            assert_eq!(p.into_payloads(), vec![vec![1], vec![2, 2], vec![4]]);
+        }
         assert!(Pending::<Vec<u8>>::default().is_empty());
+    }
+
+    #[test]
+    fn both_forms_are_laid_out_alike() {
+        let entry = Entry {
+            first_seq: 7,
+            source: SourceId(1),
+            pipeline: PipelineId(2),
+            stage: StageId(3),
+            now: Instant::now(),
+        };
+        let built: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into_iter().collect();
+        let converted: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into();
+        for p in [built, converted] {
+            let laid = p.lay_out(&entry);
+            assert_eq!((laid.bytes, laid.largest), (3, 2));
+            let got: Vec<_> = laid
+                .records
+                .iter()
+                .map(|r| (r.seq, r.source, r.pipeline, r.stage, r.size, r.buffered_at))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (7, SourceId(1), PipelineId(2), StageId(3), 1, entry.now),
+                    (8, SourceId(1), PipelineId(2), StageId(3), 2, entry.now),
+                ]
+            );
+        }
     }
 }
