@@ -18,14 +18,13 @@ pub(crate) fn runtime(
         })
 }
 
-/// Logging for the client-side commands (`send`, `demo`): warnings and
-/// errors on stderr, `SLUICE_LOG` to change the filter; never fails if a
-/// subscriber is already installed.
+/// Logging for the client-side commands (`send`, `demo`): the engine's
+/// set-up ([`crate::logging::init`]: `RUST_LOG`, `--log-format`) with
+/// warnings and errors by default, on stderr; a no-op if a subscriber is
+/// already installed.
 pub(crate) fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(&sluice_config::LogSettings {
+        filter: "warn".to_owned(),
+        ..Default::default()
+    });
 }
