@@ -323,8 +323,11 @@ where
         }
         Box::pin(async move {
             let max = service.shared.settings.server.max_message_bytes;
-            let mut grpc = tonic::server::Grpc::new(wire::IngestCodec)
-                .apply_max_message_size_config(Some(max), Some(max));
+            let codec = wire::IngestCodec {
+                max_records: service.shared.max_batch_records as usize,
+            };
+            let mut grpc =
+                tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));
             Ok(grpc.streaming(StreamCall(service), req).await)
         })
     }

@@ -576,7 +576,8 @@ impl Session {
     }
 
     fn on_batch(&mut self, batch: wire::Batch) -> Result<Vec<engine_message::Body>, Status> {
-        let n = batch.records.len();
+        // The decoder kept at most `max_batch_records` and counted the rest.
+        let n = batch.records.len() + batch.beyond;
         let first = batch.first_seq;
         if first == 0 {
             return Err(Status::invalid_argument(
@@ -616,7 +617,7 @@ impl Session {
         // The tail this session refuses itself, before the buffer sees it.
         let mut tail: Option<(RejectReason, String, u32)> = None;
         let max = self.shared.max_batch_records as usize;
-        if records.len() > max {
+        if n > max {
             records.truncate(max);
             tail = Some((
                 RejectReason::BatchTooLarge,

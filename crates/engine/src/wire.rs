@@ -55,14 +55,24 @@ pub(crate) enum Body {
 pub(crate) struct Batch {
     /// The sequence number of the first record.
     pub(crate) first_seq: u64,
-    /// The records, ready to admit.
+    /// The records, ready to admit: at most the decoder's `max_records`.
     pub(crate) records: Pending<EngineRecord>,
+    /// Records past `max_records`: decoded (so a malformed one still fails
+    /// the message, as with prost) and counted, but not kept. A batch that
+    /// large is refused past the limit anyway (`BATCH_TOO_LARGE`), and
+    /// keeping its records would let one message of `max_message_bytes`
+    /// of 2-byte empty records allocate 64 times its size (128 bytes per
+    /// record).
+    pub(crate) beyond: usize,
 }
 
 /// The codec of the engine's `Ingest` service: responses are encoded by
-/// prost, requests decoded by [`IngestDecoder`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct IngestCodec;
+/// prost, requests decoded by [`IngestDecoder`], keeping at most
+/// `max_records` records of a batch (`Opened.max_batch_records`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IngestCodec {
+    pub(crate) max_records: usize,
+}
 
 impl Codec for IngestCodec {
     type Encode = v1::EngineMessage;
@@ -75,27 +85,36 @@ impl Codec for IngestCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        IngestDecoder
+        IngestDecoder {
+            max_records: self.max_records,
+        }
     }
 }
 
-/// Decodes one `SourceMessage` per gRPC frame.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct IngestDecoder;
+/// Decodes one `SourceMessage` per gRPC frame, keeping at most
+/// `max_records` records of a batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IngestDecoder {
+    max_records: usize,
+}
 
 impl Decoder for IngestDecoder {
     type Item = Inbound;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Inbound>, Status> {
-        decode_source_message(buf)
+        decode_source_message(buf, self.max_records)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
-/// Decodes a whole `SourceMessage` from `buf` (all of it).
-pub(crate) fn decode_source_message(buf: &mut impl Buf) -> Result<Inbound, DecodeError> {
+/// Decodes a whole `SourceMessage` from `buf` (all of it), keeping at most
+/// `max_records` records of a batch (see [`Batch::beyond`]).
+pub(crate) fn decode_source_message(
+    buf: &mut impl Buf,
+    max_records: usize,
+) -> Result<Inbound, DecodeError> {
     let ctx = DecodeContext::default();
     let mut body: Inbound = None;
     while buf.has_remaining() {
@@ -117,7 +136,7 @@ pub(crate) fn decode_source_message(buf: &mut impl Buf) -> Result<Inbound, Decod
                     Some(Body::Batch(batch)) => batch,
                     _ => Batch::default(),
                 };
-                merge_batch(wire_type, &mut batch, buf, ctx.clone())
+                merge_batch(wire_type, &mut batch, buf, ctx.clone(), max_records)
                     .map_err(|e| at(e, "SourceMessage", "body"))?;
                 body = Some(Body::Batch(batch));
             }
@@ -139,9 +158,11 @@ fn merge_batch(
     batch: &mut Batch,
     buf: &mut impl Buf,
     ctx: DecodeContext,
+    max_records: usize,
 ) -> Result<(), DecodeError> {
     check_wire_type(WireType::LengthDelimited, wire_type)?;
-    batch.records.reserve(count_records(buf.chunk()));
+    let room = max_records.saturating_sub(batch.records.len());
+    batch.records.reserve(count_records(buf.chunk()).min(room));
     // The records' keys and payloads are slices of the buffer they are
     // decoded from, each holding a reference count on it. Decoded from
     // tonic's receive buffer, they would all share one count for as long
@@ -152,9 +173,9 @@ fn merge_batch(
     if let Some(framed) = framed_len(buf.chunk()) {
         let mut own = Bytes::from_owner(OwnLine(buf.chunk()[..framed].to_vec()));
         buf.advance(framed);
-        return merge_batch_fields(batch, &mut own, ctx);
+        return merge_batch_fields(batch, &mut own, ctx, max_records);
     }
-    merge_batch_fields(batch, buf, ctx)
+    merge_batch_fields(batch, buf, ctx, max_records)
 }
 
 /// A batch's copy, as the owner of its records' slices. The alignment
@@ -186,6 +207,7 @@ fn merge_batch_fields(
     batch: &mut Batch,
     buf: &mut impl Buf,
     ctx: DecodeContext,
+    max_records: usize,
 ) -> Result<(), DecodeError> {
     merge_loop(batch, buf, ctx, |batch, buf, ctx| {
         let (tag, wire_type) = decode_key(buf)?;
@@ -196,7 +218,11 @@ fn merge_batch_fields(
                 check_wire_type(WireType::LengthDelimited, wire_type)
                     .map_err(|e| at(e, "Batch", "records"))?;
                 let record = decode_record(buf, ctx).map_err(|e| at(e, "Batch", "records"))?;
-                batch.records.push(record);
+                if batch.records.len() < max_records {
+                    batch.records.push(record);
+                } else {
+                    batch.beyond += 1;
+                }
                 Ok(())
             }
             _ => skip_field(wire_type, tag, buf, ctx),
@@ -315,7 +341,7 @@ mod tests {
 
     /// What this module's decoder makes of `bytes`.
     fn with_ours(mut bytes: impl Buf) -> Decoded {
-        let m = decode_source_message(&mut bytes).map_err(|_| ())?;
+        let m = decode_source_message(&mut bytes, usize::MAX).map_err(|_| ())?;
         Ok(m.map(|b| match b {
             Body::Open(o) => (Some(o), 0, Vec::new()),
             Body::Batch(b) => (None, b.first_seq, b.records.into_payloads()),
@@ -444,10 +470,23 @@ mod tests {
         assert_eq!(count_records(&batch[1..]), 100);
         assert_eq!(count_records(&batch[1..batch.len() - 1]), 0, "cut short");
         let mut buf = &batch[..];
-        let Some(Body::Batch(b)) = decode_source_message(&mut buf).unwrap() else {
+        let Some(Body::Batch(b)) = decode_source_message(&mut buf, usize::MAX).unwrap() else {
             panic!("not a batch");
         };
         assert_eq!(b.records.len(), 100);
         assert_eq!(b.records.capacity(), 100);
+        // With a limit, the rest is counted, not kept (nor reserved for).
+        let mut buf = &batch[..];
+        let Some(Body::Batch(b)) = decode_source_message(&mut buf, 10).unwrap() else {
+            panic!("not a batch");
+        };
+        assert_eq!((b.records.len(), b.beyond), (10, 90));
+        assert_eq!(b.records.capacity(), 10);
+        // A malformed record past the limit still fails the message.
+        let mut bad = batch.clone();
+        let last = bad.len() - 1;
+        bad[last - 10] = 15; // the last payload claims more bytes than its record has
+        assert!(decode_source_message(&mut &bad[..], 10).is_err());
+        assert!(with_prost(&bad).is_err());
     }
 }
