@@ -740,7 +740,7 @@ impl<T> BufferManager<T> {
             });
         }
         // The source's route never changes after registration.
-        let (stage, pipeline) = {
+        let (entry, pipeline) = {
             let st = self.state.lock();
             let s = st
                 .sources
@@ -760,10 +760,9 @@ impl<T> BufferManager<T> {
             first_seq,
             source,
             pipeline,
-            stage,
+            stage: entry,
             now: Instant::now(),
         });
-        let entry = stage;
         let mut guard = self.state.lock();
         if guard.shutdown {
             return Err(BufferError::Closed);

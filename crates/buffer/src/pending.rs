@@ -171,31 +171,30 @@ impl<T> Pending<T> {
     }
 
     /// The payloads, in order.
-    pub fn payloads(&self) -> impl ExactSizeIterator<Item = &T> {
-        let (payloads, records): (&[T], &[BufferedRecord<T>]) = match &self.0 {
-            Kind::Payloads(p) => (p, &[]),
-            Kind::Records { records, .. } => (&[], records),
-        };
-        // One of the two is empty.
-        Payloads {
-            payloads: payloads.iter(),
-            records: records.iter(),
-        }
+    pub fn payloads(&self) -> impl Iterator<Item = &T> {
+        let (payloads, records) = self.forms();
+        payloads.iter().chain(records.iter().map(|r| &r.payload))
     }
 
     /// The charged size of each record, in order (`u32::MAX` for a payload
     /// of 4 GiB or more).
-    pub fn sizes(&self) -> impl ExactSizeIterator<Item = u64> + '_
+    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_
     where
         T: ByteSize,
     {
-        let (payloads, records): (&[T], &[BufferedRecord<T>]) = match &self.0 {
+        let (payloads, records) = self.forms();
+        payloads
+            .iter()
+            .map(|p| u64::from(charged_size(p)))
+            .chain(records.iter().map(|r| u64::from(r.size)))
+    }
+
+    /// The records as payloads or as laid-out records: one of the two is
+    /// empty.
+    fn forms(&self) -> (&[T], &[BufferedRecord<T>]) {
+        match &self.0 {
             Kind::Payloads(p) => (p, &[]),
             Kind::Records { records, .. } => (&[], records),
-        };
-        Sizes {
-            payloads: payloads.iter(),
-            records: records.iter(),
         }
     }
 
@@ -305,49 +304,6 @@ impl<T> From<Vec<T>> for Pending<T> {
         Self(Kind::Payloads(payloads))
     }
 }
-
-/// [`Pending::payloads`]: one of the two slices is empty.
-struct Payloads<'a, T> {
-    payloads: std::slice::Iter<'a, T>,
-    records: std::slice::Iter<'a, BufferedRecord<T>>,
-}
-
-impl<'a, T> Iterator for Payloads<'a, T> {
-    type Item = &'a T;
-    fn next(&mut self) -> Option<&'a T> {
-        self.payloads
-            .next()
-            .or_else(|| self.records.next().map(|r| &r.payload))
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.payloads.len() + self.records.len();
-        (n, Some(n))
-    }
-}
-
-impl<T> ExactSizeIterator for Payloads<'_, T> {}
-
-/// [`Pending::sizes`]: one of the two slices is empty.
-struct Sizes<'a, T> {
-    payloads: std::slice::Iter<'a, T>,
-    records: std::slice::Iter<'a, BufferedRecord<T>>,
-}
-
-impl<T: ByteSize> Iterator for Sizes<'_, T> {
-    type Item = u64;
-    fn next(&mut self) -> Option<u64> {
-        self.payloads
-            .next()
-            .map(|p| u64::from(charged_size(p)))
-            .or_else(|| self.records.next().map(|r| u64::from(r.size)))
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.payloads.len() + self.records.len();
-        (n, Some(n))
-    }
-}
-
-impl<T: ByteSize> ExactSizeIterator for Sizes<'_, T> {}
 
 /// The size a payload is charged for; u32::MAX stands for "this size or
 /// more" (too large anyway; admit asks the payload again).

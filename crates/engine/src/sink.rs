@@ -198,10 +198,7 @@ pub fn with_knobs(sink: Arc<dyn Sink>, delay: Duration, fail_rate: f64) -> Arc<d
 /// assert_eq!(batch.iter().next().unwrap().seq, 1);
 /// ```
 #[derive(Debug, Clone, Copy)]
-pub struct SinkBatch<'a> {
-    inner: Inner<'a>,
-    len: usize,
-}
+pub struct SinkBatch<'a>(Inner<'a>);
 
 #[derive(Debug, Clone, Copy)]
 enum Inner<'a> {
@@ -227,10 +224,7 @@ impl<'a> SinkBatch<'a> {
         parts: &'a [Vec<BufferedRecord<EngineRecord>>],
         names: &'a SourceNames,
     ) -> Self {
-        Self {
-            inner: Inner::Parts { parts, names },
-            len: parts.iter().map(Vec::len).sum(),
-        }
+        Self(Inner::Parts { parts, names })
     }
 
     /// A batch of dead letters of `pipeline`; `stages[i]` names the stage
@@ -241,30 +235,31 @@ impl<'a> SinkBatch<'a> {
         names: &'a SourceNames,
         pipeline: &'a str,
     ) -> Self {
-        Self {
-            inner: Inner::Dead {
-                dead,
-                stages,
-                names,
-                pipeline,
-            },
-            len: dead.len(),
-        }
+        Self(Inner::Dead {
+            dead,
+            stages,
+            names,
+            pipeline,
+        })
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
-        self.len
+        match self.0 {
+            Inner::Records(records) => records.len(),
+            Inner::Parts { parts, .. } => parts.iter().map(Vec::len).sum(),
+            Inner::Dead { dead, .. } => dead.len(),
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The records, in order.
     pub fn iter(&self) -> impl Iterator<Item = SinkRecord<'a>> + 'a {
-        match self.inner {
+        match self.0 {
             Inner::Records(records) => Iter::Records(records.iter()),
             Inner::Parts { parts, names } => Iter::Parts(parts.iter().flatten(), names),
             Inner::Dead {
@@ -323,15 +318,12 @@ impl<'a> Iterator for Iter<'a> {
 
 impl<'a> From<&'a [SinkRecord<'a>]> for SinkBatch<'a> {
     fn from(records: &'a [SinkRecord<'a>]) -> Self {
-        Self {
-            inner: Inner::Records(records),
-            len: records.len(),
-        }
+        Self(Inner::Records(records))
     }
 }
 
 /// The names of a batch's sources (a handful), looked up once per batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SourceNames(pub(crate) Vec<(SourceId, Arc<str>)>);
 
 impl SourceNames {

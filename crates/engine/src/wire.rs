@@ -170,7 +170,8 @@ fn merge_batch(
     // sink's worker decrements it for every record it drops on the other
     // core: that cache line bounced between the cores once per record. A
     // copy of the batch (one memcpy) gets a count of its own.
-    if let Some(framed) = framed_len(buf.chunk()) {
+    // The batch with its length prefix, if it is all in this chunk.
+    if let Some(framed) = value_range(buf.chunk()).map(|value| value.end) {
         let mut own = Bytes::from_owner(OwnLine(buf.chunk()[..framed].to_vec()));
         buf.advance(framed);
         return merge_batch_fields(batch, &mut own, ctx, max_records);
@@ -193,13 +194,14 @@ impl AsRef<[u8]> for OwnLine {
     }
 }
 
-/// The length of the length-delimited value at the start of `bytes`, its
-/// length prefix included, if it is all there.
-fn framed_len(bytes: &[u8]) -> Option<usize> {
+/// Where the value of the length-delimited field at the start of `bytes`
+/// lies (after its length prefix), if it is all there.
+fn value_range(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
     let mut rest = bytes;
     let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-    let framed = (bytes.len() - rest.len()).checked_add(len)?;
-    (framed <= bytes.len()).then_some(framed)
+    let start = bytes.len() - rest.len();
+    let end = start.checked_add(len)?;
+    (end <= bytes.len()).then_some(start..end)
 }
 
 /// Merges the length-delimited `Batch` fields at the start of `buf`.
@@ -233,11 +235,8 @@ fn merge_batch_fields(
 /// The number of `records` fields in the length-delimited `Batch` at the
 /// start of `bytes`, for sizing its `Pending` once; 0 when the batch is not
 /// all in `bytes` or does not parse (the real decode then finds out).
-fn count_records(mut bytes: &[u8]) -> usize {
-    let Ok(len) = decode_varint(&mut bytes) else {
-        return 0;
-    };
-    let Some(mut body) = usize::try_from(len).ok().and_then(|len| bytes.get(..len)) else {
+fn count_records(bytes: &[u8]) -> usize {
+    let Some(mut body) = value_range(bytes).map(|value| &bytes[value]) else {
         return 0;
     };
     let mut n = 0;
