@@ -16,10 +16,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::Proxy;
+use sluice_client::{ClientEvent, ClientOptions, Progress, ReconnectPolicy, SourceClient, Summary};
 use sluice_config::{FilterOp, StageSpec, TransformSpec};
-use sluice_engine::client::{
-    ClientEvent, ClientOptions, Progress, ReconnectPolicy, SourceClient, Summary,
-};
 use sluice_tests::*;
 use tokio::sync::watch;
 

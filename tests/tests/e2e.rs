@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_client::{ClientEvent, ClientOptions, SourceClient, Summary};
 use sluice_config::Limit;
-use sluice_engine::client::{ClientEvent, ClientOptions, SourceClient, Summary};
 use sluice_proto::v1::{SignalKind, SignalReason};
 use sluice_tests::*;
 
@@ -498,7 +498,7 @@ async fn e_disconnect_and_reconnect_without_duplicates_or_gaps() {
         let proxy = Proxy::start(engine.local_addr()).await;
         const N: u64 = 30_000;
         let opts = ClientOptions {
-            reconnect: sluice_engine::client::ReconnectPolicy {
+            reconnect: sluice_client::ReconnectPolicy {
                 max_attempts: 10,
                 initial_backoff: Duration::from_millis(50),
                 max_backoff: Duration::from_millis(500),
@@ -737,7 +737,7 @@ async fn g_shutdown_drains_and_acks() {
         s.pipelines[0].batch.max_records = 200;
         let engine = start_engine(s, |b| b).await;
         let opts = ClientOptions {
-            reconnect: sluice_engine::client::ReconnectPolicy {
+            reconnect: sluice_client::ReconnectPolicy {
                 max_attempts: 1,
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(10),
@@ -891,7 +891,7 @@ fn demo_like_source(
     n: u64,
     rate: Option<u32>,
 ) -> (
-    tokio::sync::watch::Receiver<sluice_engine::client::Progress>,
+    tokio::sync::watch::Receiver<sluice_client::Progress>,
     tokio::task::JoinHandle<Summary>,
 ) {
     let addr = addr.to_owned();

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_engine::client::{ClientOptions, SourceClient};
+use sluice_client::{ClientOptions, SourceClient};
 use sluice_engine::observe;
 use sluice_proto::v1::{SourceState, StatsRequest, admin_client::AdminClient};
 use sluice_tests::*;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use sluice_client::{ClientOptions, SourceClient, Summary};
 use sluice_config::{Limit, Settings, TlsSettings, TokenSpec};
-use sluice_engine::client::{ClientOptions, SourceClient, Summary};
 use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::{
     Open, RejectReason, SourceMessage, StatsRequest, engine_message, source_message,
@@ -212,7 +212,7 @@ async fn tls_client_trusting_the_ca_is_acked_and_plaintext_fails() {
             token: Some("tok-a".into()),
             ca_pem: Some(other.into_bytes()),
             connect_timeout: Duration::from_secs(3),
-            reconnect: sluice_engine::client::ReconnectPolicy {
+            reconnect: sluice_client::ReconnectPolicy {
                 max_attempts: 0,
                 ..Default::default()
             },
@@ -312,7 +312,7 @@ fn mtls_settings(dir: &std::path::Path, server_ca: &TestCa, client_ca_pem: &str)
 fn fail_fast(opts: ClientOptions) -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_secs(3),
-        reconnect: sluice_engine::client::ReconnectPolicy {
+        reconnect: sluice_client::ReconnectPolicy {
             max_attempts: 0,
             ..Default::default()
         },

@@ -10,14 +10,8 @@
 
 pub use sluice_config as config;
 
-pub mod bench;
-mod cli;
-pub mod client;
-pub mod demo;
 pub mod logging;
 pub mod observe;
-pub mod send;
-pub mod top;
 
 // Server and pipeline runtime.
 pub mod ack;
@@ -33,5 +27,5 @@ mod wire;
 
 pub use server::{
     DEFAULT_MAX_BATCH_RECORDS, Engine, EngineBuilder, EngineError, EngineHandle, ShutdownReport,
-    init_logging, run_until_signal, serve_command,
+    run_until_signal,
 };

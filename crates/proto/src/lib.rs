@@ -8,6 +8,9 @@
 //! - [`v1`]: the messages (prost), the clients
 //!   ([`v1::ingest_client::IngestClient`], [`v1::admin_client::AdminClient`]) and
 //!   the server traits ([`v1::ingest_server::Ingest`], [`v1::admin_server::Admin`]).
+//! - [`record_size`]: the record size rule of the contract (what a record
+//!   counts against byte credits and limits), defined once for the engine,
+//!   the clients and the tests.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptor set of every file, with
 //!   comments, for `tonic-reflection`.
 //!
@@ -15,6 +18,10 @@
 //! comments) for the contract: credits, signals, cumulative acks and rejects.
 
 #![warn(missing_docs)]
+
+mod size;
+
+pub use size::{record_size, size_of_parts};
 
 /// Version 1 of the sluice protocol (protobuf package `sluice.v1`).
 pub mod v1 {

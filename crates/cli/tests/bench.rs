@@ -1,7 +1,7 @@
 //! `sluice bench` in-process: a tiny run loses nothing and reports valid JSON.
 //! No speed assertions.
 
-use sluice_engine::bench::{Baseline, BenchArgs, BenchReport, run_bench};
+use sluice_cli::bench::{Baseline, BenchArgs, BenchReport, run_bench};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_loses_nothing_and_reports_json() {

@@ -66,19 +66,21 @@ impl TopCommand {
             }
         };
         let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => match crate::tls::ClientIdentity::from_files(cert, key) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    eprintln!("sluice top: {e}");
-                    return ExitCode::FAILURE;
+            (Some(cert), Some(key)) => {
+                match sluice_client::tls::ClientIdentity::from_files(cert, key) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        eprintln!("sluice top: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let client = runtime.block_on(async {
             let mut endpoint = tonic::transport::Endpoint::from_shared(addr.clone())?;
             if ca.is_some() || identity.is_some() {
-                let tls = crate::tls::client_tls(ca.as_deref(), identity.as_ref());
+                let tls = sluice_client::tls::client_tls(ca.as_deref(), identity.as_ref());
                 endpoint = endpoint.tls_config(tls)?;
             }
             Ok::<_, tonic::transport::Error>(AdminClient::new(endpoint.connect().await?))

@@ -55,8 +55,8 @@
 //! `Credit` in `ingest.proto`).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), sluice_engine::client::ClientError> {
-//! use sluice_engine::client::{ClientOptions, SourceClient};
+//! # async fn demo() -> Result<(), sluice_client::ClientError> {
+//! use sluice_client::{ClientOptions, SourceClient};
 //! let (client, _events) =
 //!     SourceClient::connect("http://127.0.0.1:50051", "orders-1", "", ClientOptions::default())
 //!         .await?;
@@ -65,6 +65,14 @@
 //! assert!(summary.is_complete());
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
+
+pub mod tls;
+
+/// The record size rule of the contract (what a record counts against
+/// byte credits), from `sluice-proto`.
+pub use sluice_proto::record_size;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -92,17 +100,6 @@ const DEFAULT_PAUSE_DELAY: Duration = Duration::from_millis(250);
 const DEFAULT_REJECT_DELAY: Duration = Duration::from_millis(50);
 /// Bytes of framing counted per record when a batch's encoded size is estimated.
 const RECORD_FRAMING_BYTES: usize = 16;
-
-/// Size of a record as the engine counts it against credits and limits:
-/// `len(key) + len(payload) + Σ (len(name) + len(value))` over its attributes.
-pub fn record_size(record: &Record) -> u64 {
-    let attrs: usize = record
-        .attributes
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    (record.key.len() + record.payload.len() + attrs) as u64
-}
 
 /// How the client reconnects after its stream ends early.
 #[derive(Debug, Clone, PartialEq, Eq)]

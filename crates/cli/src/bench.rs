@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::config::{Limit, Settings};
-use crate::server::EngineBuilder;
-use crate::sink::{FileSink, NullSink, Sink, with_knobs};
 use sluice_buffer::{ControllerConfig, Credit};
+use sluice_config::{Limit, Settings};
+use sluice_engine::EngineBuilder;
+use sluice_engine::sink::{FileSink, NullSink, Sink, with_knobs};
 
 /// Which sink the in-process engine writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -277,7 +277,7 @@ pub struct Round {
 /// `sluice bench` entry point: runs and prints; exit code 1 when records were
 /// lost or a source failed.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let rt = match crate::cli::runtime("sluice bench", ExitCode::from(2)) {
+    let rt = match crate::runtime::runtime("sluice bench", ExitCode::from(2)) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -412,9 +412,9 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
     if let Some(p) = settings.pipelines.first_mut() {
         p.batch.max_records = args.sink_batch.max(1);
         p.stages = (1..=args.stages)
-            .map(|i| crate::config::StageSpec {
+            .map(|i| sluice_config::StageSpec {
                 name: format!("identity-{i}"),
-                transform: crate::config::TransformSpec::Identity,
+                transform: sluice_config::TransformSpec::Identity,
             })
             .collect();
         if let Some(l) = args.linger {

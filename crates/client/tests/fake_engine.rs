@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
-use sluice_engine::client::{
+use sluice_client::{
     ClientError, ClientEvent, ClientOptions, ReconnectPolicy, SourceClient, record_size,
 };
 use sluice_proto::v1::ingest_server::{Ingest, IngestServer};
@@ -533,76 +533,6 @@ async fn unknown_pipeline_and_unreachable_engine_are_errors() {
         .unwrap_err();
     assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
     let _ = Record::default();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_command_streams_json_lines_and_names_a_bad_line() {
-    use sluice_engine::send::{SendArgs, SendError, run};
-    let (addr, state) = start(Behavior {
-        window: 50,
-        ..Behavior::default()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.jsonl");
-    let mut text = String::new();
-    for i in 1..=300 {
-        text.push_str(&format!("{{\"n\":{i}}}\n"));
-        if i % 100 == 0 {
-            text.push_str("   \n\n");
-        }
-    }
-    std::fs::write(&good, text).unwrap();
-    let args = SendArgs {
-        addr: addr.clone(),
-        source_id: "file-a".into(),
-        input: good,
-        options: options(),
-        progress: false,
-        ..SendArgs::default()
-    };
-    let summary = tokio::time::timeout(Duration::from_secs(20), run(args))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(summary.is_complete(), "{summary:?}");
-    assert_eq!(summary.acked, 300);
-
-    let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"n\":1}\n\n{\"n\":2}\n{not json\n{\"n\":3}\n").unwrap();
-    let args = SendArgs {
-        addr,
-        source_id: "file-b".into(),
-        input: bad,
-        options: options(),
-        progress: false,
-        ..SendArgs::default()
-    };
-    let err = tokio::time::timeout(Duration::from_secs(20), run(args))
-        .await
-        .unwrap()
-        .unwrap_err();
-    match err {
-        SendError::InvalidJson {
-            line,
-            sent,
-            summary,
-            ..
-        } => {
-            assert_eq!(line, 4);
-            assert_eq!(sent, 2);
-            assert_eq!(summary.acked, 2);
-        }
-        other => panic!("unexpected {other}"),
-    }
-    let st = state.lock().unwrap();
-    let b: Vec<u64> = st
-        .received
-        .iter()
-        .filter(|(s, _, _)| s == "file-b")
-        .map(|(_, q, _)| *q)
-        .collect();
-    assert_eq!(b, vec![1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

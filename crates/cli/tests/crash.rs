@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_engine::client::{ClientOptions, ReconnectPolicy, SourceClient};
+use sluice_client::{ClientOptions, ReconnectPolicy, SourceClient};
 use sluice_engine::config::{PipelineSpec, Settings, SinkSpec};
 
 /// A small xorshift generator; the seed is printed so a failure can be replayed.

@@ -84,7 +84,9 @@ struct RawIngest {
 
 #[tonic::async_trait]
 impl Ingest for RawIngest {
-    type StreamStream = crate::server::EngineStream;
+    type StreamStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<EngineMessage, Status>> + Send + 'static>,
+    >;
 
     async fn stream(
         &self,

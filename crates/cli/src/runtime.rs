@@ -19,11 +19,11 @@ pub(crate) fn runtime(
 }
 
 /// Logging for the client-side commands (`send`, `demo`): the engine's
-/// set-up ([`crate::logging::init`]: `RUST_LOG`, `--log-format`) with
+/// set-up ([`sluice_engine::logging::init`]: `RUST_LOG`, `--log-format`) with
 /// warnings and errors by default, on stderr; a no-op if a subscriber is
 /// already installed.
 pub(crate) fn init_tracing() {
-    crate::logging::init(&sluice_config::LogSettings {
+    sluice_engine::logging::init(&sluice_config::LogSettings {
         filter: "warn".to_owned(),
         ..Default::default()
     });

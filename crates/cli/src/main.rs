@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_engine::config::Settings;
 
 /// sluice: an ETL engine for records pushed by remote sources.
 #[derive(Debug, Parser)]
@@ -33,41 +32,30 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Stream a file of JSON lines (or standard input) into an engine.
-    Send(sluice_engine::send::SendCommand),
+    Send(sluice_cli::send::SendCommand),
     /// Watch backpressure: an in-process engine with a slow sink and three sources.
-    Demo(sluice_engine::demo::DemoCommand),
+    Demo(sluice_cli::demo::DemoCommand),
     /// Live view of a running engine: pipelines, stages, sources, memory gate.
-    Top(sluice_engine::top::TopCommand),
+    Top(sluice_cli::top::TopCommand),
     /// Measure end-to-end throughput and ack latency over loopback gRPC.
-    Bench(sluice_engine::bench::BenchArgs),
+    Bench(sluice_cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(f) = &cli.log_format {
         sluice_engine::logging::set_format_override(if f == "json" {
-            sluice_engine::config::LogFormat::Json
+            sluice_config::LogFormat::Json
         } else {
-            sluice_engine::config::LogFormat::Text
+            sluice_config::LogFormat::Text
         });
     }
-    let path = match cli.command {
-        Command::Serve { config } => return sluice_engine::serve_command(config.as_deref()),
-        Command::Config { config } => config,
-        Command::Send(cmd) => return cmd.run(),
-        Command::Demo(cmd) => return cmd.run(),
-        Command::Top(cmd) => return cmd.run(),
-        Command::Bench(args) => return sluice_engine::bench::run(args),
-    };
-    // Secrets written in the configuration are printed as "<redacted>".
-    match Settings::load(path.as_deref()).and_then(|s| s.to_toml_string_redacted()) {
-        Ok(toml) => {
-            print!("{toml}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            ExitCode::from(2)
-        }
+    match cli.command {
+        Command::Serve { config } => sluice_cli::serve::serve(config.as_deref()),
+        Command::Config { config } => sluice_cli::serve::print_config(config.as_deref()),
+        Command::Send(cmd) => cmd.run(),
+        Command::Demo(cmd) => cmd.run(),
+        Command::Top(cmd) => cmd.run(),
+        Command::Bench(args) => sluice_cli::bench::run(args),
     }
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::client::{ClientError, ClientEvent, ClientOptions, SourceClient, Summary};
+use sluice_client::{ClientError, ClientEvent, ClientOptions, SourceClient, Summary};
 use sluice_proto::v1::{RejectReason, SignalKind, SignalReason};
 
 /// What `sluice send` is asked to do.
@@ -367,8 +367,8 @@ impl SendCommand {
     /// unreadable or invalid or the engine cannot be reached.
     pub fn run(self) -> std::process::ExitCode {
         use std::process::ExitCode;
-        crate::cli::init_tracing();
-        let runtime = match crate::cli::runtime("sluice send", ExitCode::from(2)) {
+        crate::runtime::init_tracing();
+        let runtime = match crate::runtime::runtime("sluice send", ExitCode::from(2)) {
             Ok(rt) => rt,
             Err(code) => return code,
         };
@@ -383,13 +383,15 @@ impl SendCommand {
             None => None,
         };
         let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => match crate::tls::ClientIdentity::from_files(cert, key) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    eprintln!("sluice send: {e}");
-                    return ExitCode::from(2);
+            (Some(cert), Some(key)) => {
+                match sluice_client::tls::ClientIdentity::from_files(cert, key) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        eprintln!("sluice send: {e}");
+                        return ExitCode::from(2);
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let args = SendArgs {

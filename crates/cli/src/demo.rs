@@ -24,8 +24,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluice_config::{Limit, PipelineSpec, Settings, SinkSpec, StageSpec, TransformSpec};
 use sluice_proto::v1::{SignalKind, SignalReason};
 
-use crate::client::{ClientError, ClientEvent, ClientOptions, SourceClient, Summary};
-use crate::{EngineError, EngineHandle};
+use sluice_client::{ClientError, ClientEvent, ClientOptions, SourceClient, Summary};
+use sluice_engine::{EngineError, EngineHandle};
 
 /// One demo source.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, DemoError> {
     }
     std::fs::create_dir_all(&args.dir).map_err(io(&args.dir))?;
     let settings = demo_settings(&args.dir, args.sink_delay);
-    let engine: EngineHandle = crate::Engine::start(settings).await?;
+    let engine: EngineHandle = sluice_engine::Engine::start(settings).await?;
     let addr = format!("http://{}", engine.local_addr());
 
     let multi = MultiProgress::new();
@@ -481,8 +481,8 @@ impl DemoCommand {
     /// once, 1 otherwise, 2 when the demo could not run.
     pub fn run(self) -> std::process::ExitCode {
         use std::process::ExitCode;
-        crate::cli::init_tracing();
-        let runtime = match crate::cli::runtime("sluice demo", ExitCode::from(2)) {
+        crate::runtime::init_tracing();
+        let runtime = match crate::runtime::runtime("sluice demo", ExitCode::from(2)) {
             Ok(rt) => rt,
             Err(code) => return code,
         };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_engine::demo::{DemoArgs, DemoSource, run};
+use sluice_cli::demo::{DemoArgs, DemoSource, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_delivers_every_record_exactly_once() {
