@@ -1,29 +1,34 @@
-//! sluice-engine: the server and pipeline runtime of the sluice ETL engine.
+//! sluice-engine: the sluice ETL engine as a library.
 //!
-//! - [`Engine`] / [`EngineBuilder`] / [`EngineHandle`] ([`server`]): the gRPC
-//!   server (`Ingest`, `Admin`, health, reflection) over a buffer manager,
-//!   flow control and a memory gate, with graceful shutdown.
-//! - [`pipeline`]: stage workers; [`transform`]: per-record transforms;
-//!   [`sink`]: sinks and dead-letter sinks; [`ack`]: ack progress per source;
-//!   [`record`]: the engine's record type.
+//! Start one with [`EngineBuilder`] (or its shorthand [`Engine::start`]),
+//! stop it with [`EngineHandle::shutdown`]. The modules are the layers of
+//! `docs/architecture.md`, each depending only on the ones below it:
+//!
+//! - [`server`]: builds and serves the engine (builder, handle, `Admin`,
+//!   health, reflection, TLS, the metrics publishing task);
+//! - [`ingest`]: the `Ingest` service, a stream's session state machine, its
+//!   decoder, and the one admission and credit policy;
+//! - [`runtime`]: the stage workers, ack progress and stage timing;
+//! - [`sink`] (the [`Sink`](sink::Sink) trait and one file per sink) and
+//!   [`transform`]: what the stages do;
+//! - [`record`] (the engine's record type), [`auth`] (bearer tokens),
+//!   [`observe`] (metric names, the Prometheus exporter), [`logging`].
+//!
+//! The `sluice` command (package `sluice`, `crates/cli`) is a thin front end
+//! over this crate; the Rust source client is `sluice-client`.
 #![warn(missing_docs)]
 
 pub use sluice_config as config;
 
+pub mod auth;
+pub mod ingest;
 pub mod logging;
 pub mod observe;
-
-// Server and pipeline runtime.
-pub mod ack;
-pub mod auth;
-pub mod pipeline;
 pub mod record;
+pub mod runtime;
 pub mod server;
-mod session;
 pub mod sink;
-pub mod tls;
 pub mod transform;
-mod wire;
 
 pub use server::{
     DEFAULT_MAX_BATCH_RECORDS, Engine, EngineBuilder, EngineError, EngineHandle, ShutdownReport,

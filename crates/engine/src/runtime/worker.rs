@@ -1,113 +1,22 @@
-//! The pipeline runtime: stage workers that move records from admission to
-//! the sink.
-//!
-//! Each configured pipeline becomes one [`BufferManager`] pipeline with one
-//! stage per configured transform stage **plus a final stage named `sink`**
-//! whose worker writes to the sink. (A separate sink stage, rather than
-//! writing from the last transform's worker, gives the sink its own queue,
-//! limit and metrics, so a slow sink shows up as a full `sink` stage and
-//! slows the stages before it.) One worker task runs per stage.
-//!
-//! A worker loop: take a batch ([`BatchSettings`]: at most `max_records`
-//! records and `max_bytes` bytes, made of what is ready at once; when
-//! partial, wait up to `linger` for more, but never while the pipeline is
-//! backpressured — a level of the pipeline at or above the high watermark,
-//! or the memory gate closed — because completing records is what frees
-//! capacity). A batch is kept as the parts the buffer handed out (whole
-//! queued batches), not copied into one `Vec`; then
-//!
-//! - a transform stage applies its transform per record: kept records are
-//!   forwarded to the next stage (waiting while it is full), filtered ones
-//!   completed (acked, counted as filtered), failed ones returned with
-//!   [`BufferManager::retry_each`];
-//! - the sink stage writes the batch and commits it, then completes it; on
-//!   error the batch is returned with [`BufferManager::retry`].
-//!
-//! Records past `retry.max_retries` come back as dead letters: they are
-//! written to the pipeline's dead-letter sink (retried with backoff until it
-//! succeeds or the engine stops), then completed as dead-lettered. Every
-//! completion is published to the [`AckHub`]. Workers stop when the buffer
-//! manager shuts down.
+//! A stage worker: takes batches from its stage, transforms and forwards
+//! them or writes them to the sink, completes them, publishes the acks
+//! (see the [module docs](super)).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_buffer::{
-    BatchSize, BufferManager, BufferedRecord, DeadLetter, GateState, PipelineId, SourceId, StageId,
-};
-use sluice_config::BatchSettings;
-use tokio::sync::watch;
+use sluice_buffer::{BatchSize, BufferedRecord, DeadLetter, SourceId, StageId};
 use tokio::task::JoinHandle;
 
-use crate::ack::AckHub;
+use super::timing::{StageTimes, add};
+use super::{PipelineRuntime, StageWork, WorkerEnv};
 use crate::record::EngineRecord;
-use crate::sink::{Sink, SinkBatch, SourceNames};
+use crate::sink::Sink;
+use crate::sink::{SinkBatch, SourceNames};
 use crate::transform::{Outcome, Transform};
-
-/// The buffer manager as the engine instantiates it.
-pub type Buffer = BufferManager<EngineRecord>;
-
-/// The name of the final stage of every pipeline, whose worker writes to the sink.
-pub const SINK_STAGE: &str = "sink";
 
 /// How often a lingering worker re-checks whether the pipeline is backpressured.
 const PRESSURE_CHECK: Duration = Duration::from_millis(5);
-
-/// Time a stage's worker spent busy, idle (waiting for input) and blocked
-/// (waiting for room in the next stage), in nanoseconds since start.
-#[derive(Debug, Default)]
-pub struct StageTimes {
-    /// Processing records (transform, sink write and commit).
-    pub busy_ns: AtomicU64,
-    /// Waiting for records.
-    pub idle_ns: AtomicU64,
-    /// Waiting for room in the next stage.
-    pub blocked_ns: AtomicU64,
-}
-
-fn add(counter: &AtomicU64, since: Instant) {
-    counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-}
-
-/// What one stage's worker does.
-#[derive(Debug, Clone)]
-pub enum StageWork {
-    /// Applies a transform and forwards to the next stage.
-    Transform(Transform),
-    /// Writes to the sink and completes.
-    Sink(Arc<dyn Sink>),
-}
-
-/// One pipeline as the runtime runs it.
-#[derive(Debug, Clone)]
-pub struct PipelineRuntime {
-    /// The buffer's pipeline id.
-    pub id: PipelineId,
-    /// Its name.
-    pub name: Arc<str>,
-    /// The sink.
-    pub sink: Arc<dyn Sink>,
-    /// The dead-letter sink.
-    pub dead_letter: Arc<dyn Sink>,
-    /// The work of each stage, in order (the last one is the sink stage).
-    pub stages: Vec<(StageId, StageWork)>,
-    /// Batching.
-    pub batch: BatchSettings,
-}
-
-/// Shared inputs of every worker.
-#[derive(Debug, Clone)]
-pub struct WorkerEnv {
-    /// The buffer.
-    pub buffer: Arc<Buffer>,
-    /// Where completions are published.
-    pub hub: Arc<AckHub>,
-    /// The memory gate, if any.
-    pub gate: Option<watch::Receiver<GateState>>,
-    /// The high watermark (0–1).
-    pub high_watermark: f64,
-}
 
 /// A batch as the buffer handed it out: whole queued batches, in order.
 type Parts = Vec<Vec<BufferedRecord<EngineRecord>>>;
@@ -125,7 +34,7 @@ struct Worker {
 
 /// Spawns one worker per stage of `pipeline`; returns the tasks and each
 /// stage's timing counters.
-pub fn spawn_workers(
+pub(crate) fn spawn_workers(
     env: &WorkerEnv,
     pipeline: Arc<PipelineRuntime>,
 ) -> Vec<(StageId, Arc<StageTimes>, JoinHandle<()>)> {

@@ -19,78 +19,23 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sluice_buffer::{
-    BufferError, ByteSize, Credit, Level, Pending, RejectReason as BufReject,
-    SignalKind as BufKind, SignalReason as BufReason, SourceHandle, SourceId, SourceState,
-};
-use sluice_proto::v1::{
-    self, EngineMessage, RejectReason, SignalKind, SignalReason, engine_message,
-};
+use sluice_buffer::{BufferError, ByteSize, Credit, SourceHandle, SourceId, SourceState};
+use sluice_proto::v1::{self, EngineMessage, RejectReason, engine_message};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use crate::ack::AckProgress;
+use super::convert::{credit_msg, msg, reject_reason, signal_msg};
+use super::wire::{self, Body, Inbound};
+use super::{IngestContext, admission};
 use crate::record::EngineRecord;
-use crate::server::Shared;
-use crate::wire::{self, Body, Inbound};
+use crate::runtime::AckProgress;
 
 /// The longest source id or pipeline name accepted in `Open`, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
 /// What the response stream carries.
 pub(crate) type Outbound = Result<EngineMessage, Status>;
-
-/// An active stream of a source, as the registry knows it.
-#[derive(Debug)]
-pub(crate) struct StreamEntry {
-    pub(crate) id: u64,
-    pub(crate) takeover: CancellationToken,
-    pub(crate) half_closed: Arc<AtomicBool>,
-}
-
-fn msg(body: engine_message::Body) -> EngineMessage {
-    EngineMessage { body: Some(body) }
-}
-
-fn credit_msg(c: Credit) -> v1::Credit {
-    v1::Credit {
-        records: c.records,
-        bytes: c.bytes,
-    }
-}
-
-/// The proto form of a flow-control signal.
-pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
-    v1::Signal {
-        kind: match s.kind {
-            BufKind::SlowDown => SignalKind::SlowDown,
-            BufKind::Pause => SignalKind::Pause,
-            BufKind::Resume => SignalKind::Resume,
-        } as i32,
-        reason: match s.reason {
-            BufReason::Global => SignalReason::Global,
-            BufReason::Stage(_) => SignalReason::Stage,
-            BufReason::Source => SignalReason::Source,
-            BufReason::Memory => SignalReason::Memory,
-            BufReason::Shutdown => SignalReason::Shutdown,
-        } as i32,
-        utilization: s.utilization,
-        retry_after_ms: u32::try_from(s.retry_after.as_millis()).unwrap_or(u32::MAX),
-        stage: s.stage_name.as_deref().unwrap_or_default().to_owned(),
-    }
-}
-
-fn reject_reason(r: &BufReject) -> RejectReason {
-    match r {
-        BufReject::Limit { level, .. } => match level {
-            Level::Global => RejectReason::GlobalLimit,
-            Level::Stage(_) => RejectReason::StageLimit,
-            Level::Source(_) => RejectReason::SourceLimit,
-        },
-        BufReject::TooLarge { .. } => RejectReason::RecordTooLarge,
-    }
-}
 
 /// Reads and checks the first message, registers the source and starts the
 /// session task. Errors are the statuses the contract names.
@@ -99,11 +44,11 @@ fn reject_reason(r: &BufReject) -> RejectReason {
 /// stream ends `DEADLINE_EXCEEDED`: a stream that never sends `Open` would
 /// otherwise hold its resources for as long as the client keeps it open.
 pub(crate) async fn open(
-    shared: Arc<Shared>,
+    ctx: Arc<IngestContext>,
     mut inbound: Streaming<Inbound>,
     grant: Option<crate::auth::Grant>,
 ) -> Result<mpsc::Receiver<Outbound>, Status> {
-    let open_timeout = shared.settings.server.open_timeout;
+    let open_timeout = ctx.server.open_timeout;
     let first = tokio::select! {
         m = tokio::time::timeout(open_timeout, inbound.message()) => match m {
             Ok(m) => m?,
@@ -115,7 +60,7 @@ pub(crate) async fn open(
                 )));
             }
         },
-        _ = shared.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
+        _ = ctx.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
     };
     let open = match first.flatten() {
         Some(Body::Open(open)) => open,
@@ -149,16 +94,19 @@ pub(crate) async fn open(
     if let Some(grant) = &grant {
         grant.check(&open.source_id)?;
     }
-    if shared.draining.is_cancelled() {
+    if ctx.draining.is_cancelled() {
         return Err(Status::unavailable("the engine is shutting down"));
     }
     let pipeline = if open.pipeline.is_empty() {
-        shared.pipelines.first()
+        ctx.runtime.pipelines.first()
     } else {
-        shared.pipelines.iter().find(|p| *p.name == *open.pipeline)
+        ctx.runtime
+            .pipelines
+            .iter()
+            .find(|p| *p.name == *open.pipeline)
     }
     .ok_or_else(|| {
-        let known: Vec<&str> = shared.pipelines.iter().map(|p| &*p.name).collect();
+        let known: Vec<&str> = ctx.runtime.pipelines.iter().map(|p| &*p.name).collect();
         Status::not_found(format!(
             "pipeline {:?} does not exist (known: {})",
             open.pipeline,
@@ -166,7 +114,7 @@ pub(crate) async fn open(
         ))
     })?
     .clone();
-    let buffer = &shared.buffer;
+    let buffer = &ctx.runtime.buffer;
     let source = buffer
         .register_source(&open.source_id, pipeline.id)
         .map_err(|e| match e {
@@ -177,18 +125,23 @@ pub(crate) async fn open(
             BufferError::Closed => Status::unavailable("the engine is shutting down"),
             other => Status::internal(other.to_string()),
         })?;
-    shared.hub.set_name(source, &open.source_id);
-    let handle = shared
+    ctx.runtime.hub.set_name(source, &open.source_id);
+    let handle = ctx
+        .runtime
         .controller
         .open_source(source)
         .map_err(|_| Status::unavailable("the engine is shutting down"))?;
-    let (stream_id, takeover, half_closed) = shared.register_stream(source);
+    let super::streams::Registration {
+        id: stream_id,
+        takeover,
+        half_closed,
+    } = ctx.streams.register(source);
     let admitted = buffer.admitted_through(source).unwrap_or(0);
-    let acks = shared.hub.subscribe(source);
-    let acked = shared.hub.progress(source);
+    let acks = ctx.runtime.hub.subscribe(source);
+    let acked = ctx.runtime.hub.progress(source);
     let signals = handle.subscribe();
     let status = handle.status();
-    let credit = if may_take_credit(&shared, source) {
+    let credit = if admission::may_take_credit(&ctx, source) {
         handle.grant()
     } else {
         Credit::ZERO
@@ -200,9 +153,8 @@ pub(crate) async fn open(
         admitted_through_seq: admitted,
         acked_through_seq: acked.through_seq,
         credit: Some(credit_msg(credit)),
-        max_batch_records: shared.max_batch_records,
-        max_message_bytes: u32::try_from(shared.settings.server.max_message_bytes)
-            .unwrap_or(u32::MAX),
+        max_batch_records: ctx.max_batch_records,
+        max_message_bytes: u32::try_from(ctx.server.max_message_bytes).unwrap_or(u32::MAX),
     }));
     // The channel is new and has room: these cannot fail.
     let _ = tx.try_send(Ok(opened));
@@ -223,7 +175,7 @@ pub(crate) async fn open(
         }))));
     }
     let session = Session {
-        shared: shared.clone(),
+        ctx: ctx.clone(),
         source,
         name: open.source_id,
         handle: Some(handle),
@@ -241,24 +193,8 @@ pub(crate) async fn open(
     Ok(rx)
 }
 
-/// Records of `source` admitted and not yet acked.
-fn unacked(shared: &Shared, source: SourceId) -> u64 {
-    let admitted = shared.buffer.admitted_through(source).unwrap_or(0);
-    admitted.saturating_sub(shared.hub.progress(source).through_seq)
-}
-
-/// Whether a session of `source` may be granted credit under
-/// `server.max_unacked_per_session`: only while its unacked records plus a
-/// full credit window (the most credit a grant tops it up to; capped at the
-/// limit at start-up) fit, so that a source sending within its credit never
-/// exceeds the limit.
-fn may_take_credit(shared: &Shared, source: SourceId) -> bool {
-    let window = shared.controller.window(SourceState::Normal).records;
-    unacked(shared, source).saturating_add(window) <= shared.settings.server.max_unacked_per_session
-}
-
 struct Session {
-    shared: Arc<Shared>,
+    ctx: Arc<IngestContext>,
     source: SourceId,
     name: String,
     handle: Option<SourceHandle<EngineRecord>>,
@@ -267,17 +203,6 @@ struct Session {
     takeover: CancellationToken,
     half_closed: Arc<AtomicBool>,
     last_ack: AckProgress,
-}
-
-/// How much of a batch the stream's credit covers (see `Session::credit_plan`).
-struct CreditPlan {
-    /// Leading records already admitted before (a resend); free.
-    dupes: usize,
-    /// Records handed to the buffer (the duplicates included); the rest is
-    /// rejected without credit.
-    keep: usize,
-    /// The credit the stream held before the batch.
-    credit: Credit,
 }
 
 /// Why the loop ended.
@@ -313,7 +238,7 @@ impl Session {
                     break End::Status(Some(Status::aborted(format!(
                         "a newer stream opened for source {:?}", self.name))));
                 }
-                _ = self.shared.stop.cancelled() => {
+                _ = self.ctx.stop.cancelled() => {
                     if self.send_ack().await.is_err() {
                         break End::Gone;
                     }
@@ -358,7 +283,7 @@ impl Session {
                     }
                     Err(_) => acks_open = false,
                 },
-                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open && may_take_credit(&self.shared, self.source) => match c {
+                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open && admission::may_take_credit(&self.ctx, self.source) => match c {
                     Some(c) => {
                         if self.send(engine_message::Body::Credit(credit_msg(c))).await.is_err() {
                             break End::Gone;
@@ -371,7 +296,7 @@ impl Session {
         // Release the unused reservation before anything else.
         drop(self.handle.take());
         self.half_closed.store(true, Ordering::Relaxed);
-        self.shared.unregister_stream(self.source, self.stream_id);
+        self.ctx.streams.unregister(self.source, self.stream_id);
         match end {
             End::Status(None) => {
                 tracing::info!(source = %self.name, acked_through = self.last_ack.through_seq, "source stream completed");
@@ -391,7 +316,7 @@ impl Session {
     /// (for example one larger than `server.max_message_bytes`) learns why.
     /// If the source is gone instead, nobody receives it, which is harmless.
     fn inbound_failed(&self, status: Status) -> Status {
-        let limit = self.shared.settings.server.max_message_bytes;
+        let limit = self.ctx.server.max_message_bytes;
         tracing::info!(source = %self.name, code = ?status.code(), message = status.message(),
             "reading from the source failed");
         match status.code() {
@@ -411,11 +336,12 @@ impl Session {
 
     fn all_acked(&self) -> bool {
         let admitted = self
-            .shared
+            .ctx
+            .runtime
             .buffer
             .admitted_through(self.source)
             .unwrap_or(0);
-        self.shared.hub.progress(self.source).through_seq >= admitted
+        self.ctx.runtime.hub.progress(self.source).through_seq >= admitted
     }
 
     async fn send(&self, body: engine_message::Body) -> Result<(), ()> {
@@ -431,7 +357,7 @@ impl Session {
 
     /// Sends an Ack when the progress moved since the last one sent.
     async fn send_ack(&mut self) -> Result<(), ()> {
-        let p = self.shared.hub.progress(self.source);
+        let p = self.ctx.runtime.hub.progress(self.source);
         if p == self.last_ack || p.through_seq < self.last_ack.through_seq {
             return Ok(());
         }
@@ -455,95 +381,6 @@ impl Session {
         }
     }
 
-    /// The credit this stream holds and has not used: the session's ledger,
-    /// bounded by what the buffer holds reserved for the source (the
-    /// authority; the two agree while one stream feeds the source).
-    fn outstanding(&self, handle: &SourceHandle<EngineRecord>) -> Credit {
-        let reserved = self
-            .shared
-            .buffer
-            .reserved(self.source)
-            .unwrap_or(Credit::ZERO);
-        let own = handle.outstanding();
-        Credit::new(
-            own.records.min(reserved.records),
-            own.bytes.min(reserved.bytes),
-        )
-    }
-
-    /// How far the stream's credit covers `records` (numbered from `first`).
-    ///
-    /// Leading records at or below the admitted sequence number are a resend
-    /// and free. Then each record takes one record credit and its size in
-    /// byte credits; the first one the credit does not cover ends the part
-    /// handed to the buffer, with two exceptions, both for a record that no
-    /// byte credit can ever cover, so that it is not refused forever:
-    ///
-    /// - a record larger than a byte limit goes to the buffer, which rejects
-    ///   it (and the rest) as `RECORD_TOO_LARGE`;
-    /// - a record larger than half the byte window (refills come only once
-    ///   half a window is used, so its byte credit may never arrive), first
-    ///   in its batch, is admitted alone on one record credit and all the
-    ///   byte credit the stream holds, the rest of its size taken from free
-    ///   capacity (within every limit, or rejected with the limit that was
-    ///   hit).
-    fn credit_plan(
-        &self,
-        handle: &SourceHandle<EngineRecord>,
-        first: u64,
-        records: &Pending<EngineRecord>,
-    ) -> CreditPlan {
-        let buffer = &self.shared.buffer;
-        let admitted = buffer.admitted_through(self.source).unwrap_or(0);
-        let dupes = admitted.saturating_sub(first - 1).min(records.len() as u64) as usize;
-        let credit = self.outstanding(handle);
-        let limits = buffer.limits();
-        let max_record = limits
-            .global
-            .bytes
-            .min(limits.per_stage.bytes)
-            .min(limits.per_source.bytes);
-        let window_bytes = self.shared.controller.window(SourceState::Normal).bytes;
-        let mut keep = records.len();
-        if dupes == 0
-            && records.len() as u64 <= credit.records
-            && records.bytes() <= credit.bytes
-            && records.largest() <= max_record
-            && records.largest() < u64::from(u32::MAX)
-        {
-            // The common case, from the batch's totals: all of it is covered.
-            return CreditPlan {
-                dupes,
-                keep,
-                credit,
-            };
-        }
-        let mut left = credit;
-        for (i, r) in records.payloads().enumerate().skip(dupes) {
-            let size = r.byte_size() as u64;
-            if size > max_record {
-                keep = i + 1;
-                break;
-            }
-            if left.records >= 1 && left.bytes >= size {
-                left.records -= 1;
-                left.bytes -= size;
-                continue;
-            }
-            keep = if i == dupes && left.records >= 1 && size > window_bytes / 2 {
-                i + 1
-            } else {
-                i
-            };
-            break;
-        }
-        CreditPlan {
-            dupes,
-            keep,
-            credit,
-        }
-    }
-
     fn reject(
         &self,
         first_seq: u64,
@@ -552,18 +389,19 @@ impl Session {
         message: String,
         retry_after_ms: u32,
     ) -> engine_message::Body {
-        self.shared.hub.add_rejected(self.source, count);
+        self.ctx.runtime.hub.add_rejected(self.source, count);
         let admitted = self
-            .shared
+            .ctx
+            .runtime
             .buffer
             .admitted_through(self.source)
             .unwrap_or(0);
-        let credit = self
-            .handle
-            .as_ref()
-            .map_or(Credit::ZERO, |h| self.outstanding(h));
+        let credit = self.handle.as_ref().map_or(Credit::ZERO, |h| {
+            admission::outstanding(&self.ctx, self.source, h)
+        });
         tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, ?credit, "records rejected");
-        (self.shared.observe).rejected(&self.name, count, reason.as_str_name(), &message);
+        self.ctx
+            .rejected(&self.name, count, reason.as_str_name(), &message);
         engine_message::Body::Reject(v1::Reject {
             first_seq,
             count,
@@ -592,16 +430,17 @@ impl Session {
                 "sequence numbers overflow u64 (first_seq {first}, {n} records)"
             ))
         })?;
-        self.shared.hub.add_received(self.source, n as u64);
+        self.ctx.runtime.hub.add_received(self.source, n as u64);
         let pause_ms = u32::try_from(
-            self.shared
+            self.ctx
+                .runtime
                 .controller
                 .config()
                 .pause_retry_after
                 .as_millis(),
         )
         .unwrap_or(u32::MAX);
-        if self.shared.draining.is_cancelled() {
+        if self.ctx.draining.is_cancelled() {
             return Ok(vec![self.reject(
                 first,
                 n as u64,
@@ -616,7 +455,7 @@ impl Session {
         let mut records = batch.records;
         // The tail this session refuses itself, before the buffer sees it.
         let mut tail: Option<(RejectReason, String, u32)> = None;
-        let max = self.shared.max_batch_records as usize;
+        let max = self.ctx.max_batch_records as usize;
         if n > max {
             records.truncate(max);
             tail = Some((
@@ -627,7 +466,7 @@ impl Session {
         }
         // Only what the credit covers is admitted (the buffer itself would
         // take free capacity beyond the reservation).
-        let plan = self.credit_plan(handle, first, &records);
+        let plan = admission::credit_plan(&self.ctx, self.source, handle, first, &records);
         if plan.keep < records.len() {
             let sent = records.len() - plan.dupes;
             let sent_bytes: u64 = records
@@ -635,7 +474,7 @@ impl Session {
                 .skip(plan.dupes)
                 .map(|r| r.byte_size() as u64)
                 .sum();
-            let (reason, why) = if self.shared.gate.borrow().closed {
+            let (reason, why) = if self.ctx.runtime.gate.borrow().closed {
                 (
                     RejectReason::Memory,
                     "the memory gate is closed and no new credit is granted",
@@ -660,8 +499,7 @@ impl Session {
         }
         // `server.max_unacked_per_session`: a backstop (credit is granted
         // within it, so only a source beyond its credit gets here).
-        let cap = self.shared.settings.server.max_unacked_per_session;
-        let room = cap.saturating_sub(unacked(&self.shared, self.source));
+        let (cap, room) = admission::unacked_room(&self.ctx, self.source);
         let dupes = plan.dupes.min(records.len());
         if (records.len() - dupes) as u64 > room {
             let keep = dupes + room as usize;
@@ -720,7 +558,7 @@ impl Session {
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         }
-        let credit = if may_take_credit(&self.shared, self.source) {
+        let credit = if admission::may_take_credit(&self.ctx, self.source) {
             handle.grant()
         } else {
             Credit::ZERO

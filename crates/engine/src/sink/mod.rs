@@ -1,0 +1,280 @@
+//! Sinks: where completed records (and dead letters) are written.
+//!
+//! A [`Sink`] takes a batch with [`write`](Sink::write), then makes it
+//! durable with [`commit`](Sink::commit); only after `commit` returns `Ok`
+//! are the records completed (and acked to their sources). The trait uses
+//! boxed futures so that it is object-safe: the runtime holds
+//! `Arc<dyn Sink>`, and tests may pass their own (see
+//! [`EngineBuilder::sink`](crate::EngineBuilder::sink)).
+//!
+//! Every record is written as one JSON line ([`json_line`]) carrying its
+//! `source_id` and `seq` (the idempotency key), its key, attributes and event
+//! time, and its payload: embedded as JSON when it parses as JSON, else as a
+//! string (valid UTF-8) or base64, named by `payload_encoding`. A dead letter
+//! ([`SinkRecord::dead_letter`]) also carries the pipeline, the failing
+//! stage, the error, the retry count and the payload as the source sent it.
+
+//!
+//! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
+//! [`null`](NullSink), and the [`Knobs`] wrapper (delay, injected failures);
+//! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
+//! format they write.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sluice_config::SinkSpec;
+
+use crate::record::EngineRecord;
+
+mod batch;
+mod file;
+mod json;
+mod knobs;
+mod null;
+mod stdout;
+
+pub use batch::SinkBatch;
+pub(crate) use batch::SourceNames;
+pub use file::FileSink;
+pub use json::{json_line, json_value};
+pub use knobs::{Knobs, with_knobs};
+pub use null::NullSink;
+pub use stdout::StdoutSink;
+
+/// The future a [`Sink`] returns.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Why a sink failed. The runtime retries the batch with backoff and, past
+/// `retry.max_retries`, dead-letters its records.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An I/O error, with the file it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An I/O error on standard output.
+    #[error("stdout: {0}")]
+    Stdout(std::io::Error),
+    /// A failure injected by the `fail_rate` test knob.
+    #[error("injected sink failure (fail_rate {0})")]
+    Injected(f64),
+    /// Any other failure (custom sinks).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a dead letter carries besides the record.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterInfo<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// The stage where the record failed for the last time.
+    pub stage: &'a str,
+    /// The error of that failure.
+    pub error: &'a str,
+    /// How many retries it had.
+    pub retries: u32,
+}
+
+/// One record handed to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRecord<'a> {
+    /// The source's id (`Open.source_id`).
+    pub source: &'a str,
+    /// The record's sequence number; with `source`, an idempotency key.
+    pub seq: u64,
+    /// The record.
+    pub record: &'a EngineRecord,
+    /// Set for records written to a dead-letter sink.
+    pub dead_letter: Option<DeadLetterInfo<'a>>,
+}
+
+/// A destination for records. Object-safe (`Arc<dyn Sink>`).
+///
+/// The runtime calls `write` then `commit` for each batch, from one task per
+/// pipeline, and completes the records only when both succeeded.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// A short description (kind and target) for `Admin.Stats` and logs.
+    fn describe(&self) -> String;
+    /// Writes a batch (not necessarily durable yet).
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a>;
+    /// Makes everything written so far durable.
+    fn commit(&self) -> SinkFuture<'_>;
+}
+
+/// Builds the sink a [`SinkSpec`] describes, test knobs included.
+pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
+    let inner: Arc<dyn Sink> = match spec {
+        SinkSpec::File {
+            dir,
+            prefix,
+            rotate_bytes,
+            fsync,
+            ..
+        } => Arc::new(FileSink::open(dir, prefix, *rotate_bytes, *fsync)?),
+        SinkSpec::Stdout { .. } => Arc::new(StdoutSink),
+        SinkSpec::Null { .. } => Arc::new(NullSink),
+    };
+    Ok(with_knobs(inner, spec.delay(), spec.fail_rate()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn lines(dir: &Path) -> Vec<(String, Vec<Value>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let values = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    values,
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn file_sink_writes_parseable_lines_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path(), "records", 200, true).unwrap();
+        let recs: Vec<EngineRecord> = (0..10)
+            .map(|i| match i % 3 {
+                0 => EngineRecord::from_payload(format!("{{\"i\":{i}}}").into_bytes()),
+                1 => EngineRecord::from_payload(format!("plain {i}\nline").into_bytes()),
+                _ => EngineRecord::from_payload(vec![0xff, 0x00, i as u8]),
+            })
+            .collect();
+        let batch: Vec<SinkRecord> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SinkRecord {
+                source: "src-a",
+                seq: i as u64 + 1,
+                record: r,
+                dead_letter: None,
+            })
+            .collect();
+        sink.write(batch[..5].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        sink.write(batch[5..].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        let files = lines(dir.path());
+        assert!(files.len() > 1, "rotation expected: {files:?}");
+        for (name, _) in &files {
+            assert!(name.starts_with("records-") && name.ends_with(".jsonl"));
+            let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
+            assert!(len <= 200 || files.len() == 1, "{name} is {len} bytes");
+        }
+        let all: Vec<Value> = files.into_iter().flat_map(|(_, v)| v).collect();
+        assert_eq!(all.len(), 10);
+        for (i, v) in all.iter().enumerate() {
+            assert_eq!(v["source_id"], "src-a");
+            assert_eq!(v["seq"], i as u64 + 1);
+        }
+        assert_eq!(all[0]["payload"], json!({"i": 0}));
+        assert_eq!(all[0]["payload_encoding"], "json");
+        assert_eq!(all[1]["payload"], "plain 1\nline");
+        assert_eq!(all[1]["payload_encoding"], "string");
+        assert_eq!(all[2]["payload_encoding"], "base64");
+        assert_eq!(
+            BASE64.decode(all[2]["payload"].as_str().unwrap()).unwrap(),
+            vec![0xff, 0x00, 2]
+        );
+
+        // A new sink on the same directory starts a new file.
+        let again = FileSink::open(dir.path(), "records", 200, false).unwrap();
+        let n_before = lines(dir.path()).len();
+        again.write(batch[..1].into()).await.unwrap();
+        again.commit().await.unwrap();
+        assert_eq!(lines(dir.path()).len(), n_before + 1);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_error_stage_retries_and_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SinkSpec::File {
+            dir: dir.path().to_path_buf(),
+            prefix: "dead-letters".into(),
+            rotate_bytes: 1 << 20,
+            fsync: true,
+            delay: Duration::ZERO,
+            fail_rate: 0.0,
+        };
+        let sink = build_sink(&spec).unwrap();
+        let mut rec = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
+        rec.set_payload(&b"{\"a\":2}"[..]);
+        let batch = [SinkRecord {
+            source: "s",
+            seq: 9,
+            record: &rec,
+            dead_letter: Some(DeadLetterInfo {
+                pipeline: "p",
+                stage: "enrich",
+                error: "boom",
+                retries: 3,
+            }),
+        }];
+        sink.write(batch[..].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        let files = lines(dir.path());
+        let v = &files[0].1[0];
+        assert_eq!(files[0].0, "dead-letters-0.jsonl");
+        assert_eq!(v["stage"], "enrich");
+        assert_eq!(v["error"], "boom");
+        assert_eq!(v["retries"], 3);
+        assert_eq!(v["pipeline"], "p");
+        assert_eq!(v["payload"], json!({"a": 2}));
+        assert_eq!(v["original_payload"], json!({"a": 1}));
+    }
+
+    #[tokio::test]
+    async fn knobs_fail_and_delay() {
+        let all_fail = with_knobs(Arc::new(NullSink), Duration::ZERO, 1.0);
+        let rec = EngineRecord::from_payload(&b"x"[..]);
+        let batch = [SinkRecord {
+            source: "s",
+            seq: 1,
+            record: &rec,
+            dead_letter: None,
+        }];
+        assert!(matches!(
+            all_fail.write(batch[..].into()).await,
+            Err(SinkError::Injected(_))
+        ));
+        let slow = with_knobs(Arc::new(NullSink), Duration::from_millis(30), 0.0);
+        let t = std::time::Instant::now();
+        slow.write(batch[..].into()).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let half = with_knobs(Arc::new(NullSink), Duration::ZERO, 0.5);
+        let mut failed = 0;
+        for _ in 0..200 {
+            failed += half.write(batch[..].into()).await.is_err() as usize;
+        }
+        assert!((60..140).contains(&failed), "{failed}");
+    }
+}

@@ -1,0 +1,30 @@
+//! The `stdout` sink: one JSON line per record on standard output.
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Sink, SinkBatch, SinkError, SinkFuture, json_line};
+
+/// JSON lines on standard output.
+#[derive(Debug, Default)]
+pub struct StdoutSink;
+
+impl Sink for StdoutSink {
+    fn describe(&self) -> String {
+        "stdout".into()
+    }
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let mut buf = Vec::new();
+            for r in batch.iter() {
+                buf.extend(json_line(&r));
+            }
+            tokio::io::stdout()
+                .write_all(&buf)
+                .await
+                .map_err(SinkError::Stdout)
+        })
+    }
+    fn commit(&self) -> SinkFuture<'_> {
+        Box::pin(async { tokio::io::stdout().flush().await.map_err(SinkError::Stdout) })
+    }
+}
