@@ -81,6 +81,35 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     body.to_owned()
 }
 
+/// `promtool check metrics` (Debian package `prometheus`) accepts the
+/// scrape: Prometheus naming conventions (base units, `_total` counters).
+fn promtool_accepts(scrape: &str) {
+    use std::io::Write as _;
+    let Some(promtool) = sluice_tests::external_program("promtool_accepts", "promtool") else {
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("scrape written");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn free_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
@@ -113,8 +142,10 @@ async fn metrics_and_stats_after_records_went_through() {
         // The engine publishes every second: wait for a round that saw everything.
         let src = [("source", "obs-1"), ("pipeline", "default")];
         let mut samples = Vec::new();
+        let mut text = String::new();
         for _ in 0..50 {
-            samples = parse(&scrape(metrics_addr).await);
+            text = scrape(metrics_addr).await;
+            samples = parse(&text);
             let done = find(&samples, "sluice_records_delivered_total", &src)
                 .is_some_and(|s| s.value == 50.0)
                 && find(
@@ -166,7 +197,11 @@ async fn metrics_and_stats_after_records_went_through() {
         let idle = get("sluice_stage_idle_seconds_total", &stage);
         let bp = get("sluice_stage_backpressured_seconds_total", &stage);
         let uptime = started.elapsed().as_secs_f64();
-        assert!(busy + idle + bp <= uptime + 1.0, "{busy} {idle} {bp} > {uptime}");
+        assert!(
+            busy + idle + bp <= uptime + 1.0,
+            "{busy} {idle} {bp} > {uptime}"
+        );
+        promtool_accepts(&text);
         // No abbreviated-unit names are left (promtool's rule).
         assert!(
             !samples.iter().any(|s| s.name.contains("_ms_")),
