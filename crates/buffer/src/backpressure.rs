@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -488,8 +488,12 @@ pub struct BackpressureController<T> {
     gate: Option<watch::Receiver<GateState>>,
     /// All per-source state. INVARIANTS, each kept by making every change
     /// (and every call into the manager that a change depends on) inside one
-    /// critical section of this lock; lock order is this lock, then the
-    /// manager's, never the other way round:
+    /// critical section of this lock.
+    ///
+    /// LOCK ORDER (see `crate::sync`): this lock is taken first; while it is
+    /// held the controller calls into the manager, which takes the manager's
+    /// `state` lock. Never the other way round: the manager never calls the
+    /// controller.
     ///
     /// 1. *Published = current*: every entry's `state` and `seq` are those
     ///    last sent on its watch channel (the send happens under the lock),

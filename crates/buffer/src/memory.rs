@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use sysinfo::{MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -223,6 +223,8 @@ impl MemoryProbe for SysinfoProbe {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ManualProbe {
+    /// LOCK ORDER (see `crate::sync`): a leaf, held only to read or set the
+    /// reading, never together with the controller's or the manager's lock.
     state: Arc<Mutex<ManualState>>,
 }
 
