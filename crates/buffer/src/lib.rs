@@ -39,8 +39,8 @@
 //! `examples/memory_gate.rs`.
 #![warn(missing_docs)]
 
-mod backpressure;
 mod error;
+mod flow;
 mod limits;
 mod manager;
 mod memory;
@@ -51,7 +51,7 @@ mod record;
 mod snapshot;
 mod sync;
 
-pub use backpressure::{
+pub use flow::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
     DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_WINDOW_RECORDS, SignalKind, SignalReason,
     SignalReceiver, SourceHandle, SourceState, SourceStatus,
