@@ -62,7 +62,9 @@ pub use memory::{
 };
 
 pub use error::{BufferError, BuildError, Level, RejectReason, Unit};
-pub use limits::{Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks};
+pub use limits::{
+    FieldError, FieldErrors, FieldRule, Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks,
+};
 pub use manager::{
     Admission, BatchSize, BufferManager, BufferManagerBuilder, Completion, Credit, PipelineInfo,
     Rejected, SourceProgress, StageInfo,

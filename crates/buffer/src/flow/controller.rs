@@ -78,12 +78,13 @@ impl ControllerConfig {
     }
 
     fn validate(&self) -> Result<(), ControllerError> {
-        let Watermarks { high, low } = self.watermarks;
         let bad = |m: String| Err(ControllerError::InvalidConfig(m));
-        if !(low > 0.0 && low < high && high <= 1.0) {
-            return bad(format!(
-                "watermarks must satisfy 0 < low < high <= 1, got low {low}, high {high}"
-            ));
+        if let Err(errors) = self.watermarks.validate() {
+            let all: Vec<String> = errors
+                .iter()
+                .map(|e| e.message_with(|f| format!("watermarks.{f}")))
+                .collect();
+            return bad(all.join("; "));
         }
         if self.window.is_zero() {
             return bad(format!(

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use super::state::{StageState, State, Usage};
 use super::{BufferManager, Credit, PipelineInfo, StageInfo, StageSignals};
 use crate::error::BuildError;
-use crate::limits::{Limits, RetryPolicy};
+use crate::limits::{FieldRule, Limits, RetryPolicy};
 use crate::record::{PipelineId, StageId};
 use crate::sync::Mutex;
 
@@ -40,22 +40,23 @@ impl BufferManagerBuilder {
 
     /// Checks the limits and pipelines and builds the manager.
     pub fn build<T>(self) -> Result<BufferManager<T>, BuildError> {
-        let l = &self.limits;
-        for (name, limit) in [
-            ("global", l.global),
-            ("per-stage", l.per_stage),
-            ("per-source", l.per_source),
-        ] {
-            if limit.is_zero() {
-                return Err(BuildError::ZeroLimit(name));
-            }
+        // The one definition of valid limits and policies (shared with
+        // sluice-config); the first problem is reported as before.
+        if let Err(errors) = self.limits.validate() {
+            let e = errors.first();
+            let level = match e.field.split('.').next() {
+                Some("per_stage") => "per-stage",
+                Some("per_source") => "per-source",
+                _ => "global",
+            };
+            return Err(match e.rule {
+                FieldRule::NotAbove { .. } => BuildError::AboveGlobal(level),
+                _ => BuildError::ZeroLimit(level),
+            });
         }
-        if !l.per_stage.fits_within(&l.global) {
-            return Err(BuildError::AboveGlobal("per-stage"));
-        }
-        if !l.per_source.fits_within(&l.global) {
-            return Err(BuildError::AboveGlobal("per-source"));
-        }
+        self.retry
+            .validate()
+            .map_err(|e| BuildError::Retry(e.to_string()))?;
         let mut pipelines = Vec::new();
         let mut stages: Vec<StageInfo> = Vec::new();
         for (p, (name, stage_names)) in self.pipelines.into_iter().enumerate() {

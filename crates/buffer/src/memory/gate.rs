@@ -81,19 +81,13 @@ pub struct Gate {
 impl Gate {
     /// An open gate with the thresholds of `config` (its other fields are
     /// not used here). Refuses thresholds outside (0, 100] or a resume
-    /// threshold not below the activate one.
+    /// threshold not below the activate one, by the rules of
+    /// [`MemoryGateConfig::validate`].
     pub fn new(config: &MemoryGateConfig) -> Result<Self, MemoryError> {
+        config
+            .validate_thresholds()
+            .map_err(|e| MemoryError::InvalidConfig(e.to_string()))?;
         let (a, r) = (config.activate_percent, config.resume_percent);
-        if !(a > 0.0 && a <= 100.0) {
-            return Err(MemoryError::InvalidConfig(format!(
-                "activate_percent must be in (0, 100], got {a}"
-            )));
-        }
-        if !(r >= 0.0 && r < a) {
-            return Err(MemoryError::InvalidConfig(format!(
-                "resume_percent must be at least 0 and below activate_percent ({a}), got {r}"
-            )));
-        }
         Ok(Self {
             activate: a,
             resume: r,
@@ -233,6 +227,7 @@ mod tests {
             (80.0, 80.0),
             (80.0, 90.0),
             (80.0, -1.0),
+            (80.0, 0.0),
             (f64::NAN, 1.0),
         ];
         for (a, r) in bad {

@@ -71,12 +71,10 @@ impl MemoryMonitor {
         if !config.enabled {
             return Ok(Self::disabled());
         }
+        config
+            .validate()
+            .map_err(|e| MemoryError::InvalidConfig(e.to_string()))?;
         let mut gate = Gate::new(&config)?;
-        if config.refresh_ms == 0 {
-            return Err(MemoryError::InvalidConfig(
-                "refresh_ms must be at least 1".into(),
-            ));
-        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| MemoryError::NoRuntime)?;
         let period = Duration::from_millis(config.refresh_ms);
         let first = probe.read();
