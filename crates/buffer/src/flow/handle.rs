@@ -89,12 +89,12 @@ impl<T> SourceHandle<T> {
 
     /// Reports credit used: `used.records` records carrying `used.bytes`
     /// bytes were admitted for this session. Call it after
-    /// [`BufferManager::admit`] (or use [`admit`](Self::admit), which does).
+    /// [`BufferManager::admit`](crate::BufferManager::admit) (or use [`admit`](Self::admit), which does).
     pub fn on_admitted(&self, used: Credit) {
         self.controller.on_admitted(self.session, used);
     }
 
-    /// [`BufferManager::admit`] for this source, with the credit it used
+    /// [`BufferManager::admit`](crate::BufferManager::admit) for this source, with the credit it used
     /// reported to the controller.
     pub fn admit(
         &self,

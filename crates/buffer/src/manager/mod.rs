@@ -112,7 +112,7 @@ impl From<usize> for BatchSize {
 pub struct Admission<T> {
     /// Records now in the buffer.
     pub admitted: usize,
-    /// Their bytes, as charged (the sum of their [`ByteSize`]s).
+    /// Their bytes, as charged (the sum of their [`ByteSize`](crate::ByteSize)s).
     pub admitted_bytes: u64,
     /// Leading records whose sequence numbers were already admitted earlier
     /// (a resend after a reconnect); they were dropped as already held.

@@ -19,7 +19,7 @@ use crate::limits::MemoryGateConfig;
 ///
 /// - [`MemoryProbe`]: one reading of "used" against "limit". [`SysinfoProbe`]
 ///   reads the real thing (the process's cgroup, else the host, or this
-///   process's RSS against an explicit limit); [`ManualProbe`] is set by
+///   process's RSS against an explicit limit); [`ManualProbe`](crate::ManualProbe) is set by
 ///   hand (tests, examples).
 /// - [`Gate`]: the hysteresis, a plain struct without any runtime: it closes
 ///   at `activate_percent`, opens again at or below `resume_percent`, and a
