@@ -140,6 +140,9 @@ pub enum BuildError {
     /// A per-stage or per-source limit above the global one can never be reached.
     #[error("the {0} limit exceeds the global limit")]
     AboveGlobal(&'static str),
+    /// The retry policy is out of range (see [`RetryPolicy::validate`](crate::RetryPolicy::validate)).
+    #[error("invalid retry policy: {0}")]
+    Retry(String),
     /// Two pipelines share a name.
     #[error("duplicate pipeline name {0:?}")]
     DuplicatePipeline(String),

@@ -39,8 +39,8 @@
 //! `examples/memory_gate.rs`.
 #![warn(missing_docs)]
 
-mod backpressure;
 mod error;
+mod flow;
 mod limits;
 mod manager;
 mod memory;
@@ -51,7 +51,7 @@ mod record;
 mod snapshot;
 mod sync;
 
-pub use backpressure::{
+pub use flow::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
     DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_WINDOW_RECORDS, SignalKind, SignalReason,
     SignalReceiver, SourceHandle, SourceState, SourceStatus,
@@ -62,7 +62,9 @@ pub use memory::{
 };
 
 pub use error::{BufferError, BuildError, Level, RejectReason, Unit};
-pub use limits::{Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks};
+pub use limits::{
+    FieldError, FieldErrors, FieldRule, Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks,
+};
 pub use manager::{
     Admission, BatchSize, BufferManager, BufferManagerBuilder, Completion, Credit, PipelineInfo,
     Rejected, SourceProgress, StageInfo,

@@ -176,3 +176,457 @@ impl Default for MemoryGateConfig {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Validation: the one definition of what a valid limit or policy is. The
+// buffer's constructors (the builder, the gate, the monitor, the controller)
+// and the settings crate (`sluice-config`) all call these, so they can never
+// disagree.
+// ---------------------------------------------------------------------------
+
+/// A rule a field of a limit or policy breaks (see [`FieldError`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum FieldRule {
+    /// The value must be greater than 0.
+    Positive,
+    /// An optional byte limit, when given, must be greater than 0.
+    PositiveOrAbsent,
+    /// `value` must lie in `range`, written as an interval (`(0, 1]`).
+    InRange {
+        /// The value found.
+        value: f64,
+        /// The allowed interval, as written in the message.
+        range: &'static str,
+    },
+    /// `value` must be below the field `other`, whose value is `other_value`.
+    Below {
+        /// The value found.
+        value: f64,
+        /// The other field.
+        other: &'static str,
+        /// Its value.
+        other_value: f64,
+    },
+    /// `value` must not exceed the field `other`, whose value is `other_value`.
+    NotAbove {
+        /// The value found.
+        value: u64,
+        /// The other field.
+        other: &'static str,
+        /// Its value.
+        other_value: u64,
+    },
+    /// `value` must not be below the field `other`, whose value is `other_value`.
+    NotBelow {
+        /// The value found.
+        value: Duration,
+        /// The other field.
+        other: &'static str,
+        /// Its value.
+        other_value: Duration,
+    },
+}
+
+/// One field of a [`Limits`], [`Watermarks`], [`MemoryGateConfig`] or
+/// [`RetryPolicy`] that breaks a rule.
+///
+/// `field` is the field's path within the checked value (`per_stage.records`,
+/// `low`, `resume_percent`); [`message_with`](Self::message_with) renders the
+/// sentence with the names a caller uses for the fields (a settings file's
+/// keys), and `Display` renders it with the field paths as they are.
+///
+/// ```
+/// use sluice_buffer::{FieldRule, MemoryGateConfig};
+///
+/// let config = MemoryGateConfig { resume_percent: 0.0, ..MemoryGateConfig::default() };
+/// let errors = config.validate().unwrap_err();
+/// let e = errors.iter().next().unwrap();
+/// assert_eq!(e.field, "resume_percent");
+/// assert_eq!(e.to_string(), "resume_percent (0) must be in (0, 100]");
+/// assert_eq!(
+///     e.message_with(|f| format!("memory.{f}")),
+///     "memory.resume_percent (0) must be in (0, 100]"
+/// );
+/// assert!(matches!(e.rule, FieldRule::InRange { .. }));
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.message_with(str::to_owned))]
+pub struct FieldError {
+    /// The offending field's path within the checked value.
+    pub field: &'static str,
+    /// The rule it breaks.
+    pub rule: FieldRule,
+}
+
+impl FieldError {
+    /// The whole sentence, naming each field (this one, and the other field
+    /// of a comparison) by `name(field)`.
+    pub fn message_with(&self, name: impl Fn(&str) -> String) -> String {
+        let key = name(self.field);
+        match self.rule {
+            FieldRule::Positive => format!("{key} must be greater than 0"),
+            FieldRule::PositiveOrAbsent => {
+                format!("{key} must be greater than 0 (omit it to use the cgroup or host limit)")
+            }
+            FieldRule::InRange { value, range } => format!("{key} ({value}) must be in {range}"),
+            FieldRule::Below {
+                value,
+                other,
+                other_value,
+            } => format!(
+                "{key} ({value}) must be below {} ({other_value})",
+                name(other)
+            ),
+            FieldRule::NotAbove {
+                value,
+                other,
+                other_value,
+            } => format!(
+                "{key} ({value}) must not exceed {} ({other_value})",
+                name(other)
+            ),
+            FieldRule::NotBelow {
+                value,
+                other,
+                other_value,
+            } => format!(
+                "{key} ({value:?}) must not be below {} ({other_value:?})",
+                name(other)
+            ),
+        }
+    }
+}
+
+/// Every [`FieldError`] of one value, in the order of its fields; never empty.
+/// Displayed joined with `; `.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// The errors, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, FieldError> {
+        self.0.iter()
+    }
+
+    /// The first error.
+    pub fn first(&self) -> &FieldError {
+        &self.0[0]
+    }
+
+    fn check(errors: Vec<FieldError>) -> Result<(), FieldErrors> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(FieldErrors(errors))
+        }
+    }
+}
+
+impl std::fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl IntoIterator for FieldErrors {
+    type Item = FieldError;
+    type IntoIter = std::vec::IntoIter<FieldError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldErrors {
+    type Item = &'a FieldError;
+    type IntoIter = std::slice::Iter<'a, FieldError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+fn field(field: &'static str, rule: FieldRule) -> FieldError {
+    FieldError { field, rule }
+}
+
+impl Limits {
+    /// Checks that every level admits something (no zero records or bytes)
+    /// and that no per-stage or per-source limit exceeds the global one
+    /// (it could never be reached). Fields: `global.records`,
+    /// `per_stage.bytes`, …; what the builder refuses.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        const FIELDS: [(&str, &str); 3] = [
+            ("global.records", "global.bytes"),
+            ("per_stage.records", "per_stage.bytes"),
+            ("per_source.records", "per_source.bytes"),
+        ];
+        let levels = [self.global, self.per_stage, self.per_source];
+        let mut errors = Vec::new();
+        for (limit, (records, bytes)) in levels.iter().zip(FIELDS) {
+            if limit.records == 0 {
+                errors.push(field(records, FieldRule::Positive));
+            }
+            if limit.bytes == 0 {
+                errors.push(field(bytes, FieldRule::Positive));
+            }
+        }
+        for (limit, (records, bytes)) in levels.iter().zip(FIELDS).skip(1) {
+            for (name, value, other, other_value) in [
+                (
+                    records,
+                    limit.records,
+                    "global.records",
+                    self.global.records,
+                ),
+                (bytes, limit.bytes, "global.bytes", self.global.bytes),
+            ] {
+                if value > other_value {
+                    errors.push(field(
+                        name,
+                        FieldRule::NotAbove {
+                            value,
+                            other,
+                            other_value,
+                        },
+                    ));
+                }
+            }
+        }
+        FieldErrors::check(errors)
+    }
+}
+
+impl RetryPolicy {
+    /// Checks that `max_backoff` is not below `initial_backoff`.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = Vec::new();
+        if self.max_backoff < self.initial_backoff {
+            errors.push(field(
+                "max_backoff",
+                FieldRule::NotBelow {
+                    value: self.max_backoff,
+                    other: "initial_backoff",
+                    other_value: self.initial_backoff,
+                },
+            ));
+        }
+        FieldErrors::check(errors)
+    }
+}
+
+impl Watermarks {
+    /// Checks `0 < low < high <= 1`: each in (0, 1] (fields `high`, `low`),
+    /// and `low` below `high`.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = Vec::new();
+        for (name, value) in [("high", self.high), ("low", self.low)] {
+            if !(value > 0.0 && value <= 1.0) {
+                errors.push(field(
+                    name,
+                    FieldRule::InRange {
+                        value,
+                        range: "(0, 1]",
+                    },
+                ));
+            }
+        }
+        if self.low >= self.high {
+            errors.push(field(
+                "low",
+                FieldRule::Below {
+                    value: self.low,
+                    other: "high",
+                    other_value: self.high,
+                },
+            ));
+        }
+        FieldErrors::check(errors)
+    }
+}
+
+impl MemoryGateConfig {
+    /// Checks every field, whether or not the gate is `enabled`: the
+    /// thresholds (see [`Gate::new`](crate::Gate::new)), `refresh_ms` at
+    /// least 1 and `limit_bytes`, when given, above 0.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = self.threshold_errors();
+        if self.refresh_ms == 0 {
+            errors.push(field("refresh_ms", FieldRule::Positive));
+        }
+        if self.limit_bytes == Some(0) {
+            errors.push(field("limit_bytes", FieldRule::PositiveOrAbsent));
+        }
+        FieldErrors::check(errors)
+    }
+
+    /// The thresholds alone: each in (0, 100], `resume_percent` below
+    /// `activate_percent`. What [`Gate::new`](crate::Gate::new) refuses.
+    pub(crate) fn validate_thresholds(&self) -> Result<(), FieldErrors> {
+        FieldErrors::check(self.threshold_errors())
+    }
+
+    fn threshold_errors(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (name, value) in [
+            ("activate_percent", self.activate_percent),
+            ("resume_percent", self.resume_percent),
+        ] {
+            if !(value > 0.0 && value <= 100.0) {
+                errors.push(field(
+                    name,
+                    FieldRule::InRange {
+                        value,
+                        range: "(0, 100]",
+                    },
+                ));
+            }
+        }
+        if self.resume_percent >= self.activate_percent {
+            errors.push(field(
+                "resume_percent",
+                FieldRule::Below {
+                    value: self.resume_percent,
+                    other: "activate_percent",
+                    other_value: self.activate_percent,
+                },
+            ));
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(r: Result<(), FieldErrors>) -> Vec<String> {
+        r.err()
+            .map(|e| e.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Limits::default().validate().is_ok());
+        assert!(Watermarks::default().validate().is_ok());
+        assert!(MemoryGateConfig::default().validate().is_ok());
+        assert!(RetryPolicy::default().validate().is_ok());
+    }
+
+    #[test]
+    fn limits_rules() {
+        let mut l = Limits::default();
+        l.per_stage.records = 0;
+        l.per_source.bytes = l.global.bytes + 1;
+        assert_eq!(
+            messages(l.validate()),
+            [
+                "per_stage.records must be greater than 0".to_owned(),
+                format!(
+                    "per_source.bytes ({}) must not exceed global.bytes ({})",
+                    l.global.bytes + 1,
+                    l.global.bytes
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn watermark_rules() {
+        let w = |high, low| messages(Watermarks { high, low }.validate());
+        assert_eq!(w(0.8, 0.9), ["low (0.9) must be below high (0.8)"]);
+        assert_eq!(w(1.5, 0.5), ["high (1.5) must be in (0, 1]"]);
+        assert_eq!(
+            w(0.8, 0.0),
+            ["low (0) must be in (0, 1]"],
+            "low = 0 is refused"
+        );
+        assert!(w(1.0, 0.5).is_empty());
+        assert!(!w(f64::NAN, 0.5).is_empty());
+    }
+
+    #[test]
+    fn memory_rules() {
+        let m = |activate_percent, resume_percent| MemoryGateConfig {
+            activate_percent,
+            resume_percent,
+            ..MemoryGateConfig::default()
+        };
+        assert_eq!(
+            messages(m(85.0, 0.0).validate()),
+            ["resume_percent (0) must be in (0, 100]"]
+        );
+        assert_eq!(
+            messages(m(85.0, 90.0).validate()),
+            ["resume_percent (90) must be below activate_percent (85)"]
+        );
+        let c = MemoryGateConfig {
+            refresh_ms: 0,
+            limit_bytes: Some(0),
+            ..MemoryGateConfig::default()
+        };
+        assert_eq!(
+            messages(c.validate()),
+            [
+                "refresh_ms must be greater than 0",
+                "limit_bytes must be greater than 0 (omit it to use the cgroup or host limit)"
+            ]
+        );
+        assert!(c.validate_thresholds().is_ok(), "thresholds alone are fine");
+    }
+
+    #[test]
+    fn retry_rules() {
+        let r = RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(
+            messages(r.validate()),
+            ["max_backoff (1s) must not be below initial_backoff (5s)"]
+        );
+    }
+
+    #[test]
+    fn the_builder_refuses_what_validate_refuses() {
+        use crate::{BufferManager, BuildError};
+        let build = |limits: Limits, retry: RetryPolicy| {
+            BufferManager::<Vec<u8>>::builder(limits)
+                .retry(retry)
+                .pipeline("p", ["s"])
+                .build::<Vec<u8>>()
+                .err()
+        };
+        let mut l = Limits::default();
+        l.per_source.records = 0;
+        assert!(l.validate().is_err());
+        assert_eq!(
+            build(l, RetryPolicy::default()),
+            Some(BuildError::ZeroLimit("per-source"))
+        );
+        let mut l = Limits::default();
+        l.per_stage.bytes = l.global.bytes + 1;
+        assert_eq!(
+            build(l, RetryPolicy::default()),
+            Some(BuildError::AboveGlobal("per-stage"))
+        );
+        let r = RetryPolicy {
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        assert!(r.validate().is_err());
+        assert!(matches!(
+            build(Limits::default(), r),
+            Some(BuildError::Retry(_))
+        ));
+        assert_eq!(build(Limits::default(), RetryPolicy::default()), None);
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use sluice_buffer::Limit;
+use sluice_buffer::FieldErrors;
 
 use crate::Settings;
 use crate::pipeline::{PipelineSpec, SinkSpec, TransformSpec};
@@ -240,92 +240,37 @@ fn auth(s: &Settings, e: &mut ValidationErrors) {
     }
 }
 
+/// Records the buffer crate's verdict on one of its types: each field error
+/// under the key `key(field)`, the message naming every field by its key.
+/// The rules themselves live in `sluice-buffer` (`Limits::validate` and the
+/// like), which its constructors also apply, so the two never disagree.
+fn buffer_rules(
+    e: &mut ValidationErrors,
+    result: Result<(), FieldErrors>,
+    key: impl Fn(&str) -> String,
+) {
+    for err in result.err().into_iter().flatten() {
+        e.push(key(err.field), err.message_with(&key));
+    }
+}
+
 fn buffer(s: &Settings, e: &mut ValidationErrors) {
     let b = &s.buffer;
-    let levels: [(&str, &Limit); 3] = [
-        ("global", &b.global),
-        ("per_stage", &b.per_stage),
-        ("per_source", &b.per_source),
-    ];
-    for (name, limit) in levels {
-        positive(e, &format!("buffer.{name}.records"), limit.records);
-        positive(e, &format!("buffer.{name}.bytes"), limit.bytes);
-    }
-    for (name, limit) in &levels[1..] {
-        for (dim, value, global) in [
-            ("records", limit.records, b.global.records),
-            ("bytes", limit.bytes, b.global.bytes),
-        ] {
-            if value > global {
-                let key = format!("buffer.{name}.{dim}");
-                e.push(
-                    key.clone(),
-                    format!("{key} ({value}) must not exceed buffer.global.{dim} ({global})"),
-                );
-            }
-        }
-    }
+    // Limits: `global.records` is `buffer.global.records`.
+    buffer_rules(e, b.limits().validate(), |f| format!("buffer.{f}"));
     positive(e, "buffer.credit_window_records", b.credit_window_records);
-    let unit = |x: f64| x > 0.0 && x <= 1.0;
-    for (key, value) in [
-        ("buffer.high_watermark", b.high_watermark),
-        ("buffer.low_watermark", b.low_watermark),
-    ] {
-        if !unit(value) {
-            e.push(key, format!("{key} ({value}) must be in (0, 1]"));
-        }
-    }
-    if b.low_watermark >= b.high_watermark {
-        e.push(
-            "buffer.low_watermark",
-            format!(
-                "buffer.low_watermark ({}) must be below buffer.high_watermark ({})",
-                b.low_watermark, b.high_watermark
-            ),
-        );
-    }
+    // Watermarks: `low` is `buffer.low_watermark`.
+    buffer_rules(e, b.watermarks().validate(), |f| {
+        format!("buffer.{f}_watermark")
+    });
 }
 
 fn memory(s: &Settings, e: &mut ValidationErrors) {
-    let m = &s.memory;
-    let percent = |x: f64| x > 0.0 && x <= 100.0;
-    for (key, value) in [
-        ("memory.activate_percent", m.activate_percent),
-        ("memory.resume_percent", m.resume_percent),
-    ] {
-        if !percent(value) {
-            e.push(key, format!("{key} ({value}) must be in (0, 100]"));
-        }
-    }
-    if m.resume_percent >= m.activate_percent {
-        e.push(
-            "memory.resume_percent",
-            format!(
-                "memory.resume_percent ({}) must be below memory.activate_percent ({})",
-                m.resume_percent, m.activate_percent
-            ),
-        );
-    }
-    positive(e, "memory.refresh_ms", m.refresh_ms);
-    if m.limit_bytes == Some(0) {
-        e.push(
-            "memory.limit_bytes",
-            "memory.limit_bytes must be greater than 0 (omit it to use the cgroup or host limit)",
-        );
-    }
+    buffer_rules(e, s.memory.validate(), |f| format!("memory.{f}"));
 }
 
 fn retry(s: &Settings, e: &mut ValidationErrors) {
-    let r = &s.retry;
-    if r.max_backoff < r.initial_backoff {
-        e.push(
-            "retry.max_backoff",
-            format!(
-                "retry.max_backoff ({:?}) must not be below retry.initial_backoff ({:?})",
-                r.max_backoff, r.initial_backoff
-            ),
-        );
-    }
+    buffer_rules(e, s.retry.validate(), |f| format!("retry.{f}"));
 }
 
 fn pipelines(s: &Settings, e: &mut ValidationErrors) {

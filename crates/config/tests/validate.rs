@@ -618,3 +618,101 @@ fn token_env_is_read_from_the_process_environment() {
         "server.auth.tokens[0].token_env: \"A=B\" is not an environment variable name",
     );
 }
+
+/// The buffer crate owns the rules; config and the buffer's own
+/// constructors agree on them. `memory.resume_percent = 0` used to be
+/// refused by config and accepted by the buffer's gate.
+#[test]
+fn config_and_buffer_agree_resume_percent_zero() {
+    use sluice_buffer::{Gate, MemoryMonitor};
+
+    let mut s = Settings::default();
+    s.memory.resume_percent = 0.0;
+    only(
+        &s,
+        "memory.resume_percent",
+        "memory.resume_percent (0) must be in (0, 100]",
+    );
+    let own = s.memory.validate().unwrap_err();
+    assert_eq!(own.first().field, "resume_percent");
+    assert!(Gate::new(&s.memory).is_err(), "the gate refuses it too");
+    assert!(
+        MemoryMonitor::spawn(s.memory, sluice_buffer::ManualProbe::new(1, 10)).is_err(),
+        "and so does the monitor"
+    );
+}
+
+/// Over a range of values, config refuses a memory, buffer, watermark or
+/// retry setting exactly when the buffer's constructors do.
+#[test]
+fn config_and_buffer_constructors_agree() {
+    use sluice_buffer::{
+        BackpressureController, BufferManager, ControllerConfig, Gate, Watermarks,
+    };
+
+    for (activate, resume) in [
+        (85.0, 75.0),
+        (85.0, 0.0),
+        (85.0, -1.0),
+        (100.0, 99.0),
+        (101.0, 50.0),
+        (0.0, 0.0),
+        (80.0, 80.0),
+        (f64::NAN, 1.0),
+    ] {
+        let mut s = Settings::default();
+        s.memory.activate_percent = activate;
+        s.memory.resume_percent = resume;
+        let config_refuses = s.validate().is_err();
+        assert_eq!(
+            config_refuses,
+            Gate::new(&s.memory).is_err(),
+            "{activate}/{resume}"
+        );
+    }
+    for (high, low) in [(0.8, 0.5), (0.8, 0.0), (1.0, 0.5), (1.5, 0.5), (0.5, 0.5)] {
+        let mut s = Settings::default();
+        s.buffer.high_watermark = high;
+        s.buffer.low_watermark = low;
+        let manager = std::sync::Arc::new(
+            BufferManager::<Vec<u8>>::builder(s.buffer.limits())
+                .pipeline("p", ["s"])
+                .build::<Vec<u8>>()
+                .unwrap(),
+        );
+        let config = ControllerConfig {
+            watermarks: Watermarks { high, low },
+            ..ControllerConfig::default()
+        };
+        assert_eq!(
+            s.validate().is_err(),
+            BackpressureController::new(manager, config, None).is_err(),
+            "{high}/{low}"
+        );
+    }
+    for (stage_records, source_bytes) in [(1, 1), (0, 1), (1, 0), (2_000_000, 1), (1, u64::MAX)] {
+        let mut s = Settings::default();
+        s.buffer.per_stage.records = stage_records;
+        s.buffer.per_source.bytes = source_bytes;
+        let built = BufferManager::<Vec<u8>>::builder(s.buffer.limits())
+            .retry(s.retry)
+            .pipeline("p", ["s"])
+            .build::<Vec<u8>>();
+        assert_eq!(
+            s.validate().is_err(),
+            built.is_err(),
+            "{stage_records}/{source_bytes}"
+        );
+    }
+    let mut s = Settings::default();
+    s.retry.initial_backoff = Duration::from_secs(2);
+    s.retry.max_backoff = Duration::from_secs(1);
+    assert!(s.validate().is_err());
+    assert!(
+        BufferManager::<Vec<u8>>::builder(s.buffer.limits())
+            .retry(s.retry)
+            .pipeline("p", ["s"])
+            .build::<Vec<u8>>()
+            .is_err()
+    );
+}

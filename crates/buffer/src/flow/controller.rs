@@ -1,0 +1,705 @@
+//! The [`BackpressureController`]: its configuration, its lock and the
+//! invariants it keeps, evaluation of every source's state, shutdown and
+//! the background task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::fair::min_credit;
+use super::handle::SourceHandle;
+use super::signal::{BackpressureSignal, SignalKind, SignalReason, SignalReceiver};
+use super::state::{SourceState, SourceStatus, Transition, step};
+use crate::error::BufferError;
+use crate::limits::Watermarks;
+use crate::manager::{BufferManager, Credit};
+use crate::memory::GateState;
+use crate::metrics::{self as m, EpisodeLabels};
+use crate::record::SourceId;
+use crate::sync::Mutex;
+
+/// Expected record size behind the default byte window.
+pub const DEFAULT_EXPECTED_RECORD_BYTES: u64 = 1024;
+
+/// The default credit window in records. A source's throughput is bounded by
+/// about window ÷ completion latency (records wait for a sink batch, up to
+/// its linger), so the window must cover a few sink batches: with 1,024 the
+/// engine idled at ~0.25 M records/s for 4 sources (BENCHMARKS.md).
+pub const DEFAULT_WINDOW_RECORDS: u64 = 16_384;
+
+/// Settings of a [`BackpressureController`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControllerConfig {
+    /// SLOW_DOWN at `high`, RESUME at or below `low`.
+    pub watermarks: Watermarks,
+    /// The credit window of a session: the most unused credit it may hold.
+    /// Capped at `watermarks.low ×` the per-source limit. Default
+    /// [`DEFAULT_WINDOW_RECORDS`] records and that many ×
+    /// [`DEFAULT_EXPECTED_RECORD_BYTES`] bytes (16 MiB).
+    pub window: Credit,
+    /// In SLOW_DOWN the window is divided by this (at least 1 record and 1
+    /// byte remain). Default 4.
+    pub slow_down_divisor: u64,
+    /// Period of the background evaluation. Default 10 ms.
+    pub tick: Duration,
+    /// `retry_after` of SLOW_DOWN signals: a suggested pause between
+    /// batches. Default 50 ms.
+    pub slow_down_retry_after: Duration,
+    /// `retry_after` of PAUSE signals. Default 250 ms.
+    pub pause_retry_after: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            watermarks: Watermarks::default(),
+            window: Credit::new(
+                DEFAULT_WINDOW_RECORDS,
+                DEFAULT_WINDOW_RECORDS * DEFAULT_EXPECTED_RECORD_BYTES,
+            ),
+            slow_down_divisor: 4,
+            tick: Duration::from_millis(10),
+            slow_down_retry_after: Duration::from_millis(50),
+            pause_retry_after: Duration::from_millis(250),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Sets the window to `records` records of about `expected_record_bytes` each.
+    pub fn with_window_records(mut self, records: u64, expected_record_bytes: u64) -> Self {
+        self.window = Credit::new(records, records.saturating_mul(expected_record_bytes));
+        self
+    }
+
+    fn validate(&self) -> Result<(), ControllerError> {
+        let bad = |m: String| Err(ControllerError::InvalidConfig(m));
+        if let Err(errors) = self.watermarks.validate() {
+            let all: Vec<String> = errors
+                .iter()
+                .map(|e| e.message_with(|f| format!("watermarks.{f}")))
+                .collect();
+            return bad(all.join("; "));
+        }
+        if self.window.is_zero() {
+            return bad(format!(
+                "the credit window must be non-zero, got {:?}",
+                self.window
+            ));
+        }
+        if self.slow_down_divisor == 0 {
+            return bad("slow_down_divisor must be at least 1".into());
+        }
+        if self.tick.is_zero() {
+            return bad("tick must be non-zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the [`BackpressureController`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControllerError {
+    /// The configuration is out of range.
+    #[error("invalid flow-control config: {0}")]
+    InvalidConfig(String),
+    /// The controller was shut down.
+    #[error("flow control is shut down")]
+    Closed,
+    /// The buffer manager refused (e.g. an unknown source).
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+}
+
+/// An open backpressure episode (the source is not NORMAL).
+#[derive(Debug)]
+pub(super) struct Episode {
+    pub(super) started: Instant,
+    pub(super) reason: SignalReason,
+    pub(super) labels: EpisodeLabels,
+}
+
+/// Flow-control state of one source.
+#[derive(Debug)]
+pub(super) struct SourceEntry {
+    pub(super) name: Arc<str>,
+    pub(super) state: SourceState,
+    /// Some exactly while `state != Normal` (and the controller is not shut down).
+    pub(super) episode: Option<Episode>,
+    pub(super) seq: u64,
+    pub(super) tx: watch::Sender<SourceStatus>,
+}
+
+/// One open [`SourceHandle`]: one stream of a source and the credit it was
+/// granted (the docs call it a session; the type is a lease, to keep it apart
+/// from the engine's `Session`).
+#[derive(Debug)]
+pub(super) struct StreamLease {
+    pub(super) source: SourceId,
+    /// Credit granted to this session and not yet used, as far as the
+    /// session reported usage; re-synchronised down to the manager's
+    /// reservation of the source at each grant.
+    pub(super) outstanding: Credit,
+    /// When the session last asked for credit (or opened). A session that
+    /// asked within the claim window is *backlogged*: it competes for the
+    /// fair share. A session parked in `wait_credit` asks again at every
+    /// evaluation, so it stays backlogged while it waits.
+    pub(super) last_ask: Instant,
+}
+
+/// Everything behind the controller's lock (see `BackpressureController::inner`).
+#[derive(Debug, Default)]
+pub(super) struct Inner {
+    /// Indexed by `SourceId::index()`; an entry exists once the source was
+    /// opened or subscribed to, and stays for the controller's life.
+    pub(super) entries: Vec<Option<SourceEntry>>,
+    pub(super) leases: HashMap<u64, StreamLease>,
+    pub(super) next_lease: u64,
+    pub(super) shut_down: bool,
+}
+
+/// Credit-based flow control and backpressure signals over a shared
+/// [`BufferManager`].
+///
+/// # The state machine
+///
+/// Each source is in one of three [`SourceState`]s. Its inputs are the
+/// utilization of every level it touches (global, the stages of its
+/// pipeline, itself) and the memory gate. Utilization is *load*: records in
+/// the engine, not unused credit (see [`BufferManager::pressures`]):
+///
+///
+/// | from | when | to | signal |
+/// |---|---|---|---|
+/// | NORMAL | a level is full (utilization 1.0) or the gate is closed | PAUSED | PAUSE |
+/// | NORMAL | a level is at or above the high watermark | SLOWED_DOWN | SLOW_DOWN |
+/// | SLOWED_DOWN | a level is full or the gate is closed | PAUSED | PAUSE |
+/// | SLOWED_DOWN | every level is at or below the low watermark | NORMAL | RESUME |
+/// | PAUSED | every level is at or below the low watermark and the gate is open | NORMAL | RESUME |
+///
+/// A level is *full* at utilization 1.0. Between the watermarks nothing
+/// changes, which is what keeps the signals from flapping. A paused source
+/// stays paused until it can resume (it does not step back to SLOWED_DOWN):
+/// PAUSE promises "no new credit until RESUME". Every transition publishes
+/// one [`BackpressureSignal`]; shutting the controller (or the manager) down
+/// pauses every source with reason [`SignalReason::Shutdown`], for good.
+///
+/// # Credits
+///
+/// A session ([`SourceHandle`]) asks for credit with [`SourceHandle::grant`]
+/// (or waits for it with [`SourceHandle::wait_credit`]). A grant is reserved
+/// in the manager at once, so a source that stays within its credits is
+/// never rejected. The rules:
+///
+/// - **Window.** Each session may hold at most one *window* of unused credit:
+///   [`ControllerConfig::window`], capped at `low watermark × per-source
+///   limit` so that a full window of unused credit can never by itself push
+///   the source's own level past the low watermark.
+/// - **Refill at half.** A session is granted more only once it has used at
+///   least half of its window (in records or in bytes); then it is topped up
+///   towards a full window. Before that, `grant` returns zero.
+/// - **SLOW_DOWN shrinks the window** to `window / slow_down_divisor`
+///   (default a quarter), so a slowed source really gets less, not just a
+///   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
+///   gate is closed.
+/// - **Fair share.** The claimants are the sources with a *backlogged*
+///   session: one that asked for credit recently (a session waiting in
+///   [`SourceHandle::wait_credit`] asks again at every evaluation) and is
+///   not paused. The free global capacity plus what the claimants already
+///   use (unused credit and records in the engine) is shared max-min fairly
+///   among them: equal shares, except that a claimant already using more
+///   keeps what it uses (it cannot be taken back) and the others share the
+///   rest. The grant is `min(window − unused credit, share − usage, the
+///   source's free room (global, entry stage, source))`, per dimension
+///   (records, bytes). Equal usage means equal throughput through FIFO
+///   stages; the share does not depend on the order in which claimants ask
+///   (a grant moves capacity from free to used, leaving the pool as it
+///   was), so a source cannot run ahead by asking first or more often; and
+///   a session that stops asking leaves the claimants, so capacity nobody
+///   asks for is not held back.
+///
+/// # Evaluation
+///
+/// [`evaluate`](Self::evaluate) recomputes every source's state from
+/// one [`BufferManager::pressures`] reading and the gate. It runs on the
+/// background task ([`run`](Self::run)/[`spawn`](Self::spawn))
+/// every [`ControllerConfig::tick`], whenever the manager reports freed
+/// capacity and whenever the gate changes, and also inside every grant that
+/// may hand out credit, so a grant never uses a stale state.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluice_buffer::{BackpressureController, BufferManager, ControllerConfig, Limits, SourceState};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let buffer = Arc::new(BufferManager::<Vec<u8>>::builder(Limits::default()).pipeline("p", ["sink"]).build().unwrap());
+/// let pipeline = buffer.pipeline_by_name("p").unwrap().id;
+/// let id = buffer.register_source("app", pipeline).unwrap();
+///
+/// let flow = BackpressureController::new(buffer.clone(), ControllerConfig::default(), None).unwrap();
+/// let _task = flow.spawn(); // background evaluation
+/// let source = flow.open_source(id).unwrap();
+/// let credit = source.grant(); // reserved in the manager already
+/// assert_eq!(credit.records, sluice_buffer::DEFAULT_WINDOW_RECORDS);
+/// let admission = source.admit(1, vec![b"hello".to_vec()]).unwrap();
+/// assert!(admission.rejected.is_none());
+/// assert_eq!(source.status().state, SourceState::Normal);
+/// flow.shutdown();
+/// # });
+/// ```
+pub struct BackpressureController<T> {
+    pub(super) manager: Arc<BufferManager<T>>,
+    pub(super) config: ControllerConfig,
+    /// The full window after capping to the per-source limit.
+    pub(super) window: Credit,
+    pub(super) gate: Option<watch::Receiver<GateState>>,
+    /// All per-source state. INVARIANTS, each kept by making every change
+    /// (and every call into the manager that a change depends on) inside one
+    /// critical section of this lock.
+    ///
+    /// LOCK ORDER (see `crate::sync`): this lock is taken first; while it is
+    /// held the controller calls into the manager, which takes the manager's
+    /// `state` lock. Never the other way round: the manager never calls the
+    /// controller.
+    ///
+    /// 1. *Published = current*: every entry's `state` and `seq` are those
+    ///    last sent on its watch channel (the send happens under the lock),
+    ///    so subscribers see transitions in order and end on the true state.
+    /// 2. *Episodes*: an entry has an open episode exactly while its state is
+    ///    not NORMAL, until shutdown closes them all (recorded with
+    ///    `complete="false"`).
+    /// 3. *Grants*: a grant is computed from one reading of the free capacity
+    ///    and reserved in the same critical section, so two grants never
+    ///    share out the same free capacity; a PAUSED source (or any source
+    ///    while the gate is closed or after shutdown) is granted nothing.
+    ///
+    /// [`audit`](Self::audit) checks 1 and 2.
+    pub(super) inner: Mutex<Inner>,
+    /// Mirror of `Inner::shut_down` for lock-free checks; set under the lock.
+    pub(super) shut_down: AtomicBool,
+    /// Woken after every background evaluation, after any evaluation with a
+    /// transition, when a session closes and at shutdown. Protocol (no lost
+    /// wake-up): a waiter enables its `Notified` before it tries to grant,
+    /// and every notifier notifies after its change.
+    pub(super) credit: Notify,
+    /// Tells the background task to stop.
+    pub(super) stop: watch::Sender<bool>,
+}
+
+impl<T> std::fmt::Debug for BackpressureController<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackpressureController")
+            .field("config", &self.config)
+            .field("window", &self.window)
+            .field("shut_down", &self.shut_down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> BackpressureController<T> {
+    /// A controller over `manager`, optionally watching a memory gate (from
+    /// [`MemoryMonitor::subscribe`](crate::MemoryMonitor::subscribe)).
+    /// Start its background evaluation with [`spawn`](Self::spawn) or [`run`](Self::run).
+    pub fn new(
+        manager: Arc<BufferManager<T>>,
+        config: ControllerConfig,
+        gate: Option<watch::Receiver<GateState>>,
+    ) -> Result<Arc<Self>, ControllerError> {
+        config.validate()?;
+        let per_source = manager.limits().per_source;
+        let low = config.watermarks.low;
+        let cap = Credit::new(
+            ((per_source.records as f64 * low) as u64).max(1),
+            ((per_source.bytes as f64 * low) as u64).max(1),
+        );
+        let window = min_credit(config.window, cap);
+        if window != config.window {
+            tracing::debug!(configured = ?config.window, ?window, "credit window capped to low watermark × per-source limit");
+        }
+        let (stop, _) = watch::channel(false);
+        Ok(Arc::new(Self {
+            manager,
+            config,
+            window,
+            gate,
+            inner: Mutex::new(Inner::default()),
+            shut_down: AtomicBool::new(false),
+            credit: Notify::new(),
+            stop,
+        }))
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &Arc<BufferManager<T>> {
+        &self.manager
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// The window a session gets in `state` (the full window is the
+    /// configured one capped at `low ×` the per-source limit).
+    pub fn window(&self, state: SourceState) -> Credit {
+        match state {
+            SourceState::Normal => self.window,
+            SourceState::SlowedDown => Credit::new(
+                (self.window.records / self.config.slow_down_divisor).max(1),
+                (self.window.bytes / self.config.slow_down_divisor).max(1),
+            ),
+            SourceState::Paused => Credit::ZERO,
+        }
+    }
+
+    /// Opens a session for `source` (a source registered with the manager):
+    /// the handle through which it is granted credit and observes its signals.
+    /// A source may have several sessions (e.g. a reconnect that overlaps the
+    /// old stream); they share the source's state and each has its own window.
+    pub fn open_source(
+        self: &Arc<Self>,
+        source: SourceId,
+    ) -> Result<SourceHandle<T>, ControllerError> {
+        let (session, rx, any) = {
+            let mut inner = self.inner.lock();
+            if inner.shut_down {
+                return Err(ControllerError::Closed);
+            }
+            let rx = self.ensure_entry(&mut inner, source)?;
+            let session = inner.next_lease;
+            inner.next_lease += 1;
+            inner.leases.insert(
+                session,
+                StreamLease {
+                    source,
+                    outstanding: Credit::ZERO,
+                    last_ask: Instant::now(),
+                },
+            );
+            // The new session starts from the source's current state.
+            let any = !self.evaluate_locked(&mut inner).is_empty();
+            (session, rx, any)
+        };
+        if any {
+            self.credit.notify_waiters();
+        }
+        Ok(SourceHandle {
+            controller: self.clone(),
+            source,
+            session,
+            rx,
+        })
+    }
+
+    /// A subscription to `source`'s status, without opening a session.
+    pub fn subscribe(&self, source: SourceId) -> Result<SignalReceiver, ControllerError> {
+        let mut inner = self.inner.lock();
+        let rx = self.ensure_entry(&mut inner, source)?;
+        if !inner.shut_down {
+            self.evaluate_locked(&mut inner);
+        }
+        Ok(SignalReceiver { rx })
+    }
+
+    /// The current status of `source`, if it was opened or subscribed to.
+    pub fn status(&self, source: SourceId) -> Option<SourceStatus> {
+        let inner = self.inner.lock();
+        let e = inner.entries.get(source.index())?.as_ref()?;
+        Some(e.tx.borrow().clone())
+    }
+
+    /// The current state of `source`, if it was opened or subscribed to.
+    pub fn state(&self, source: SourceId) -> Option<SourceState> {
+        let inner = self.inner.lock();
+        Some(inner.entries.get(source.index())?.as_ref()?.state)
+    }
+
+    fn ensure_entry(
+        &self,
+        inner: &mut Inner,
+        source: SourceId,
+    ) -> Result<watch::Receiver<SourceStatus>, ControllerError> {
+        if let Some(Some(e)) = inner.entries.get(source.index()) {
+            return Ok(e.tx.subscribe());
+        }
+        let name = self
+            .manager
+            .snapshot()
+            .sources
+            .get(source.index())
+            .map(|s| s.name.clone())
+            .ok_or(BufferError::UnknownSource(source))?;
+        let initial = SourceStatus {
+            state: if inner.shut_down {
+                SourceState::Paused
+            } else {
+                SourceState::Normal
+            },
+            signal: None,
+            seq: 0,
+        };
+        m::source_state(&name, initial.state.as_gauge());
+        let (tx, rx) = watch::channel(initial.clone());
+        if inner.entries.len() <= source.index() {
+            inner.entries.resize_with(source.index() + 1, || None);
+        }
+        inner.entries[source.index()] = Some(SourceEntry {
+            name,
+            state: initial.state,
+            episode: None,
+            seq: 0,
+            tx,
+        });
+        Ok(rx)
+    }
+
+    /// The memory utilization while the gate is closed.
+    pub(super) fn memory_pressure(&self) -> Option<f64> {
+        let gate = self.gate.as_ref()?.borrow();
+        gate.closed.then(|| gate.utilization())
+    }
+
+    /// Recomputes every source's state from the buffer's pressures and the
+    /// gate, publishes each transition, and returns the signals it made.
+    pub fn evaluate(&self) -> Vec<(SourceId, BackpressureSignal)> {
+        let signals = self.evaluate_locked(&mut self.inner.lock());
+        self.credit.notify_waiters();
+        signals
+    }
+
+    pub(super) fn evaluate_locked(&self, inner: &mut Inner) -> Vec<(SourceId, BackpressureSignal)> {
+        if inner.shut_down {
+            return Vec::new();
+        }
+        if self.manager.is_shut_down() {
+            return self.shutdown_locked(inner);
+        }
+        let memory = self.memory_pressure();
+        let pressures = self.manager.pressures();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (id, p) in pressures {
+            let Some(Some(entry)) = inner.entries.get_mut(id.index()) else {
+                continue;
+            };
+            if let Some(t) = step(entry.state, &p, memory, self.config.watermarks) {
+                let signal = self.apply(entry, t, now);
+                out.push((id, signal));
+            }
+        }
+        out
+    }
+
+    fn signal(
+        &self,
+        kind: SignalKind,
+        reason: SignalReason,
+        utilization: f64,
+    ) -> BackpressureSignal {
+        BackpressureSignal {
+            kind,
+            reason,
+            stage_name: reason
+                .stage()
+                .and_then(|s| self.manager.stage(s))
+                .map(|s| s.name.clone()),
+            utilization,
+            retry_after: match kind {
+                SignalKind::SlowDown => self.config.slow_down_retry_after,
+                SignalKind::Pause => self.config.pause_retry_after,
+                SignalKind::Resume => Duration::ZERO,
+            },
+        }
+    }
+
+    fn apply(&self, entry: &mut SourceEntry, t: Transition, now: Instant) -> BackpressureSignal {
+        let mut reason = t.reason;
+        match t.kind {
+            SignalKind::SlowDown | SignalKind::Pause => {
+                if entry.episode.is_none() {
+                    let stage = reason
+                        .stage()
+                        .and_then(|s| self.manager.stage(s))
+                        .map_or_else(|| Arc::from(""), |s| s.name.clone());
+                    let labels = EpisodeLabels {
+                        source: entry.name.clone(),
+                        reason: reason.label(),
+                        stage,
+                    };
+                    m::episode_started(&labels);
+                    entry.episode = Some(Episode {
+                        started: now,
+                        reason,
+                        labels,
+                    });
+                }
+            }
+            SignalKind::Resume => {
+                if let Some(ep) = entry.episode.take() {
+                    reason = ep.reason;
+                    m::episode_ended(&ep.labels, now.saturating_duration_since(ep.started), true);
+                }
+            }
+        }
+        let signal = self.signal(t.kind, reason, t.utilization);
+        tracing::debug!(
+            source = %entry.name,
+            kind = %signal.kind,
+            reason = %signal.reason,
+            utilization = signal.utilization,
+            "backpressure signal"
+        );
+        self.publish(entry, t.to, signal.clone());
+        signal
+    }
+
+    fn publish(&self, entry: &mut SourceEntry, state: SourceState, signal: BackpressureSignal) {
+        entry.state = state;
+        entry.seq += 1;
+        m::source_state(&entry.name, state.as_gauge());
+        entry.tx.send_replace(SourceStatus {
+            state,
+            signal: Some(signal),
+            seq: entry.seq,
+        });
+    }
+
+    /// Pauses every source for good (reason [`SignalReason::Shutdown`]),
+    /// records open episodes with `complete="false"`, stops granting, wakes
+    /// every credit waiter and stops the background task. Does not shut the
+    /// manager down (stage workers may still be draining it).
+    pub fn shutdown(&self) {
+        self.shutdown_locked(&mut self.inner.lock());
+        self.stop.send_replace(true);
+        self.credit.notify_waiters();
+    }
+
+    fn shutdown_locked(&self, inner: &mut Inner) -> Vec<(SourceId, BackpressureSignal)> {
+        if inner.shut_down {
+            return Vec::new();
+        }
+        inner.shut_down = true;
+        self.shut_down.store(true, Ordering::Release);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (i, entry) in inner.entries.iter_mut().enumerate() {
+            let Some(entry) = entry else { continue };
+            if let Some(ep) = entry.episode.take() {
+                m::episode_ended(&ep.labels, now.saturating_duration_since(ep.started), false);
+            }
+            let signal = self.signal(SignalKind::Pause, SignalReason::Shutdown, 0.0);
+            self.publish(entry, SourceState::Paused, signal.clone());
+            out.push((SourceId(i as u32), signal));
+        }
+        tracing::debug!(sources = out.len(), "flow control shut down");
+        out
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called (or the manager was
+    /// found shut down).
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// Runs the background evaluation until [`shutdown`](Self::shutdown):
+    /// every [`tick`](ControllerConfig::tick), whenever the manager frees
+    /// capacity, and whenever the memory gate changes. Each evaluation wakes
+    /// the sessions waiting in [`SourceHandle::wait_credit`].
+    pub async fn run(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut gate = self.gate.clone();
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            self.evaluate();
+            if self.is_shut_down() {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.manager.capacity_freed() => {}
+                changed = async {
+                    match gate.as_mut() {
+                        Some(g) => g.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        // The monitor stopped: its last state stays in force
+                        // (read at each evaluation); stop waiting on it.
+                        gate = None;
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        self.credit.notify_waiters();
+    }
+
+    /// Spawns [`run`](Self::run) on the current Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, like `tokio::spawn`.
+    pub fn spawn(self: &Arc<Self>) -> JoinHandle<()>
+    where
+        T: Send + 'static,
+    {
+        tokio::spawn(self.clone().run())
+    }
+
+    /// Checks invariants 1 (published = current) and 2 (episodes) and
+    /// describes every violation. For tests and debugging.
+    pub fn audit(&self) -> Result<(), String> {
+        let inner = self.inner.lock();
+        let mut problems = Vec::new();
+        for (i, e) in inner.entries.iter().enumerate() {
+            let Some(e) = e else { continue };
+            let published = e.tx.borrow();
+            if published.state != e.state || published.seq != e.seq {
+                problems.push(format!(
+                    "source {i}: published {:?}/{} != current {:?}/{}",
+                    published.state, published.seq, e.state, e.seq
+                ));
+            }
+            let expect_episode = e.state != SourceState::Normal && !inner.shut_down;
+            if e.episode.is_some() != expect_episode {
+                problems.push(format!(
+                    "source {i}: state {:?} with episode {:?}",
+                    e.state, e.episode
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+impl<T> Drop for BackpressureController<T> {
+    fn drop(&mut self) {
+        // Episodes still open are recorded, not lost.
+        let inner = self.inner.get_mut();
+        if inner.shut_down {
+            return;
+        }
+        let now = Instant::now();
+        for e in inner.entries.iter_mut().flatten() {
+            if let Some(ep) = e.episode.take() {
+                m::episode_ended(&ep.labels, now.saturating_duration_since(ep.started), false);
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Credit-based flow control over a [`BufferManager`](crate::BufferManager):
+//! the [`BackpressureController`] hands out credits (reservations) fairly
+//! and drives a per-source hysteresis state machine that tells sources to
+//! slow down, pause and resume. The rules are documented on
+//! [`BackpressureController`].
+//!
+//! The parts, each private, re-exported here:
+//!
+//! - `signal.rs`: what a source is told ([`SignalKind`], [`SignalReason`],
+//!   [`BackpressureSignal`]) and how it listens ([`SignalReceiver`]).
+//! - `state.rs`: the pure hysteresis state machine (`step`) over
+//!   [`SourceState`], and the published [`SourceStatus`].
+//! - `fair.rs`: the max-min fair share of the global capacity among
+//!   backlogged sources, and the refill-at-half rule.
+//! - `controller.rs`: the [`BackpressureController`] with its lock (the
+//!   invariants are stated there), its [`ControllerConfig`] and
+//!   [`ControllerError`]; evaluation, shutdown and the background task.
+//! - `grant.rs`: granting credit to a stream and accounting for its use.
+//! - `handle.rs`: [`SourceHandle`], one stream's view of the controller.
+
+mod controller;
+mod fair;
+mod grant;
+mod handle;
+mod signal;
+mod state;
+
+pub use controller::{
+    BackpressureController, ControllerConfig, ControllerError, DEFAULT_EXPECTED_RECORD_BYTES,
+    DEFAULT_WINDOW_RECORDS,
+};
+pub use handle::SourceHandle;
+pub use signal::{BackpressureSignal, SignalKind, SignalReason, SignalReceiver};
+pub use state::{SourceState, SourceStatus};

@@ -1,0 +1,122 @@
+//! The invariant check: [`audit`](BufferManager::audit) reads the state once
+//! and reports every violation of invariants 1 (limits) and 2
+//! (conservation), as stated at the lock (`BufferManager::state`).
+
+use super::{BufferManager, Credit};
+use crate::limits::Limit;
+
+impl<T> BufferManager<T> {
+    /// Checks invariants 1 (limits) and 2 (conservation) in one consistent
+    /// reading and describes every violation. Meant for tests and debugging;
+    /// it walks every queue, so do not call it on a hot path.
+    pub fn audit(&self) -> Result<(), String> {
+        let st = self.state.lock();
+        let mut problems = Vec::new();
+        let check_limit = |problems: &mut Vec<String>, what: String, used: Credit, limit: Limit| {
+            if used.records > limit.records || used.bytes > limit.bytes {
+                problems.push(format!("{what}: {used:?} exceeds {limit:?}"));
+            }
+        };
+        check_limit(
+            &mut problems,
+            "global".into(),
+            st.global.used,
+            self.limits.global,
+        );
+        check_limit(
+            &mut problems,
+            "global peak".into(),
+            st.global.peak,
+            self.limits.global,
+        );
+        let mut sum_sources = Credit::ZERO;
+        let mut sum_reserved = Credit::ZERO;
+        for (i, s) in st.sources.iter().enumerate() {
+            check_limit(
+                &mut problems,
+                format!("source {i}"),
+                s.usage.used,
+                self.limits.per_source,
+            );
+            check_limit(
+                &mut problems,
+                format!("source {i} peak"),
+                s.usage.peak,
+                self.limits.per_source,
+            );
+            sum_sources.add(s.usage.used);
+            sum_reserved.add(s.reserved);
+            let in_engine = s.usage.used.records - s.reserved.records;
+            if s.admitted != in_engine + s.delivered + s.dead_lettered {
+                problems.push(format!(
+                    "source {i}: admitted {} != in engine {in_engine} + delivered {} + dead-lettered {}",
+                    s.admitted, s.delivered, s.dead_lettered
+                ));
+            }
+        }
+        let mut sum_stages = Credit::ZERO;
+        for (i, s) in st.stages.iter().enumerate() {
+            check_limit(
+                &mut problems,
+                format!("stage {i}"),
+                s.usage.used,
+                self.limits.per_stage,
+            );
+            check_limit(
+                &mut problems,
+                format!("stage {i} peak"),
+                s.usage.peak,
+                self.limits.per_stage,
+            );
+            sum_stages.add(s.usage.used);
+            let q_records = (s.ready.len() + s.delayed.len()) as u64;
+            // Summed record by record, not from the queue's chunk totals,
+            // which are checked against the same sum here.
+            let ready_bytes: u64 = s.ready.iter().map(|r| u64::from(r.size)).sum();
+            if s.ready.bytes() != ready_bytes {
+                problems.push(format!(
+                    "stage {i}: queue chunk totals {} bytes != records {ready_bytes} bytes",
+                    s.ready.bytes()
+                ));
+            }
+            let q_bytes: u64 = ready_bytes
+                + s.delayed
+                    .iter()
+                    .map(|d| u64::from(d.0.record.size))
+                    .sum::<u64>();
+            if s.queued != Credit::new(q_records, q_bytes) {
+                problems.push(format!("stage {i}: queued count {:?} != queue contents {q_records} records, {q_bytes} bytes", s.queued));
+            }
+            let held = s.reserved.records + s.queued.records;
+            if held > s.usage.used.records {
+                problems.push(format!(
+                    "stage {i}: reserved + queued {held} > used {}",
+                    s.usage.used.records
+                ));
+            }
+        }
+        if sum_sources != st.global.used {
+            problems.push(format!(
+                "sum of sources {sum_sources:?} != global {:?}",
+                st.global.used
+            ));
+        }
+        if sum_stages != st.global.used {
+            problems.push(format!(
+                "sum of stages {sum_stages:?} != global {:?}",
+                st.global.used
+            ));
+        }
+        if sum_reserved != st.global_reserved {
+            problems.push(format!(
+                "sum of reservations {sum_reserved:?} != global reserved {:?}",
+                st.global_reserved
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}

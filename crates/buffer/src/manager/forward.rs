@@ -1,0 +1,188 @@
+//! Records out of a stage: [`next_batch`](BufferManager::next_batch),
+//! [`try_batch`](BufferManager::try_batch), and
+//! [`forward`](BufferManager::forward) to the next stage (with the guard
+//! that puts unmoved records back, so a cancelled forward loses nothing).
+
+use super::{BatchSize, BufferManager, Credit};
+use crate::error::BufferError;
+use crate::record::{BufferedRecord, StageId};
+
+impl<T> BufferManager<T> {
+    /// Waits until records of `stage` are ready, then takes up to `max`.
+    ///
+    /// Records enter a stage a batch at a time (an admitted or forwarded
+    /// batch) and are taken the same way: a large queued batch (more than 64
+    /// records) is handed out as it is, small ones are merged while they fit
+    /// in `max`, and a queued batch is split only when it comes first and
+    /// alone exceeds `max`. So the result can hold fewer than `max` records
+    /// while more are ready ([`try_batch`](Self::try_batch) gets them); it
+    /// always holds at least one record, whatever its size. This way large
+    /// batches of records are never copied from batch to batch.
+    ///
+    /// Returns `None` once the manager is shut down. Retried records are
+    /// handed out only after their backoff; while only such records wait,
+    /// this sleeps until the earliest is due. Cancel-safe: if the future is
+    /// dropped, nothing was taken.
+    pub async fn next_batch(
+        &self,
+        stage: StageId,
+        max: impl Into<BatchSize>,
+    ) -> Option<Vec<BufferedRecord<T>>> {
+        let max = max.into();
+        let signals = self.signals.get(stage.index())?;
+        loop {
+            let notified = signals.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let due = {
+                let mut st = self.state.lock();
+                if st.shutdown {
+                    return None;
+                }
+                match st.take(stage.index(), max) {
+                    Ok(batch) => return Some(batch),
+                    Err(due) => due,
+                }
+            };
+            match due {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Takes up to `max` ready records of `stage` without waiting, like
+    /// [`next_batch`](Self::next_batch) (empty when none is ready or the
+    /// manager is shut down).
+    pub fn try_batch(&self, stage: StageId, max: impl Into<BatchSize>) -> Vec<BufferedRecord<T>> {
+        let mut st = self.state.lock();
+        if st.shutdown || stage.index() >= st.stages.len() {
+            return Vec::new();
+        }
+        st.take(stage.index(), max.into()).unwrap_or_default()
+    }
+
+    /// Moves records to `next` (a stage of their pipeline), waiting while it
+    /// is full. Global and source counts do not change; each record stops
+    /// counting against its current stage as it starts counting against `next`.
+    ///
+    /// Records move in order, as many as fit at a time. If the manager shuts
+    /// down, or the future is dropped, the records not yet moved go back to
+    /// their current stage's queue, still counted: nothing is lost.
+    pub async fn forward(
+        &self,
+        records: Vec<BufferedRecord<T>>,
+        next: StageId,
+    ) -> Result<(), BufferError> {
+        let target = self.stage(next).ok_or(BufferError::UnknownStage(next))?;
+        if let Some(r) = records.iter().find(|r| r.pipeline != target.pipeline) {
+            return Err(BufferError::WrongPipeline {
+                stage: next,
+                pipeline: r.pipeline,
+            });
+        }
+        let mut pending = PendingForward {
+            manager: self,
+            records,
+        };
+        let signals = &self.signals[next.index()];
+        loop {
+            let notified = signals.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut from: Option<StageId> = None;
+            let mut from_many = Vec::new();
+            {
+                let mut st = self.state.lock();
+                if st.shutdown {
+                    return Err(BufferError::Closed);
+                }
+                let st = &mut *st;
+                let mut free = st.stages[next.index()].usage.free(self.limits.per_stage);
+                let mut moved = Credit::ZERO;
+                let mut queued = Credit::ZERO;
+                // First account for (and retag) the prefix that fits, then
+                // move it in one go: records are moved once, not popped and
+                // pushed one by one.
+                let mut n = 0;
+                for r in pending.records.iter_mut() {
+                    let size = u64::from(r.size);
+                    if r.stage != next {
+                        if free.records == 0 || free.bytes < size {
+                            break;
+                        }
+                        free.sub(Credit::new(1, size));
+                        st.stages[r.stage.index()].usage.sub(Credit::new(1, size));
+                        match from {
+                            None => from = Some(r.stage),
+                            Some(f) if f != r.stage && !from_many.contains(&r.stage) => {
+                                from_many.push(r.stage)
+                            }
+                            _ => {}
+                        }
+                        moved.add(Credit::new(1, size));
+                        r.stage = next;
+                    }
+                    queued.add(Credit::new(1, size));
+                    n += 1;
+                }
+                let dst = &mut st.stages[next.index()];
+                dst.queued.add(queued);
+                dst.usage.add(moved);
+                if n == pending.records.len() {
+                    dst.ready
+                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes);
+                } else {
+                    let rest = pending.records.split_off(n);
+                    dst.ready
+                        .push_chunk(std::mem::replace(&mut pending.records, rest), queued.bytes);
+                }
+            }
+            if from.is_some() || pending.records.is_empty() {
+                signals.ready.notify_waiters();
+            }
+            for s in from.into_iter().chain(from_many) {
+                self.signals[s.index()].space.notify_waiters();
+            }
+            if pending.records.is_empty() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Records of a `forward` not yet moved; put back on drop so that a
+/// cancelled or shut-down forward loses nothing.
+struct PendingForward<'a, T> {
+    manager: &'a BufferManager<T>,
+    records: Vec<BufferedRecord<T>>,
+}
+
+impl<T> Drop for PendingForward<'_, T> {
+    fn drop(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let mut woken: Vec<StageId> = Vec::new();
+        {
+            let mut st = self.manager.state.lock();
+            for r in self.records.drain(..) {
+                let stage = &mut st.stages[r.stage.index()];
+                stage.queued.add(Credit::new(1, u64::from(r.size)));
+                if !woken.contains(&r.stage) {
+                    woken.push(r.stage);
+                }
+                stage.ready.push_back(r);
+            }
+        }
+        for s in woken {
+            self.manager.signals[s.index()].ready.notify_waiters();
+        }
+    }
+}

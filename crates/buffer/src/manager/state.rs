@@ -1,0 +1,172 @@
+//! What the manager's lock protects: the counts of every level and the
+//! queues. The invariants over these are stated at the lock
+//! (`BufferManager::state`, in `mod.rs`) and checked by `audit.rs`.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{BatchSize, Credit};
+use crate::limits::Limit;
+use crate::queue::RecordQueue;
+use crate::record::{BufferedRecord, PipelineId, SourceId, StageId};
+
+/// A level's count and its high-water mark.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Usage {
+    pub(super) used: Credit,
+    pub(super) peak: Credit,
+}
+
+impl Usage {
+    #[inline]
+    pub(super) fn add(&mut self, a: Credit) {
+        self.used.add(a);
+        self.peak.records = self.peak.records.max(self.used.records);
+        self.peak.bytes = self.peak.bytes.max(self.used.bytes);
+    }
+    #[inline]
+    pub(super) fn sub(&mut self, a: Credit) {
+        self.used.sub(a);
+    }
+    #[inline]
+    pub(super) fn free(&self, limit: Limit) -> Credit {
+        Credit::new(
+            limit.records.saturating_sub(self.used.records),
+            limit.bytes.saturating_sub(self.used.bytes),
+        )
+    }
+}
+
+/// A retried record waiting for its backoff, ordered by due time, then by
+/// the order it was retried in.
+pub(super) struct Delayed<T> {
+    pub(super) at: Instant,
+    pub(super) order: u64,
+    pub(super) record: BufferedRecord<T>,
+}
+impl<T> PartialEq for Delayed<T> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl<T> Eq for Delayed<T> {}
+impl<T> PartialOrd for Delayed<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Delayed<T> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+/// One stage's level and queues.
+pub(super) struct StageState<T> {
+    pub(super) usage: Usage,
+    /// Part of `usage` that is reservations of sources entering here.
+    pub(super) reserved: Credit,
+    /// Records waiting (in `ready` or `delayed`).
+    pub(super) queued: Credit,
+    pub(super) ready: RecordQueue<T>,
+    /// Retried records waiting for their backoff, earliest first.
+    pub(super) delayed: BinaryHeap<Reverse<Delayed<T>>>,
+}
+
+impl<T> Default for StageState<T> {
+    fn default() -> Self {
+        Self {
+            usage: Usage::default(),
+            reserved: Credit::ZERO,
+            queued: Credit::ZERO,
+            ready: RecordQueue::default(),
+            delayed: BinaryHeap::new(),
+        }
+    }
+}
+
+/// Cumulative acknowledgement: the highest `through` such that every
+/// sequence number up to it is completed, plus completed ranges above it.
+#[derive(Debug, Default)]
+pub(super) struct AckFrontier {
+    pub(super) through: u64,
+    /// Completed, disjoint ranges `start..=end` above `through + 1`.
+    pub(super) pending: BTreeMap<u64, u64>,
+}
+
+impl AckFrontier {
+    pub(super) fn complete(&mut self, start: u64, end: u64) {
+        if start <= self.through.saturating_add(1) {
+            self.through = self.through.max(end);
+            while let Some(e) = self.pending.first_entry() {
+                if *e.key() > self.through.saturating_add(1) {
+                    break;
+                }
+                self.through = self.through.max(*e.get());
+                e.remove();
+            }
+        } else {
+            self.pending.insert(start, end);
+        }
+    }
+}
+
+/// One registered source's account: its levels, reservation, sequence
+/// position, acks and counters. (Not to be confused with the public
+/// flow-control state, [`SourceState`](crate::SourceState).)
+pub(super) struct SourceAccount {
+    pub(super) name: Arc<str>,
+    pub(super) pipeline: PipelineId,
+    pub(super) entry: StageId,
+    pub(super) usage: Usage,
+    pub(super) reserved: Credit,
+    /// Whether any record was ever admitted (fixes the sequence base).
+    pub(super) started: bool,
+    pub(super) admitted_through: u64,
+    pub(super) acks: AckFrontier,
+    pub(super) admitted: u64,
+    pub(super) delivered: u64,
+    pub(super) dead_lettered: u64,
+    pub(super) rejected: u64,
+    pub(super) retried: u64,
+}
+
+/// Everything behind the manager's lock.
+pub(super) struct State<T> {
+    pub(super) global: Usage,
+    pub(super) global_reserved: Credit,
+    pub(super) stages: Vec<StageState<T>>,
+    pub(super) sources: Vec<SourceAccount>,
+    pub(super) names: HashMap<Arc<str>, SourceId>,
+    pub(super) shutdown: bool,
+    pub(super) delay_order: u64,
+}
+
+impl<T> State<T> {
+    /// Takes up to `max` ready records of `stage`, first moving retried
+    /// records whose backoff has passed. `Err` carries the earliest time a
+    /// delayed record becomes due, if any.
+    pub(super) fn take(
+        &mut self,
+        stage: usize,
+        max: BatchSize,
+    ) -> Result<Vec<BufferedRecord<T>>, Option<Instant>> {
+        let st = &mut self.stages[stage];
+        if !st.delayed.is_empty() {
+            let now = Instant::now();
+            while st.delayed.peek().is_some_and(|d| d.0.at <= now) {
+                if let Some(Reverse(d)) = st.delayed.pop() {
+                    st.ready.push_back(d.record);
+                }
+            }
+        }
+        if st.ready.is_empty() || max.records == 0 {
+            return Err(st.delayed.peek().map(|d| d.0.at));
+        }
+        let (batch, bytes) = st.ready.take_batch(max.records, max.bytes);
+        st.queued.sub(Credit::new(batch.len() as u64, bytes));
+        Ok(batch)
+    }
+}
