@@ -236,7 +236,8 @@ async fn a_missing_tls_file_is_a_start_error_naming_the_key() {
         cert_path,
         dir.path().join("missing-key.pem"),
     ));
-    let err = sluice_engine::Engine::start(s)
+    let err = sluice_engine::EngineBuilder::new(s)
+        .start()
         .await
         .unwrap_err()
         .to_string();
@@ -390,7 +391,7 @@ async fn an_unreadable_client_ca_is_a_start_error_naming_the_key() {
     tls.client_ca = Some(dir.path().join("missing-clients-ca.pem"));
     let mut s = test_settings(dir.path());
     s.server.tls = Some(tls);
-    let err = tokio::time::timeout(LIMIT, sluice_engine::Engine::start(s))
+    let err = tokio::time::timeout(LIMIT, sluice_engine::EngineBuilder::new(s).start())
         .await
         .expect("in time")
         .unwrap_err()

@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, DemoError> {
     }
     std::fs::create_dir_all(&args.dir).map_err(io(&args.dir))?;
     let settings = demo_settings(&args.dir, args.sink_delay);
-    let engine: EngineHandle = sluice_engine::Engine::start(settings).await?;
+    let engine: EngineHandle = sluice_engine::EngineBuilder::new(settings).start().await?;
     let addr = format!("http://{}", engine.local_addr());
 
     let multi = MultiProgress::new();

@@ -1,7 +1,7 @@
 //! sluice-engine: the sluice ETL engine as a library.
 //!
-//! Start one with [`EngineBuilder`] (or its shorthand [`Engine::start`]),
-//! stop it with [`EngineHandle::shutdown`]. The modules are the layers of
+//! Start one with [`EngineBuilder`], stop it with
+//! [`EngineHandle::shutdown`]. The modules are the layers of
 //! `docs/architecture.md`, each depending only on the ones below it:
 //!
 //! - [`server`]: builds and serves the engine (builder, handle, `Admin`,
@@ -30,7 +30,10 @@ pub mod server;
 pub mod sink;
 pub mod transform;
 
+#[cfg(test)]
+mod layers;
+
 pub use server::{
-    DEFAULT_MAX_BATCH_RECORDS, Engine, EngineBuilder, EngineError, EngineHandle, ShutdownReport,
+    DEFAULT_MAX_BATCH_RECORDS, EngineBuilder, EngineError, EngineHandle, ShutdownReport,
     run_until_signal,
 };

@@ -10,7 +10,7 @@
 
 use sluice_buffer::{ByteSize, Credit, Pending, SourceHandle, SourceId, SourceState};
 
-use super::IngestContext;
+use super::context::IngestContext;
 use crate::record::EngineRecord;
 
 /// Records of `source` admitted and not yet acked.

@@ -25,9 +25,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::admission;
+use super::context::IngestContext;
 use super::convert::{credit_msg, msg, reject_reason, signal_msg};
 use super::wire::{self, Body, Inbound};
-use super::{IngestContext, admission};
 use crate::record::EngineRecord;
 use crate::runtime::AckProgress;
 

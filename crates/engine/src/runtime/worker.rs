@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_buffer::{BatchSize, BufferedRecord, DeadLetter, SourceId, StageId};
+use sluice_buffer::{BatchSize, BufferedRecord, DeadLetter, GateState, SourceId, StageId};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::acks::AckHub;
+use super::pipeline::{Buffer, PipelineRuntime, StageWork};
 use super::timing::{StageTimes, add};
-use super::{PipelineRuntime, StageWork, WorkerEnv};
 use crate::record::EngineRecord;
 use crate::sink::Sink;
 use crate::sink::{SinkBatch, SourceNames};
@@ -17,6 +19,19 @@ use crate::transform::{Outcome, Transform};
 
 /// How often a lingering worker re-checks whether the pipeline is backpressured.
 const PRESSURE_CHECK: Duration = Duration::from_millis(5);
+
+/// Shared inputs of every worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerEnv {
+    /// The buffer.
+    pub(crate) buffer: Arc<Buffer>,
+    /// Where completions are published.
+    pub(crate) hub: Arc<AckHub>,
+    /// The memory gate, if any.
+    pub(crate) gate: Option<watch::Receiver<GateState>>,
+    /// The high watermark (0–1).
+    pub(crate) high_watermark: f64,
+}
 
 /// A batch as the buffer handed it out: whole queued batches, in order.
 type Parts = Vec<Vec<BufferedRecord<EngineRecord>>>;

@@ -11,8 +11,8 @@ use sluice_buffer::{
 use sluice_config::Settings;
 use sluice_proto::v1::admin_server::AdminServer;
 
-use super::EngineError;
 use super::admin::AdminService;
+use super::error::EngineError;
 use super::handle::EngineHandle;
 use super::state::EngineState;
 use crate::ingest::{IngestContext, IngestService};
@@ -250,7 +250,7 @@ impl EngineBuilder {
         });
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in super::handle::SERVICES {
+        for name in super::health::SERVICES {
             health
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;

@@ -1,29 +1,19 @@
-//! A running engine: [`EngineHandle`], its graceful shutdown, and
-//! [`run_until_signal`] (what `sluice serve` runs).
+//! A running engine: [`EngineHandle`] and its graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_buffer::{BackpressureController, MemoryMonitor};
-use sluice_config::Settings;
-use sluice_proto::v1::{self, admin_server::AdminServer};
+use sluice_proto::v1;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::AdminService;
+use super::error::EngineError;
+use super::health::SERVICES;
 use super::state::EngineState;
-use super::{Engine, EngineError};
-use crate::ingest::IngestService;
 use crate::record::EngineRecord;
 use crate::runtime::{AckHub, Buffer};
-
-/// Names the health service reports: the whole server ("") and each service.
-pub(crate) const SERVICES: [&str; 3] = [
-    "",
-    <IngestService as tonic::server::NamedService>::NAME,
-    <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
-];
 
 /// What [`EngineHandle::shutdown`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,44 +118,5 @@ impl EngineHandle {
             drained,
             undelivered,
         })
-    }
-}
-
-/// Runs an engine until SIGINT or SIGTERM, then shuts it down gracefully
-/// (what `sluice serve` does).
-pub async fn run_until_signal(settings: Settings) -> Result<ShutdownReport, EngineError> {
-    if settings.metrics.enabled {
-        crate::observe::install_prometheus(settings.metrics.listen)?;
-    }
-    let engine = Engine::start(settings).await?;
-    wait_for_signal().await;
-    tracing::info!("signal received");
-    engine.shutdown().await
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, SinkBatch, SinkError, SinkFuture, json_line};
+use super::contract::{Sink, SinkBatch, SinkError, SinkFuture};
+use super::json::json_line;
 
 /// JSON lines in `<dir>/<prefix>-<n>.jsonl`, a new file once the current one
 /// would pass `rotate_bytes` (a file holds at least one line). `n` starts

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value, json};
 
-use super::SinkRecord;
+use super::contract::SinkRecord;
 
 fn bytes_field(out: &mut Map<String, Value>, name: &str, bytes: &[u8], json_ok: bool) {
     let (value, encoding) = if json_ok && let Ok(v) = serde_json::from_slice::<Value>(bytes) {

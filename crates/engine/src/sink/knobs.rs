@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Sink, SinkBatch, SinkError, SinkFuture};
+use super::contract::{Sink, SinkBatch, SinkError, SinkFuture};
 use crate::transform::hits;
 
 /// Wraps `sink` with the test knobs (unchanged when both are off).

@@ -20,94 +20,24 @@
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
 //! format they write.
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_config::SinkSpec;
 
-use crate::record::EngineRecord;
-
-mod batch;
+mod contract;
 mod file;
 mod json;
 mod knobs;
 mod null;
 mod stdout;
 
-pub use batch::SinkBatch;
-pub(crate) use batch::SourceNames;
+pub(crate) use contract::SourceNames;
+pub use contract::{DeadLetterInfo, Sink, SinkBatch, SinkError, SinkFuture, SinkRecord};
 pub use file::FileSink;
 pub use json::{json_line, json_value};
 pub use knobs::{Knobs, with_knobs};
 pub use null::NullSink;
 pub use stdout::StdoutSink;
-
-/// The future a [`Sink`] returns.
-pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
-
-/// Why a sink failed. The runtime retries the batch with backoff and, past
-/// `retry.max_retries`, dead-letters its records.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// An I/O error, with the file it concerns.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// An I/O error on standard output.
-    #[error("stdout: {0}")]
-    Stdout(std::io::Error),
-    /// A failure injected by the `fail_rate` test knob.
-    #[error("injected sink failure (fail_rate {0})")]
-    Injected(f64),
-    /// Any other failure (custom sinks).
-    #[error("{0}")]
-    Other(String),
-}
-
-/// What a dead letter carries besides the record.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterInfo<'a> {
-    /// The pipeline's name.
-    pub pipeline: &'a str,
-    /// The stage where the record failed for the last time.
-    pub stage: &'a str,
-    /// The error of that failure.
-    pub error: &'a str,
-    /// How many retries it had.
-    pub retries: u32,
-}
-
-/// One record handed to a sink.
-#[derive(Debug, Clone, Copy)]
-pub struct SinkRecord<'a> {
-    /// The source's id (`Open.source_id`).
-    pub source: &'a str,
-    /// The record's sequence number; with `source`, an idempotency key.
-    pub seq: u64,
-    /// The record.
-    pub record: &'a EngineRecord,
-    /// Set for records written to a dead-letter sink.
-    pub dead_letter: Option<DeadLetterInfo<'a>>,
-}
-
-/// A destination for records. Object-safe (`Arc<dyn Sink>`).
-///
-/// The runtime calls `write` then `commit` for each batch, from one task per
-/// pipeline, and completes the records only when both succeeded.
-pub trait Sink: Send + Sync + std::fmt::Debug {
-    /// A short description (kind and target) for `Admin.Stats` and logs.
-    fn describe(&self) -> String;
-    /// Writes a batch (not necessarily durable yet).
-    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a>;
-    /// Makes everything written so far durable.
-    fn commit(&self) -> SinkFuture<'_>;
-}
 
 /// Builds the sink a [`SinkSpec`] describes, test knobs included.
 pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
@@ -130,6 +60,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    use crate::record::EngineRecord;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::{Value, json};

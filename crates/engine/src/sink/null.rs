@@ -1,6 +1,6 @@
 //! The `null` sink: accepts and discards every batch.
 
-use super::{Sink, SinkBatch, SinkFuture};
+use super::contract::{Sink, SinkBatch, SinkFuture};
 
 /// Discards records.
 #[derive(Debug, Default)]

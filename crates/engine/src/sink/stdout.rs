@@ -2,7 +2,8 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, SinkBatch, SinkError, SinkFuture, json_line};
+use super::contract::{Sink, SinkBatch, SinkError, SinkFuture};
+use super::json::json_line;
 
 /// JSON lines on standard output.
 #[derive(Debug, Default)]

@@ -1,11 +1,79 @@
-//! The batch a sink is handed, and the source names looked up once per batch.
+//! The sink contract: the [`Sink`] trait, the batch and records it is
+//! handed ([`SinkBatch`], [`SinkRecord`]), its errors.
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_buffer::{BufferedRecord, DeadLetter, SourceId};
 
-use super::{DeadLetterInfo, SinkRecord};
 use crate::record::EngineRecord;
+
+/// The future a [`Sink`] returns.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Why a sink failed. The runtime retries the batch with backoff and, past
+/// `retry.max_retries`, dead-letters its records.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An I/O error, with the file it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An I/O error on standard output.
+    #[error("stdout: {0}")]
+    Stdout(std::io::Error),
+    /// A failure injected by the `fail_rate` test knob.
+    #[error("injected sink failure (fail_rate {0})")]
+    Injected(f64),
+    /// Any other failure (custom sinks).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a dead letter carries besides the record.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterInfo<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// The stage where the record failed for the last time.
+    pub stage: &'a str,
+    /// The error of that failure.
+    pub error: &'a str,
+    /// How many retries it had.
+    pub retries: u32,
+}
+
+/// One record handed to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRecord<'a> {
+    /// The source's id (`Open.source_id`).
+    pub source: &'a str,
+    /// The record's sequence number; with `source`, an idempotency key.
+    pub seq: u64,
+    /// The record.
+    pub record: &'a EngineRecord,
+    /// Set for records written to a dead-letter sink.
+    pub dead_letter: Option<DeadLetterInfo<'a>>,
+}
+
+/// A destination for records. Object-safe (`Arc<dyn Sink>`).
+///
+/// The runtime calls `write` then `commit` for each batch, from one task per
+/// pipeline, and completes the records only when both succeeded.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// A short description (kind and target) for `Admin.Stats` and logs.
+    fn describe(&self) -> String;
+    /// Writes a batch (not necessarily durable yet).
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a>;
+    /// Makes everything written so far durable.
+    fn commit(&self) -> SinkFuture<'_>;
+}
 
 /// The batch a [`Sink`] writes: its records in order, each made into a
 /// [`SinkRecord`] as it is read.
