@@ -95,12 +95,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let snap = buffer.snapshot();
     println!(
         "\n{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}",
-        "source", "admitted", "rejected", "acked", "held back", "peak"
+        "source", "admitted", "refused", "acked", "held back", "peak"
     );
     for (s, held) in snap.sources.iter().zip(&holds) {
         println!(
             "{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}",
-            s.name, s.admitted, s.rejected, s.acked_through, held, s.level.peak_records
+            s.name, s.admitted, s.refused, s.acked_through, held, s.level.peak_records
         );
     }
     println!(

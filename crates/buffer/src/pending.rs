@@ -63,7 +63,7 @@ enum Kind<T> {
 }
 
 /// Where and when admitted records enter: what `admit` fills in.
-pub(crate) struct Entry {
+pub(crate) struct PendingRecord {
     pub(crate) first_seq: u64,
     pub(crate) source: SourceId,
     pub(crate) pipeline: PipelineId,
@@ -230,7 +230,7 @@ impl<T> Pending<T> {
 
     /// The records with their bookkeeping filled in from `entry`: a
     /// `Vec<T>` laid out in one pass, a built batch filled in in place.
-    pub(crate) fn lay_out(self, entry: &Entry) -> Laid<T>
+    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T>
     where
         T: ByteSize,
     {
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn both_forms_are_laid_out_alike() {
-        let entry = Entry {
+        let entry = PendingRecord {
             first_seq: 7,
             source: SourceId(1),
             pipeline: PipelineId(2),

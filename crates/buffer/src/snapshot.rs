@@ -71,12 +71,16 @@ pub struct SourceSnapshot {
     pub acked_through: u64,
     /// Records admitted, in total.
     pub admitted: u64,
-    /// Records completed as delivered (committed or filtered), in total.
+    /// Records completed as delivered (committed by the sink), in total.
     pub delivered: u64,
+    /// Records completed as filtered out by a stage, in total.
+    pub filtered: u64,
     /// Records completed as dead letters, in total.
     pub dead_lettered: u64,
-    /// Records handed back by `admit`, in total.
-    pub rejected: u64,
+    /// Records `admit` handed back (a limit was reached, or a record was
+    /// too large), in total. Not the engine's "rejected", which counts every
+    /// record named in a `Reject`, whatever refused it.
+    pub refused: u64,
     /// Retries, in total.
     pub retried: u64,
 }

@@ -594,7 +594,7 @@ async fn four_equal_sources_share_a_slow_consumer_fairly() {
         .iter()
         .map(|id| snap.sources[id.index()].admitted as f64)
         .collect();
-    let rejected: u64 = ids.iter().map(|id| snap.sources[id.index()].rejected).sum();
+    let rejected: u64 = ids.iter().map(|id| snap.sources[id.index()].refused).sum();
     assert_eq!(rejected, 0);
     let sum: f64 = admitted.iter().sum();
     let jain = sum * sum / (admitted.len() as f64 * admitted.iter().map(|x| x * x).sum::<f64>());

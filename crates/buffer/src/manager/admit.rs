@@ -10,7 +10,7 @@ use super::state::{SourceAccount, State};
 use super::{Admission, BufferManager, Credit, Rejected};
 use crate::error::{BufferError, Level, RejectReason, Unit};
 use crate::limits::Limit;
-use crate::pending::{Entry, Laid, Pending};
+use crate::pending::{Laid, Pending, PendingRecord};
 use crate::record::{ByteSize, SourceId, StageId};
 
 impl<T> BufferManager<T> {
@@ -160,7 +160,7 @@ impl<T> BufferManager<T> {
             records: mut chunk,
             bytes: batch_bytes,
             largest,
-        } = pending.lay_out(&Entry {
+        } = pending.lay_out(&PendingRecord {
             first_seq,
             source,
             pipeline,
@@ -284,7 +284,7 @@ impl<T> BufferManager<T> {
                 .add(Credit::new(admitted as u64, admitted_bytes));
         }
         let s = &mut st.sources[source.index()];
-        s.rejected += rejected_records.len() as u64;
+        s.refused += rejected_records.len() as u64;
         let admitted_through = s.admitted_through;
         drop(guard);
         drop(duplicates);

@@ -47,10 +47,10 @@ impl<T> BufferManager<T> {
             sum_sources.add(s.usage.used);
             sum_reserved.add(s.reserved);
             let in_engine = s.usage.used.records - s.reserved.records;
-            if s.admitted != in_engine + s.delivered + s.dead_lettered {
+            if s.admitted != in_engine + s.delivered + s.filtered + s.dead_lettered {
                 problems.push(format!(
-                    "source {i}: admitted {} != in engine {in_engine} + delivered {} + dead-lettered {}",
-                    s.admitted, s.delivered, s.dead_lettered
+                    "source {i}: admitted {} != in engine {in_engine} + delivered {} + filtered {} + dead-lettered {}",
+                    s.admitted, s.delivered, s.filtered, s.dead_lettered
                 ));
             }
         }

@@ -5,31 +5,46 @@
 use super::{BufferManager, Completion, Credit, SourceProgress};
 use crate::record::{BufferedRecord, DeadLetter, SourceId, StageId};
 
+/// How a completed record ended: each is counted apart, so "delivered"
+/// means committed by the sink and nothing else.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Delivered,
+    Filtered,
+    DeadLettered,
+}
+
 impl<T> BufferManager<T> {
-    /// Completes records that reached their end (committed by a sink, or
-    /// filtered out): releases their capacity at every level, counts them as
-    /// delivered, and reports per source the new cumulative ack position.
+    /// Completes records that reached their end (committed by a sink):
+    /// releases their capacity at every level, counts them as delivered,
+    /// and reports per source the new cumulative ack position.
     pub fn complete(&self, records: Vec<BufferedRecord<T>>) -> Completion {
-        self.finish(records.iter(), false)
+        self.finish(records.iter(), End::Delivered)
+    }
+
+    /// Completes records a stage dropped on purpose (a filter): like
+    /// [`complete`](Self::complete), but counted as filtered, not delivered.
+    pub fn complete_filtered(&self, records: Vec<BufferedRecord<T>>) -> Completion {
+        self.finish(records.iter(), End::Filtered)
     }
 
     /// [`complete`](Self::complete) for a batch kept as several parts (as
     /// successive [`next_batch`](Self::next_batch) calls handed them out),
     /// in one step: one lock and one [`Completion`] for all of them.
     pub fn complete_parts(&self, parts: Vec<Vec<BufferedRecord<T>>>) -> Completion {
-        self.finish(parts.iter().flatten(), false)
+        self.finish(parts.iter().flatten(), End::Delivered)
     }
 
     /// Completes dead letters once they are written to the dead-letter sink:
     /// like [`complete`](Self::complete), but counted as dead-lettered.
     pub fn complete_dead_letters(&self, dead: Vec<DeadLetter<T>>) -> Completion {
-        self.finish(dead.iter().map(|d| &d.record), true)
+        self.finish(dead.iter().map(|d| &d.record), End::DeadLettered)
     }
 
     fn finish<'a>(
         &self,
         records: impl Iterator<Item = &'a BufferedRecord<T>>,
-        dead: bool,
+        end: End,
     ) -> Completion
     where
         T: 'a,
@@ -86,10 +101,10 @@ impl<T> BufferManager<T> {
                 st.stages[run.stage.index()].usage.sub(run.used);
                 let s = &mut st.sources[run.source.index()];
                 s.usage.sub(run.used);
-                if dead {
-                    s.dead_lettered += run.used.records;
-                } else {
-                    s.delivered += run.used.records;
+                match end {
+                    End::Delivered => s.delivered += run.used.records,
+                    End::Filtered => s.filtered += run.used.records,
+                    End::DeadLettered => s.dead_lettered += run.used.records,
                 }
                 s.acks.complete(run.start, run.end);
             }
@@ -103,6 +118,7 @@ impl<T> BufferManager<T> {
                         acked_through: s.acks.through,
                         completed_now: n,
                         delivered: s.delivered,
+                        filtered: s.filtered,
                         dead_lettered: s.dead_lettered,
                     }
                 })

@@ -143,8 +143,10 @@ pub struct SourceProgress {
     pub acked_through: u64,
     /// Records of this source completed by this call.
     pub completed_now: u64,
-    /// Cumulative records delivered (committed or filtered).
+    /// Cumulative records delivered (committed by the sink).
     pub delivered: u64,
+    /// Cumulative records filtered out by a stage.
+    pub filtered: u64,
     /// Cumulative records dead-lettered.
     pub dead_lettered: u64,
 }
@@ -233,7 +235,7 @@ pub struct BufferManager<T> {
     ///    the same critical section in which it raises it.
     /// 2. *Conservation*: `global.used == Σ sources.used == Σ stages.used`;
     ///    for each source `used == reserved + in_engine` and
-    ///    `admitted == in_engine + delivered + dead_lettered` (in records);
+    ///    `admitted == in_engine + delivered + filtered + dead_lettered` (in records);
     ///    for each stage `used == reserved + queued + in_flight`.
     /// 3. *No loss*: a record leaves the manager's counts only through
     ///    `complete`/`complete_dead_letters`, which take it by value; every
@@ -354,8 +356,9 @@ impl<T> BufferManager<T> {
             acks: AckFrontier::default(),
             admitted: 0,
             delivered: 0,
+            filtered: 0,
             dead_lettered: 0,
-            rejected: 0,
+            refused: 0,
             retried: 0,
         });
         st.names.insert(name, id);
@@ -365,6 +368,12 @@ impl<T> BufferManager<T> {
     /// The id of a registered source name.
     pub fn source_id(&self, name: &str) -> Option<SourceId> {
         self.state.lock().names.get(name).copied()
+    }
+
+    /// The name `source` was registered under (the one place it is stored).
+    pub fn source_name(&self, source: SourceId) -> Option<Arc<str>> {
+        let st = self.state.lock();
+        st.sources.get(source.index()).map(|s| s.name.clone())
     }
 
     /// The highest sequence number of `source` admitted so far (0 if none).

@@ -99,8 +99,9 @@ impl<T> BufferManager<T> {
                     acked_through: s.acks.through,
                     admitted: s.admitted,
                     delivered: s.delivered,
+                    filtered: s.filtered,
                     dead_lettered: s.dead_lettered,
-                    rejected: s.rejected,
+                    refused: s.refused,
                     retried: s.retried,
                 })
                 .collect(),

@@ -128,8 +128,11 @@ pub(super) struct SourceAccount {
     pub(super) acks: AckFrontier,
     pub(super) admitted: u64,
     pub(super) delivered: u64,
+    /// Records completed as filtered out by a stage.
+    pub(super) filtered: u64,
     pub(super) dead_lettered: u64,
-    pub(super) rejected: u64,
+    /// Records `admit` handed back.
+    pub(super) refused: u64,
     pub(super) retried: u64,
 }
 

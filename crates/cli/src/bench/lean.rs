@@ -97,7 +97,7 @@ pub async fn connect(addr: SocketAddr) -> Result<Channel, String> {
 }
 
 /// A batch sent and not yet fully acked.
-struct Pending {
+struct InFlight {
     first_seq: u64,
     count: u64,
     sent_at: Instant,
@@ -182,7 +182,7 @@ async fn source_loop(
     let mut next_seq = first;
     let mut max_sent = opened.admitted_through_seq;
     let mut limit_seq: Option<u64> = cfg.records.map(|n| first + n - 1);
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending: VecDeque<InFlight> = VecDeque::new();
     let start = Instant::now();
     let mut sent_total = 0u64;
     let mut drain_deadline: Option<Instant> = None;
@@ -328,7 +328,7 @@ async fn source_loop(
                 };
                 let first_seq = next_seq;
                 permit.send(Outgoing::Batch { first_seq, records });
-                pending.push_back(Pending { first_seq, count: n, sent_at: Instant::now() });
+                pending.push_back(InFlight { first_seq, count: n, sent_at: Instant::now() });
                 credit_records -= n as i64;
                 credit_bytes -= n as i64 * rec_size;
                 next_seq += n;

@@ -126,7 +126,6 @@ pub(crate) async fn open(
             BufferError::Closed => Status::unavailable("the engine is shutting down"),
             other => Status::internal(other.to_string()),
         })?;
-    ctx.runtime.hub.set_name(source, &open.source_id);
     let handle = ctx
         .runtime
         .controller
@@ -207,7 +206,7 @@ struct Session {
 }
 
 /// Why the loop ended.
-enum End {
+enum StreamEnd {
     /// End with this status (OK = `None`).
     Status(Option<Status>),
     /// The client is gone: nothing to send.
@@ -228,32 +227,32 @@ impl Session {
         let end = loop {
             if !input_open && self.all_acked() {
                 if self.send_ack().await.is_err() {
-                    break End::Gone;
+                    break StreamEnd::Gone;
                 }
-                break End::Status(None);
+                break StreamEnd::Status(None);
             }
             let handle = self.handle.as_ref();
             tokio::select! {
                 biased;
                 _ = self.takeover.cancelled() => {
-                    break End::Status(Some(Status::aborted(format!(
+                    break StreamEnd::Status(Some(Status::aborted(format!(
                         "a newer stream opened for source {:?}", self.name))));
                 }
                 _ = self.ctx.stop.cancelled() => {
                     if self.send_ack().await.is_err() {
-                        break End::Gone;
+                        break StreamEnd::Gone;
                     }
-                    break End::Status(Some(Status::unavailable("the engine shut down; resend what was not acked")));
+                    break StreamEnd::Status(Some(Status::unavailable("the engine shut down; resend what was not acked")));
                 }
-                _ = self.tx.closed() => break End::Gone,
+                _ = self.tx.closed() => break StreamEnd::Gone,
                 m = inbound.message(), if input_open => match m {
                     Ok(Some(m)) => match self.on_message(m) {
                         Ok(out) => {
                             if self.send_all(out).await.is_err() {
-                                break End::Gone;
+                                break StreamEnd::Gone;
                             }
                         }
-                        Err(status) => break End::Status(Some(status)),
+                        Err(status) => break StreamEnd::Status(Some(status)),
                     },
                     Ok(None) => {
                         input_open = false;
@@ -264,14 +263,14 @@ impl Session {
                             tracing::debug!(source = %self.name, ?released, "source half-closed; unused credit released");
                         }
                     }
-                    Err(status) => break End::Status(Some(self.inbound_failed(status))),
+                    Err(status) => break StreamEnd::Status(Some(self.inbound_failed(status))),
                 },
                 s = signals.changed(), if signals_open => match s {
                     Some(status) => {
                         if let Some(sig) = &status.signal
                             && self.send(engine_message::Body::Signal(signal_msg(sig))).await.is_err()
                         {
-                            break End::Gone;
+                            break StreamEnd::Gone;
                         }
                     }
                     None => signals_open = false,
@@ -279,7 +278,7 @@ impl Session {
                 r = acks.changed(), if acks_open => match r {
                     Ok(()) => {
                         if self.send_ack().await.is_err() {
-                            break End::Gone;
+                            break StreamEnd::Gone;
                         }
                     }
                     Err(_) => acks_open = false,
@@ -287,7 +286,7 @@ impl Session {
                 c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open && admission::may_take_credit(&self.ctx, self.source) => match c {
                     Some(c) => {
                         if self.send(engine_message::Body::Credit(credit_msg(c))).await.is_err() {
-                            break End::Gone;
+                            break StreamEnd::Gone;
                         }
                     }
                     None => credits_open = false,
@@ -299,14 +298,14 @@ impl Session {
         self.half_closed.store(true, Ordering::Relaxed);
         self.ctx.streams.unregister(self.source, self.stream_id);
         match end {
-            End::Status(None) => {
+            StreamEnd::Status(None) => {
                 tracing::info!(source = %self.name, acked_through = self.last_ack.through_seq, "source stream completed");
             }
-            End::Status(Some(status)) => {
+            StreamEnd::Status(Some(status)) => {
                 tracing::info!(source = %self.name, code = ?status.code(), message = status.message(), "source stream ended");
                 let _ = self.tx.send(Err(status)).await;
             }
-            End::Gone => {
+            StreamEnd::Gone => {
                 tracing::info!(source = %self.name, "source disconnected");
             }
         }

@@ -28,20 +28,19 @@ pub struct AckProgress {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct SourceAcks {
     tx: watch::Sender<AckProgress>,
-    filtered: AtomicU64,
+    /// Records received from the source (admitted or not).
     received: AtomicU64,
+    /// Records named in a `Reject` sent to the source (whatever refused
+    /// them: the session's credit check or the buffer's limits).
     rejected: AtomicU64,
-    name: std::sync::OnceLock<Arc<str>>,
 }
 
-impl Entry {
+impl SourceAcks {
     fn new() -> Self {
         Self {
-            name: std::sync::OnceLock::new(),
             tx: watch::channel(AckProgress::default()).0,
-            filtered: AtomicU64::new(0),
             received: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
@@ -51,7 +50,7 @@ impl Entry {
 /// Per-source ack progress and counters, indexed by [`SourceId`].
 #[derive(Debug, Default)]
 pub struct AckHub {
-    entries: Mutex<Vec<Option<Arc<Entry>>>>,
+    entries: Mutex<Vec<Option<Arc<SourceAcks>>>>,
 }
 
 impl AckHub {
@@ -60,24 +59,14 @@ impl AckHub {
         Self::default()
     }
 
-    fn entry(&self, source: SourceId) -> Arc<Entry> {
+    fn entry(&self, source: SourceId) -> Arc<SourceAcks> {
         let mut entries = self.entries.lock();
         if entries.len() <= source.index() {
             entries.resize_with(source.index() + 1, || None);
         }
         entries[source.index()]
-            .get_or_insert_with(|| Arc::new(Entry::new()))
+            .get_or_insert_with(|| Arc::new(SourceAcks::new()))
             .clone()
-    }
-
-    /// Records the name `source` was registered under (its `source_id`).
-    pub fn set_name(&self, source: SourceId, name: &str) {
-        let _ = self.entry(source).name.set(Arc::from(name));
-    }
-
-    /// The name of `source`, if it was recorded.
-    pub fn name(&self, source: SourceId) -> Option<Arc<str>> {
-        self.entry(source).name.get().cloned()
     }
 
     /// A subscription to `source`'s progress (the current value counts as seen).
@@ -90,12 +79,6 @@ impl AckHub {
         *self.entry(source).tx.borrow()
     }
 
-    /// Counts `n` records of `source` as filtered. Call it *before* the
-    /// completion of those records is published.
-    pub fn add_filtered(&self, source: SourceId, n: u64) {
-        self.entry(source).filtered.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Counts `n` records received from `source` (admitted or not).
     pub fn add_received(&self, source: SourceId, n: u64) {
         self.entry(source).received.fetch_add(n, Ordering::Relaxed);
@@ -106,13 +89,12 @@ impl AckHub {
         self.entry(source).rejected.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// `(received, rejected, filtered)` of `source`.
-    pub fn counters(&self, source: SourceId) -> (u64, u64, u64) {
+    /// `(received, rejected)` of `source`.
+    pub fn counters(&self, source: SourceId) -> (u64, u64) {
         let e = self.entry(source);
         (
             e.received.load(Ordering::Relaxed),
             e.rejected.load(Ordering::Relaxed),
-            e.filtered.load(Ordering::Relaxed),
         )
     }
 
@@ -120,12 +102,11 @@ impl AckHub {
     pub fn publish(&self, completion: &Completion) {
         for p in &completion.sources {
             let e = self.entry(p.source);
-            let filtered = e.filtered.load(Ordering::Relaxed);
             let new = AckProgress {
                 through_seq: p.acked_through,
-                delivered: p.delivered.saturating_sub(filtered),
+                delivered: p.delivered,
                 dead_lettered: p.dead_lettered,
-                filtered,
+                filtered: p.filtered,
             };
             e.tx.send_if_modified(|cur| {
                 let merged = AckProgress {

@@ -202,18 +202,8 @@ impl Worker {
         }
         let buffer = &self.env.buffer;
         if !filtered.is_empty() {
-            let mut counts: Vec<(SourceId, u64)> = Vec::new();
-            for r in &filtered {
-                match counts.iter_mut().find(|(s, _)| *s == r.source()) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((r.source(), 1)),
-                }
-            }
-            for (s, n) in counts {
-                self.env.hub.add_filtered(s, n);
-            }
             crate::observe::ack_latency(&self.pipeline.name, &filtered);
-            let done = buffer.complete(filtered);
+            let done = buffer.complete_filtered(filtered);
             self.env.hub.publish(&done);
         }
         if !failed.is_empty() {
@@ -240,8 +230,8 @@ impl Worker {
 
     fn source_name(&self, source: SourceId) -> Arc<str> {
         self.env
-            .hub
-            .name(source)
+            .buffer
+            .source_name(source)
             .unwrap_or_else(|| Arc::from(format!("source-{source}")))
     }
 

@@ -88,7 +88,7 @@ impl EngineState {
                         _ => v1::SourceState::Normal,
                     }
                 };
-                let (received, rejected, filtered) = self.runtime.hub.counters(s.id);
+                let (received, rejected) = self.runtime.hub.counters(s.id);
                 v1::SourceStats {
                     source_id: s.name.to_string(),
                     pipeline: pipeline_name(s.pipeline),
@@ -99,10 +99,10 @@ impl EngineState {
                     admitted_through_seq: s.admitted_through,
                     acked_through_seq: s.acked_through,
                     received,
-                    delivered: s.delivered.saturating_sub(filtered),
+                    delivered: s.delivered,
                     dead_lettered: s.dead_lettered,
                     rejected,
-                    filtered,
+                    filtered: s.filtered,
                     level: Some(level(&s.level)),
                 }
             })
