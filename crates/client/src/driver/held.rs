@@ -72,6 +72,21 @@ impl Driver {
         self.acked_through = through.min(self.next_assign - 1).max(self.acked_through);
     }
 
+    /// Takes the held record at `idx` out of the stream and renumbers the
+    /// records after it (none of them was admitted).
+    pub(super) fn take_out(&mut self, idx: usize) -> Option<Held> {
+        let h = self.pending.remove(idx)?;
+        for later in self.pending.range_mut(idx..) {
+            later.seq -= 1;
+        }
+        self.next_assign -= 1;
+        if self.highest_sent >= h.seq {
+            self.highest_sent -= 1;
+        }
+        self.permits.add_permits(1);
+        Some(h)
+    }
+
     /// The sequence number of the oldest held record (the next one to be
     /// numbered when none is held).
     pub(super) fn front_seq(&self) -> u64 {

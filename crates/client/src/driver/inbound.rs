@@ -20,6 +20,14 @@ const DEFAULT_PAUSE_DELAY: Duration = Duration::from_millis(250);
 /// Wait before resending after a reject that suggests none.
 const DEFAULT_REJECT_DELAY: Duration = Duration::from_millis(50);
 
+/// A message's `retry_after_ms` as a wait; `default` when it suggests none (0).
+fn retry_after(ms: u32, default: Duration) -> Duration {
+    match ms {
+        0 => default,
+        ms => Duration::from_millis(ms.into()),
+    }
+}
+
 impl Driver {
     /// Handles one message from the engine.
     pub(super) fn handle(&mut self, conn: &mut Conn, msg: EngineMessage) {
@@ -42,18 +50,12 @@ impl Driver {
                 match SignalKind::try_from(s.kind).unwrap_or(SignalKind::Unspecified) {
                     SignalKind::SlowDown => {
                         conn.slowed = true;
-                        conn.slow_delay = match s.retry_after_ms {
-                            0 => DEFAULT_SLOW_DELAY,
-                            ms => Duration::from_millis(ms.into()),
-                        };
+                        conn.slow_delay = retry_after(s.retry_after_ms, DEFAULT_SLOW_DELAY);
                         self.p.slow_downs += 1;
                     }
                     SignalKind::Pause => {
                         conn.paused = true;
-                        let wait = match s.retry_after_ms {
-                            0 => DEFAULT_PAUSE_DELAY,
-                            ms => Duration::from_millis(ms.into()),
-                        };
+                        let wait = retry_after(s.retry_after_ms, DEFAULT_PAUSE_DELAY);
                         conn.paused_until = Some(Instant::now() + wait);
                         self.p.pauses += 1;
                     }
@@ -101,15 +103,7 @@ impl Driver {
         if primary && r.first_seq >= front && r.first_seq < self.next_assign {
             if reason == RejectReason::RecordTooLarge {
                 let idx = (r.first_seq - front) as usize;
-                if let Some(h) = self.pending.remove(idx) {
-                    for later in self.pending.range_mut(idx..) {
-                        later.seq -= 1;
-                    }
-                    self.next_assign -= 1;
-                    if self.highest_sent >= h.seq {
-                        self.highest_sent -= 1;
-                    }
-                    self.permits.add_permits(1);
+                if let Some(h) = self.take_out(idx) {
                     self.p.too_large += 1;
                     warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
                     self.emit(ClientEvent::RecordTooLarge {
@@ -117,16 +111,12 @@ impl Driver {
                         record: h.record,
                     });
                 }
-                conn.cursor = r.first_seq;
             } else {
-                conn.cursor = r.first_seq;
-                let wait = match r.retry_after_ms {
-                    0 => DEFAULT_REJECT_DELAY,
-                    ms => Duration::from_millis(ms.into()),
-                };
+                let wait = retry_after(r.retry_after_ms, DEFAULT_REJECT_DELAY);
                 conn.not_before = Some(Instant::now() + wait);
                 conn.in_backoff = true;
             }
+            conn.cursor = r.first_seq;
         }
         self.emit(ClientEvent::Reject(r));
     }
