@@ -17,6 +17,7 @@ use sluice_proto::v1::{
     SignalReason, SourceMessage, engine_message, source_message,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -64,6 +65,19 @@ type Out = mpsc::UnboundedSender<Result<EngineMessage, Status>>;
 
 fn msg(body: engine_message::Body) -> Result<EngineMessage, Status> {
     Ok(EngineMessage { body: Some(body) })
+}
+
+/// Sends `reject` with the engine's count of the stream's credit: `credit`
+/// (records, bytes) less the grants counted but not sent yet (`unsent`). The
+/// lock on `unsent` is held while the reject is sent, so the count matches
+/// the messages ahead of it.
+fn send_reject(tx: &Out, unsent: &Mutex<(u64, u64)>, credit: (u64, u64), mut reject: Reject) {
+    let unsent = unsent.lock().unwrap();
+    reject.credit = Some(Credit {
+        records: credit.0 - unsent.0,
+        bytes: credit.1 - unsent.1,
+    });
+    let _ = tx.send(msg(engine_message::Body::Reject(reject)));
 }
 
 #[tonic::async_trait]
@@ -171,19 +185,16 @@ impl Fake {
                 .copied()
                 .unwrap_or(0);
             if batch.first_seq > admitted + 1 {
-                let unsent = unsent.lock().unwrap();
-                let _ = tx.send(msg(engine_message::Body::Reject(Reject {
+                let gap = Reject {
                     first_seq: batch.first_seq,
                     count: batch.records.len() as u64,
                     reason: RejectReason::SequenceGap as i32,
                     message: format!("expected {}", admitted + 1),
                     retry_after_ms: 0,
                     admitted_through_seq: admitted,
-                    credit: Some(Credit {
-                        records: credit_r - unsent.0,
-                        bytes: credit_b - unsent.1,
-                    }),
-                })));
+                    credit: None,
+                };
+                send_reject(&tx, &unsent, (credit_r, credit_b), gap);
                 continue;
             }
             let cut = if self.b.reject_every > 0 && batches.is_multiple_of(self.b.reject_every) {
@@ -213,19 +224,16 @@ impl Fake {
                     } else {
                         RejectReason::StageLimit
                     };
-                    let unsent = unsent.lock().unwrap();
-                    let _ = tx.send(msg(engine_message::Body::Reject(Reject {
+                    let reject = Reject {
                         first_seq: seq,
                         count: batch.records.len() as u64 - i as u64,
                         reason: reason as i32,
                         message: "fake".into(),
                         retry_after_ms: 5,
                         admitted_through_seq: adm,
-                        credit: Some(Credit {
-                            records: credit_r - unsent.0,
-                            bytes: credit_b - unsent.1,
-                        }),
-                    })));
+                        credit: None,
+                    };
+                    send_reject(&tx, &unsent, (credit_r, credit_b), reject);
                     break;
                 }
                 credit_r -= 1;
@@ -366,6 +374,23 @@ fn options() -> ClientOptions {
     }
 }
 
+/// A client for `source_id` with [`options`], and a task that collects all
+/// its events until it ends.
+async fn connect_collecting(
+    addr: &str,
+    source_id: &str,
+) -> Result<(SourceClient, JoinHandle<Vec<ClientEvent>>), ClientError> {
+    let (client, mut events) = SourceClient::connect(addr, source_id, "", options()).await?;
+    let collector = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(e) = events.recv().await {
+            seen.push(e);
+        }
+        seen
+    });
+    Ok((client, collector))
+}
+
 fn payload(i: u64) -> Vec<u8> {
     format!("{{\"n\":{i}}}").into_bytes()
 }
@@ -381,14 +406,7 @@ async fn obeys_credits_resends_rejects_reconnects_and_acks_everything_once() {
     })
     .await;
     let run = async {
-        let (client, mut events) = SourceClient::connect(&addr, "src-a", "", options()).await?;
-        let collector = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some(e) = events.recv().await {
-                seen.push(e);
-            }
-            seen
-        });
+        let (client, collector) = connect_collecting(&addr, "src-a").await?;
         for i in 1..=N {
             client.send_payload(payload(i)).await?;
         }
@@ -576,14 +594,7 @@ async fn after_no_credit_the_client_takes_the_engines_count() {
     })
     .await;
     let run = async {
-        let (client, mut events) = SourceClient::connect(&addr, "src-d", "", options()).await?;
-        let collector = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some(e) = events.recv().await {
-                seen.push(e);
-            }
-            seen
-        });
+        let (client, collector) = connect_collecting(&addr, "src-d").await?;
         let mut progress = client.progress();
         // Big records first (bytes bind, and run out in the engine before
         // the client expects it), then small ones (records bind).

@@ -1,0 +1,170 @@
+//! One open stream: [`Conn`], its credits, signals and batches in flight,
+//! and [`Driver::open`], which connects, sends `Open` and waits for `Opened`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use sluice_proto::v1::ingest_client::IngestClient;
+use sluice_proto::v1::{EngineMessage, Open, SourceMessage, engine_message, source_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+use tracing::{info, warn};
+
+use super::inbound::DEFAULT_SLOW_DELAY;
+use super::{Driver, End, classify};
+use crate::error::{ClientError, error_chain};
+use crate::event::ClientEvent;
+use crate::options::bearer;
+
+/// The state of one open stream.
+pub(super) struct Conn {
+    /// `Opened.admitted_through_seq` of this stream.
+    pub(super) opened_admitted: u64,
+    pub(super) tx: Option<mpsc::Sender<SourceMessage>>,
+    pub(super) inbound: Streaming<EngineMessage>,
+    /// Next sequence number to send on this stream.
+    pub(super) cursor: u64,
+    pub(super) credit_records: u64,
+    pub(super) credit_bytes: u64,
+    pub(super) paused: bool,
+    /// Under PAUSE, nothing is sent before this time.
+    pub(super) paused_until: Option<Instant>,
+    pub(super) slowed: bool,
+    pub(super) slow_delay: Duration,
+    /// Nothing is sent before this time (reject backoff, slow-down pacing).
+    pub(super) not_before: Option<Instant>,
+    pub(super) in_backoff: bool,
+    /// The largest byte credit held at once on this stream (a lower bound
+    /// of the engine's byte window).
+    pub(super) max_credit_bytes: u64,
+    /// Batches sent on this stream that the engine may not have answered
+    /// yet, oldest first, with the credit each was charged.
+    pub(super) in_flight: VecDeque<SentBatch>,
+    pub(super) max_batch: usize,
+    pub(super) max_message_bytes: usize,
+    /// When the client half-closed after everything was acked.
+    pub(super) closing_since: Option<Instant>,
+}
+
+/// A batch as sent, for [`Driver::sync_credit`].
+pub(super) struct SentBatch {
+    pub(super) first: u64,
+    pub(super) last: u64,
+    /// Credit charged for it.
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+}
+
+impl Driver {
+    /// Connects and opens a stream; returns it once `Opened` arrived.
+    pub(super) async fn open(&mut self, attempt: u32) -> Result<Conn, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let timeout = self.opts.connect_timeout;
+        let channel: Channel = tokio::time::timeout(timeout, self.endpoint.connect())
+            .await
+            .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
+            .map_err(|e| connect_err(error_chain(&e)))?;
+        let mut client = IngestClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel(4);
+        let open = SourceMessage {
+            body: Some(source_message::Body::Open(Open {
+                source_id: self.source_id.clone(),
+                pipeline: self.pipeline.clone(),
+            })),
+        };
+        tx.send(open).await.map_err(|_| ClientError::Closed)?;
+        let opened = tokio::time::timeout(timeout, async {
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(token) = &self.opts.token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer(token)?);
+            }
+            let mut inbound = client
+                .stream(request)
+                .await
+                .map_err(|s| status_error(&s, &connect_err))?
+                .into_inner();
+            match inbound.message().await {
+                Ok(Some(EngineMessage {
+                    body: Some(engine_message::Body::Opened(o)),
+                })) => Ok((inbound, o)),
+                Ok(Some(other)) => Err(ClientError::Protocol(format!(
+                    "first message from the engine is not Opened: {other:?}"
+                ))),
+                Ok(None) => Err(connect_err("stream ended before Opened".into())),
+                Err(s) => Err(status_error(&s, &connect_err)),
+            }
+        })
+        .await
+        .map_err(|_| connect_err(format!("no Opened within {timeout:?}")))?;
+        let (inbound, opened) = opened?;
+        let credit = opened.credit.unwrap_or_default();
+        info!(
+            source_id = %self.source_id,
+            attempt,
+            admitted_through = opened.admitted_through_seq,
+            acked_through = opened.acked_through_seq,
+            credit_records = credit.records,
+            credit_bytes = credit.bytes,
+            "stream opened"
+        );
+        let max_batch = match opened.max_batch_records {
+            0 => self.opts.max_batch_records,
+            n => self.opts.max_batch_records.min(n as usize),
+        };
+        let max_message_bytes = match opened.max_message_bytes {
+            0 => 4 * 1024 * 1024,
+            n => n as usize,
+        };
+        self.absorb_ack(opened.acked_through_seq);
+        let front = self.front_seq();
+        if opened.admitted_through_seq >= self.next_assign && self.next_assign > front {
+            warn!(
+                source_id = %self.source_id,
+                admitted_through = opened.admitted_through_seq,
+                next_seq = self.next_assign,
+                "engine admitted sequence numbers this client never sent"
+            );
+        }
+        let cursor = (opened.admitted_through_seq + 1).clamp(front, self.next_assign);
+        let admitted = opened.admitted_through_seq;
+        self.emit(ClientEvent::Connected { attempt, opened });
+        Ok(Conn {
+            opened_admitted: admitted,
+            tx: Some(tx),
+            inbound,
+            cursor,
+            credit_records: credit.records,
+            credit_bytes: credit.bytes,
+            max_credit_bytes: credit.bytes,
+            in_flight: VecDeque::new(),
+            paused: false,
+            paused_until: None,
+            slowed: false,
+            slow_delay: DEFAULT_SLOW_DELAY,
+            not_before: None,
+            in_backoff: false,
+            max_batch,
+            max_message_bytes,
+            closing_since: None,
+        })
+    }
+}
+
+/// The error for a status that ended an attempt to open a stream:
+/// `connect_err` for what a reconnect may fix.
+fn status_error(status: &Status, connect_err: &impl Fn(String) -> ClientError) -> ClientError {
+    match classify(status) {
+        End::Fatal(e) => e,
+        End::Retry(reason) => connect_err(reason),
+        End::Done => connect_err(status.message().to_owned()),
+    }
+}

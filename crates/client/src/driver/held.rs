@@ -1,0 +1,100 @@
+//! The records a client holds until an `Ack` covers them ([`Held`]), in
+//! sequence order: numbering them as they arrive, taking in the input, and
+//! forgetting what is acked.
+
+use std::time::Instant;
+
+use sluice_proto::v1::Record;
+use tokio::sync::mpsc;
+
+use super::Driver;
+use crate::record_size;
+
+/// Bytes of framing counted per record when a batch's encoded size is estimated.
+const RECORD_FRAMING_BYTES: usize = 16;
+
+/// A record held until acked.
+pub(super) struct Held {
+    pub(super) seq: u64,
+    pub(super) record: Record,
+    pub(super) size: u64,
+    pub(super) encoded: usize,
+    pub(super) arrived: Instant,
+}
+
+impl Driver {
+    /// Numbers the next record `seq`: everything before it counts as acked
+    /// and sent.
+    pub(super) fn start_at(&mut self, seq: u64) {
+        self.next_assign = seq;
+        self.acked_through = seq - 1;
+        self.highest_sent = seq - 1;
+    }
+
+    /// Holds `record` as the next sequence number.
+    pub(super) fn push(&mut self, record: Record) {
+        let size = record_size(&record);
+        let encoded = prost_len(&record) + RECORD_FRAMING_BYTES;
+        self.pending.push_back(Held {
+            seq: self.next_assign,
+            record,
+            size,
+            encoded,
+            arrived: Instant::now(),
+        });
+        self.next_assign += 1;
+        self.p.submitted += 1;
+    }
+
+    /// Holds every record already waiting in the input.
+    pub(super) fn absorb_input(&mut self) {
+        while !self.input_closed {
+            match self.input.try_recv() {
+                Ok(record) => self.push(record),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.input_closed = true,
+            }
+        }
+    }
+
+    /// Forgets every held record up to `through`.
+    pub(super) fn absorb_ack(&mut self, through: u64) {
+        if through <= self.acked_through {
+            return;
+        }
+        let mut n = 0usize;
+        while self.pending.front().is_some_and(|h| h.seq <= through) {
+            self.pending.pop_front();
+            n += 1;
+        }
+        self.permits.add_permits(n);
+        self.p.acked += n as u64;
+        self.acked_through = through.min(self.next_assign - 1).max(self.acked_through);
+    }
+
+    /// Takes the held record at `idx` out of the stream and renumbers the
+    /// records after it (none of them was admitted).
+    pub(super) fn take_out(&mut self, idx: usize) -> Option<Held> {
+        let h = self.pending.remove(idx)?;
+        for later in self.pending.range_mut(idx..) {
+            later.seq -= 1;
+        }
+        self.next_assign -= 1;
+        if self.highest_sent >= h.seq {
+            self.highest_sent -= 1;
+        }
+        self.permits.add_permits(1);
+        Some(h)
+    }
+
+    /// The sequence number of the oldest held record (the next one to be
+    /// numbered when none is held).
+    pub(super) fn front_seq(&self) -> u64 {
+        self.pending.front().map_or(self.next_assign, |h| h.seq)
+    }
+}
+
+/// The encoded length of `record`.
+fn prost_len(record: &Record) -> usize {
+    prost::Message::encoded_len(record)
+}

@@ -1,0 +1,168 @@
+//! The engine's answers on a stream: `Credit` adds credit, signals pause or
+//! slow the sending, `Ack` forgets held records, `Reject` rewinds the cursor
+//! (or takes a record that can never be admitted out of the stream) and
+//! aligns the client's credit with the engine's count.
+
+use std::time::{Duration, Instant};
+
+use sluice_proto::v1::{EngineMessage, Reject, RejectReason, SignalKind, engine_message};
+use tracing::{debug, warn};
+
+use super::Driver;
+use super::conn::Conn;
+use crate::event::ClientEvent;
+
+/// Pause between batches under `SLOW_DOWN` when the signal suggests none.
+pub(super) const DEFAULT_SLOW_DELAY: Duration = Duration::from_millis(20);
+/// Under `PAUSE`, time before sending resumes within the credits already held,
+/// when the signal suggests none.
+const DEFAULT_PAUSE_DELAY: Duration = Duration::from_millis(250);
+/// Wait before resending after a reject that suggests none.
+const DEFAULT_REJECT_DELAY: Duration = Duration::from_millis(50);
+
+/// A message's `retry_after_ms` as a wait; `default` when it suggests none (0).
+fn retry_after(ms: u32, default: Duration) -> Duration {
+    match ms {
+        0 => default,
+        ms => Duration::from_millis(ms.into()),
+    }
+}
+
+impl Driver {
+    /// Handles one message from the engine.
+    pub(super) fn handle(&mut self, conn: &mut Conn, msg: EngineMessage) {
+        let Some(body) = msg.body else {
+            warn!(source_id = %self.source_id, "empty message from the engine ignored");
+            return;
+        };
+        match body {
+            engine_message::Body::Opened(_) => {
+                warn!(source_id = %self.source_id, "second Opened from the engine ignored");
+            }
+            engine_message::Body::Credit(c) => {
+                conn.credit_records = conn.credit_records.saturating_add(c.records);
+                conn.credit_bytes = conn.credit_bytes.saturating_add(c.bytes);
+                conn.max_credit_bytes = conn.max_credit_bytes.max(conn.credit_bytes);
+                conn.paused = false;
+                self.emit(ClientEvent::Credit(c));
+            }
+            engine_message::Body::Signal(s) => {
+                match SignalKind::try_from(s.kind).unwrap_or(SignalKind::Unspecified) {
+                    SignalKind::SlowDown => {
+                        conn.slowed = true;
+                        conn.slow_delay = retry_after(s.retry_after_ms, DEFAULT_SLOW_DELAY);
+                        self.p.slow_downs += 1;
+                    }
+                    SignalKind::Pause => {
+                        conn.paused = true;
+                        let wait = retry_after(s.retry_after_ms, DEFAULT_PAUSE_DELAY);
+                        conn.paused_until = Some(Instant::now() + wait);
+                        self.p.pauses += 1;
+                    }
+                    SignalKind::Resume => {
+                        conn.paused = false;
+                        conn.slowed = false;
+                        conn.not_before = conn.not_before.filter(|_| conn.in_backoff);
+                        self.p.resumes += 1;
+                    }
+                    SignalKind::Unspecified => return,
+                }
+                debug!(source_id = %self.source_id, signal = ?s, "signal");
+                self.p.last_signal = Some(s.clone());
+                self.emit(ClientEvent::Signal(s));
+            }
+            engine_message::Body::Ack(a) => {
+                self.absorb_ack(a.through_seq);
+                // Batches wholly acked were processed by the engine.
+                while conn
+                    .in_flight
+                    .front()
+                    .is_some_and(|b| b.last <= self.acked_through)
+                {
+                    conn.in_flight.pop_front();
+                }
+                conn.cursor = conn.cursor.max(self.acked_through + 1);
+                self.p.delivered = a.delivered;
+                self.p.dead_lettered = a.dead_lettered;
+                self.p.filtered = a.filtered;
+                self.emit(ClientEvent::Ack(a));
+            }
+            engine_message::Body::Reject(r) => self.on_reject(conn, r),
+        }
+    }
+
+    /// Handles a `Reject`: the records it names are resent after its
+    /// `retry_after_ms`, or, rejected as too large, taken out of the stream.
+    fn on_reject(&mut self, conn: &mut Conn, r: Reject) {
+        self.p.rejected += r.count;
+        let reason = RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified);
+        debug!(source_id = %self.source_id, first_seq = r.first_seq, count = r.count, ?reason, message = %r.message, "reject");
+        let front = self.front_seq();
+        self.sync_credit(conn, &r);
+        let primary = r.first_seq == r.admitted_through_seq.saturating_add(1);
+        if primary && r.first_seq >= front && r.first_seq < self.next_assign {
+            if reason == RejectReason::RecordTooLarge {
+                let idx = (r.first_seq - front) as usize;
+                if let Some(h) = self.take_out(idx) {
+                    self.p.too_large += 1;
+                    warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
+                    self.emit(ClientEvent::RecordTooLarge {
+                        seq: h.seq,
+                        record: h.record,
+                    });
+                }
+            } else {
+                let wait = retry_after(r.retry_after_ms, DEFAULT_REJECT_DELAY);
+                conn.not_before = Some(Instant::now() + wait);
+                conn.in_backoff = true;
+            }
+            conn.cursor = r.first_seq;
+        }
+        self.emit(ClientEvent::Reject(r));
+    }
+
+    /// Aligns the client's credit with the engine's after a reject.
+    ///
+    /// The engine does not charge credit for records it did not admit, and
+    /// its count is the authority: `Reject.credit` is what it counts the
+    /// stream as holding right after the rejected batch. The batches sent
+    /// after that one are still on their way (each gets its own outcome), so
+    /// their charge is taken off. Older engines send no `credit`: then the
+    /// rejected records' charge is given back.
+    fn sync_credit(&mut self, conn: &mut Conn, r: &Reject) {
+        let last = (r.first_seq + r.count).saturating_sub(1);
+        // The batch this reject is about: a reject covers the tail of one
+        // batch, and the engine answers batches in the order they were sent.
+        let found = conn
+            .in_flight
+            .iter()
+            .position(|b| b.last == last && b.first <= r.first_seq);
+        if let Some(i) = found {
+            conn.in_flight.drain(..=i);
+        }
+        match r.credit {
+            Some(credit) => {
+                let (records, bytes) = if found.is_some() {
+                    conn.in_flight
+                        .iter()
+                        .fold((0, 0), |(r, b), s| (r + s.records, b + s.bytes))
+                } else {
+                    (0, 0)
+                };
+                conn.credit_records = credit.records.saturating_sub(records);
+                conn.credit_bytes = credit.bytes.saturating_sub(bytes);
+                conn.max_credit_bytes = conn.max_credit_bytes.max(credit.bytes);
+            }
+            None => {
+                for h in self.pending.iter() {
+                    if h.seq >= r.first_seq && h.seq <= last {
+                        conn.credit_records += 1;
+                        conn.credit_bytes += h.size;
+                    }
+                }
+            }
+        }
+        debug!(source_id = %self.source_id, credit_records = conn.credit_records,
+            credit_bytes = conn.credit_bytes, in_flight = conn.in_flight.len(), "credit after reject");
+    }
+}

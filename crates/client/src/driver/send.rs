@@ -1,0 +1,125 @@
+//! The sending side of a stream: what may be sent next within the credits,
+//! the signals in force and the message size limit ([`Plan`]), and the batch
+//! that sends it, charged against the credits.
+
+use std::time::Instant;
+
+use sluice_proto::v1::{Batch, SourceMessage, source_message};
+use tracing::debug;
+
+use super::Driver;
+use super::conn::{Conn, SentBatch};
+use crate::error::ClientError;
+
+/// What the sender can do next.
+pub(super) enum Plan {
+    /// Send the next `n` records now.
+    Send(usize),
+    /// Nothing can be sent before this time.
+    WaitUntil(Instant),
+    /// Nothing to send until something arrives (records, credit, a signal).
+    Idle,
+    /// The next record can never be sent.
+    Fatal(ClientError),
+}
+
+impl Driver {
+    /// What can be sent next on `conn` at `now`.
+    pub(super) fn plan(&self, conn: &mut Conn, now: Instant) -> Plan {
+        if conn.tx.is_none() {
+            return Plan::Idle;
+        }
+        if let Some(t) = conn.paused_until.filter(|&t| conn.paused && now < t) {
+            return Plan::WaitUntil(t);
+        }
+        let front = self.front_seq();
+        conn.cursor = conn.cursor.max(front);
+        let idx = (conn.cursor - front) as usize;
+        if idx >= self.pending.len() {
+            return Plan::Idle;
+        }
+        if let Some(t) = conn.not_before {
+            if now < t {
+                return Plan::WaitUntil(t);
+            }
+            conn.not_before = None;
+            conn.in_backoff = false;
+        }
+        let target = if conn.slowed {
+            (conn.max_batch / 4).max(1)
+        } else {
+            conn.max_batch
+        };
+        let unsent = self.pending.len() - idx;
+        if unsent < target && !self.input_closed {
+            let due = self.pending[idx].arrived + self.opts.linger;
+            if now < due {
+                return Plan::WaitUntil(due);
+            }
+        }
+        let budget = (conn.max_message_bytes / 10 * 9).saturating_sub(64);
+        let (mut n, mut bytes, mut enc) = (0usize, 0u64, 0usize);
+        for h in self.pending.range(idx..).take(target) {
+            if enc + h.encoded > budget {
+                if n == 0 {
+                    return Plan::Fatal(ClientError::RecordTooLarge {
+                        size: h.encoded,
+                        limit: conn.max_message_bytes,
+                    });
+                }
+                break;
+            }
+            if n as u64 >= conn.credit_records || bytes + h.size > conn.credit_bytes {
+                // A record larger than half the byte window may never be
+                // covered by byte credit (refills come at half a window):
+                // the engine admits it alone on one record credit. The
+                // largest byte credit held is a lower bound of the window.
+                if n == 0
+                    && conn.credit_records > 0
+                    && h.size > conn.credit_bytes
+                    && h.size > conn.max_credit_bytes / 2
+                {
+                    n = 1;
+                }
+                break;
+            }
+            n += 1;
+            bytes += h.size;
+            enc += h.encoded;
+        }
+        if n == 0 { Plan::Idle } else { Plan::Send(n) }
+    }
+
+    /// The batch of the next `n` records at the cursor of `conn`; charges
+    /// its credit and moves the cursor past it.
+    pub(super) fn build(&mut self, conn: &mut Conn, n: usize) -> SourceMessage {
+        let idx = (conn.cursor - self.front_seq()) as usize;
+        let mut records = Vec::with_capacity(n);
+        let before = (conn.credit_records, conn.credit_bytes);
+        for h in self.pending.range(idx..idx + n) {
+            conn.credit_records = conn.credit_records.saturating_sub(1);
+            conn.credit_bytes = conn.credit_bytes.saturating_sub(h.size);
+            records.push(h.record.clone());
+        }
+        let first_seq = conn.cursor;
+        let last = first_seq + n as u64 - 1;
+        conn.in_flight.push_back(SentBatch {
+            first: first_seq,
+            last,
+            records: before.0 - conn.credit_records,
+            bytes: before.1 - conn.credit_bytes,
+        });
+        let fresh = last.saturating_sub(self.highest_sent.max(first_seq - 1));
+        self.p.sent += fresh;
+        self.p.resent += n as u64 - fresh;
+        self.highest_sent = self.highest_sent.max(last);
+        conn.cursor = last + 1;
+        if conn.slowed {
+            conn.not_before = Some(Instant::now() + conn.slow_delay);
+        }
+        debug!(source_id = %self.source_id, first_seq, n, "batch sent");
+        SourceMessage {
+            body: Some(source_message::Body::Batch(Batch { first_seq, records })),
+        }
+    }
+}
