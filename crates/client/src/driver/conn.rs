@@ -13,7 +13,7 @@ use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
 use super::inbound::DEFAULT_SLOW_DELAY;
-use super::{Driver, End, classify};
+use super::{Driver, ConnEnd, classify};
 use crate::error::{ClientError, error_chain};
 use crate::event::ClientEvent;
 use crate::options::bearer;
@@ -163,8 +163,8 @@ impl Driver {
 /// `connect_err` for what a reconnect may fix.
 fn status_error(status: &Status, connect_err: &impl Fn(String) -> ClientError) -> ClientError {
     match classify(status) {
-        End::Fatal(e) => e,
-        End::Retry(reason) => connect_err(reason),
-        End::Done => connect_err(status.message().to_owned()),
+        ConnEnd::Fatal(e) => e,
+        ConnEnd::Retry(reason) => connect_err(reason),
+        ConnEnd::Done => connect_err(status.message().to_owned()),
     }
 }

@@ -75,7 +75,7 @@ pub(crate) struct Driver {
 }
 
 /// How a stream ended.
-enum End {
+enum ConnEnd {
     /// Everything acked and the stream is over.
     Done,
     /// Ended early; reconnect.
@@ -86,15 +86,15 @@ enum End {
 
 /// How a stream that ended with `status` ended: transient codes are
 /// retried, the others stop the client.
-fn classify(status: &Status) -> End {
+fn classify(status: &Status) -> ConnEnd {
     match status.code() {
         Code::Unavailable
         | Code::Cancelled
         | Code::Unknown
         | Code::DeadlineExceeded
         | Code::ResourceExhausted
-        | Code::Internal => End::Retry(format!("{:?}: {}", status.code(), status.message())),
-        code => End::Fatal(ClientError::Refused {
+        | Code::Internal => ConnEnd::Retry(format!("{:?}: {}", status.code(), status.message())),
+        code => ConnEnd::Fatal(ClientError::Refused {
             code,
             message: status.message().to_owned(),
         }),
@@ -195,9 +195,9 @@ impl Driver {
                 attempts = 0;
             }
             let reason = match end {
-                End::Done => break None,
-                End::Fatal(e) => break Some(e),
-                End::Retry(reason) => reason,
+                ConnEnd::Done => break None,
+                ConnEnd::Fatal(e) => break Some(e),
+                ConnEnd::Retry(reason) => reason,
             };
             // Reconnect loop.
             let mut last = reason;

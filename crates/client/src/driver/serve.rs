@@ -10,11 +10,11 @@ use tracing::debug;
 
 use super::conn::Conn;
 use super::send::Plan;
-use super::{Driver, End, classify};
+use super::{Driver, ConnEnd, classify};
 
 impl Driver {
     /// Serves one open stream until it ends.
-    pub(super) async fn serve(&mut self, conn: &mut Conn) -> End {
+    pub(super) async fn serve(&mut self, conn: &mut Conn) -> ConnEnd {
         loop {
             self.absorb_input();
             let now = Instant::now();
@@ -31,7 +31,7 @@ impl Driver {
                 Plan::Send(n) => send = Some(n),
                 Plan::WaitUntil(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
                 Plan::Idle => {}
-                Plan::Fatal(e) => return End::Fatal(e),
+                Plan::Fatal(e) => return ConnEnd::Fatal(e),
             }
             let tx = if send.is_some() {
                 conn.tx.clone()
@@ -41,9 +41,9 @@ impl Driver {
             tokio::select! {
                 msg = conn.inbound.message() => match msg {
                     Ok(Some(m)) => self.handle(conn, m),
-                    Ok(None) if self.input_closed && self.pending.is_empty() => return End::Done,
-                    Ok(None) => return End::Retry("engine ended the stream".into()),
-                    Err(_) if self.input_closed && self.pending.is_empty() => return End::Done,
+                    Ok(None) if self.input_closed && self.pending.is_empty() => return ConnEnd::Done,
+                    Ok(None) => return ConnEnd::Retry("engine ended the stream".into()),
+                    Err(_) if self.input_closed && self.pending.is_empty() => return ConnEnd::Done,
                     Err(status) => return classify(&status),
                 },
                 permit = reserve(tx), if send.is_some() => match (permit, send) {
@@ -51,7 +51,7 @@ impl Driver {
                         let msg = self.build(conn, n);
                         permit.send(msg);
                     }
-                    _ => return End::Retry("request stream closed".into()),
+                    _ => return ConnEnd::Retry("request stream closed".into()),
                 },
                 record = self.input.recv(), if !self.input_closed => match record {
                     Some(r) => self.push(r),
@@ -60,7 +60,7 @@ impl Driver {
                 () = sleep_until(wake), if wake.is_some() => {
                     if conn.closing_since.is_some_and(|t| t.elapsed() >= self.opts.close_timeout) {
                         debug!(source_id = %self.source_id, "engine did not end the stream in time; closing");
-                        return End::Done;
+                        return ConnEnd::Done;
                     }
                 }
             }
