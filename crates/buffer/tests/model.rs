@@ -37,6 +37,10 @@ enum Op {
     Complete {
         take: usize,
     },
+    /// Complete as filtered out by a stage.
+    Filter {
+        take: usize,
+    },
     Retry {
         take: usize,
     },
@@ -58,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize, 1..8usize).prop_map(|(stage, max)| Op::Take { stage, max }),
         (0..6usize).prop_map(|take| Op::Forward { take }),
         (0..6usize).prop_map(|take| Op::Complete { take }),
+        (0..6usize).prop_map(|take| Op::Filter { take }),
         (0..6usize).prop_map(|take| Op::Retry { take }),
         (0..6usize).prop_map(|take| Op::FinishDead { take }),
     ]
@@ -70,7 +75,14 @@ struct Model {
     next_seq: HashMap<usize, u64>,
     admitted: HashMap<usize, BTreeSet<u64>>,
     finished: HashMap<usize, BTreeSet<u64>>,
+    /// How each finished record ended, counted per source: delivered,
+    /// filtered, dead-lettered.
+    ends: HashMap<usize, [u64; 3]>,
 }
+
+const DELIVERED: usize = 0;
+const FILTERED: usize = 1;
+const DEAD_LETTERED: usize = 2;
 
 struct Harness {
     buf: BufferManager<Vec<u8>>,
@@ -116,9 +128,10 @@ impl Harness {
         }
     }
 
-    fn finish(&mut self, records: impl IntoIterator<Item = (SourceId, u64)>) {
+    fn finish(&mut self, end: usize, records: impl IntoIterator<Item = (SourceId, u64)>) {
         for (src, seq) in records {
             let i = self.sources.iter().position(|s| *s == src).unwrap();
+            self.model.ends.entry(i).or_default()[end] += 1;
             assert!(
                 self.model.admitted[&i].contains(&seq),
                 "finished a record never admitted: {i}/{seq}"
@@ -210,7 +223,14 @@ impl Harness {
                 let recs: Vec<_> = self.held.drain(..n).collect();
                 let keys: Vec<_> = recs.iter().map(|r| (r.source(), r.seq())).collect();
                 self.buf.complete(recs);
-                self.finish(keys);
+                self.finish(DELIVERED, keys);
+            }
+            Op::Filter { take } => {
+                let n = take.min(self.held.len());
+                let recs: Vec<_> = self.held.drain(..n).collect();
+                let keys: Vec<_> = recs.iter().map(|r| (r.source(), r.seq())).collect();
+                self.buf.complete_filtered(recs);
+                self.finish(FILTERED, keys);
             }
             Op::Retry { take } => {
                 let n = take.min(self.held.len());
@@ -230,11 +250,22 @@ impl Harness {
                     .map(|d| (d.record.source(), d.record.seq()))
                     .collect();
                 self.buf.complete_dead_letters(dead);
-                self.finish(keys);
+                self.finish(DEAD_LETTERED, keys);
             }
         }
         if let Err(e) = self.buf.audit() {
             panic!("invariant broken: {e}");
+        }
+        // The workers' reading of a pipeline's pressure is flow control's:
+        // the highest level any of its sources touches.
+        let pressures = self.buf.pressures();
+        for p in self.buf.pipelines() {
+            let expected = pressures
+                .iter()
+                .filter(|(id, _)| self.buf.snapshot().sources[id.index()].pipeline == p.id)
+                .map(|(_, pr)| pr.max())
+                .fold(0.0, f64::max);
+            assert_eq!(self.buf.pipeline_pressure(p.id), expected, "pipeline {}", p.name);
         }
     }
 
@@ -244,14 +275,14 @@ impl Harness {
             let held: Vec<_> = self.held.drain(..).collect();
             let keys: Vec<_> = held.iter().map(|r| (r.source(), r.seq())).collect();
             self.buf.complete(held);
-            self.finish(keys);
+            self.finish(DELIVERED, keys);
             let dead: Vec<_> = self.dead.drain(..).collect();
             let keys: Vec<_> = dead
                 .iter()
                 .map(|d| (d.record.source(), d.record.seq()))
                 .collect();
             self.buf.complete_dead_letters(dead);
-            self.finish(keys);
+            self.finish(DEAD_LETTERED, keys);
             let mut any = false;
             for &s in &self.stages {
                 let b = self.buf.try_batch(s, 100);
@@ -276,7 +307,12 @@ impl Harness {
                 s.acked_through, s.admitted_through,
                 "source {i}: acks caught up"
             );
-            assert_eq!(s.delivered + s.dead_lettered, admitted.len() as u64);
+            let ends = self.model.ends.get(&i).copied().unwrap_or_default();
+            assert_eq!(
+                [s.delivered, s.filtered, s.dead_lettered],
+                ends,
+                "source {i}: delivered, filtered and dead-lettered each counted apart"
+            );
         }
         self.buf.audit().unwrap();
     }

@@ -1,10 +1,10 @@
 //! Consistent readings of the counts: [`pressures`](BufferManager::pressures)
 //! (what flow control decides on) and [`snapshot`](BufferManager::snapshot).
 
-use super::state::Usage;
+use super::state::{State, Usage};
 use super::{BufferManager, Credit};
 use crate::limits::Limit;
-use crate::record::SourceId;
+use crate::record::{PipelineId, SourceId};
 use crate::snapshot::{LevelSnapshot, Pressure, Snapshot, SourceSnapshot, StageSnapshot};
 
 impl<T> BufferManager<T> {
@@ -18,15 +18,7 @@ impl<T> BufferManager<T> {
     /// yet slow itself down (and, paused, never use it: a stall).
     pub fn pressures(&self) -> Vec<(SourceId, Pressure)> {
         let st = self.state.lock();
-        let load = |used: Credit, reserved: Credit| {
-            Credit::new(used.records - reserved.records, used.bytes - reserved.bytes)
-        };
-        let global = util(load(st.global.used, st.global_reserved), self.limits.global);
-        let stage_utils: Vec<f64> = st
-            .stages
-            .iter()
-            .map(|s| util(load(s.usage.used, s.reserved), self.limits.per_stage))
-            .collect();
+        let (global, stage_utils) = self.loads(&st);
         st.sources
             .iter()
             .enumerate()
@@ -47,6 +39,37 @@ impl<T> BufferManager<T> {
                 )
             })
             .collect()
+    }
+
+    /// The highest utilization of any level `pipeline`'s records count
+    /// against: the global level, each of its stages, each of its sources,
+    /// as load (the same reading as [`pressures`](Self::pressures), which
+    /// flow control decides on). The stage workers ask it whether to wait
+    /// for a fuller batch (not while the pipeline is under pressure).
+    pub fn pipeline_pressure(&self, pipeline: PipelineId) -> f64 {
+        let st = self.state.lock();
+        let (global, stage_utils) = self.loads(&st);
+        let stages = self.pipelines[pipeline.index()]
+            .stages
+            .iter()
+            .map(|id| stage_utils[id.index()]);
+        let sources = st
+            .sources
+            .iter()
+            .filter(|s| s.pipeline == pipeline)
+            .map(|s| util(load(s.usage.used, s.reserved), self.limits.per_source));
+        stages.chain(sources).fold(global, f64::max)
+    }
+
+    /// The global utilization and each stage's, as load.
+    fn loads(&self, st: &State<T>) -> (f64, Vec<f64>) {
+        let global = util(load(st.global.used, st.global_reserved), self.limits.global);
+        let stages = st
+            .stages
+            .iter()
+            .map(|s| util(load(s.usage.used, s.reserved), self.limits.per_stage))
+            .collect();
+        (global, stages)
     }
 
     /// Utilization of every level `source` touches.
@@ -108,6 +131,12 @@ impl<T> BufferManager<T> {
             shut_down: st.shutdown,
         }
     }
+}
+
+/// What a level holds for records in the engine: its use less the unused
+/// reservations in it.
+fn load(used: Credit, reserved: Credit) -> Credit {
+    Credit::new(used.records - reserved.records, used.bytes - reserved.bytes)
 }
 
 fn util(used: Credit, limit: Limit) -> f64 {

@@ -101,24 +101,12 @@ impl Worker {
         tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker stopped");
     }
 
-    /// Whether any level of this pipeline is at or above the high watermark,
-    /// or the memory gate is closed.
+    /// Whether any level of this pipeline is at or above the high watermark
+    /// (as flow control reads it: [`Buffer::pipeline_pressure`]), or the
+    /// memory gate is closed.
     fn pressured(&self) -> bool {
-        if self.env.gate.as_ref().is_some_and(|g| g.borrow().closed) {
-            return true;
-        }
-        let high = self.env.high_watermark;
-        let snap = self.env.buffer.snapshot();
-        let pid = self.pipeline.id;
-        snap.global.utilization() >= high
-            || snap
-                .stages
-                .iter()
-                .any(|s| s.pipeline == pid && s.level.utilization() >= high)
-            || snap
-                .sources
-                .iter()
-                .any(|s| s.pipeline == pid && s.level.utilization() >= high)
+        self.env.gate.as_ref().is_some_and(|g| g.borrow().closed)
+            || self.env.buffer.pipeline_pressure(self.pipeline.id) >= self.env.high_watermark
     }
 
     /// A batch of at most `max` records, as the parts the buffer handed out
