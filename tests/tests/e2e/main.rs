@@ -11,4 +11,5 @@ mod health_reflection;
 mod hostile;
 mod observe;
 mod security;
+mod send_command;
 mod smoke;
