@@ -265,7 +265,12 @@ impl Harness {
                 .filter(|(id, _)| self.buf.snapshot().sources[id.index()].pipeline == p.id)
                 .map(|(_, pr)| pr.max())
                 .fold(0.0, f64::max);
-            assert_eq!(self.buf.pipeline_pressure(p.id), expected, "pipeline {}", p.name);
+            assert_eq!(
+                self.buf.pipeline_pressure(p.id),
+                expected,
+                "pipeline {}",
+                p.name
+            );
         }
     }
 

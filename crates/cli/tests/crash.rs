@@ -13,13 +13,14 @@
 //! records) is `#[ignore]`d and listed in the README's "Long-running tests".
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_client::{ClientOptions, ReconnectPolicy, SourceClient};
-use sluice_engine::config::{PipelineSpec, Settings, SinkSpec};
+use sluice_engine::config::Settings;
+use sluice_tests::{file_sink, free_port, test_settings};
 
 /// A small xorshift generator; the seed is printed so a failure can be replayed.
 struct Rng(u64);
@@ -51,40 +52,19 @@ impl Rng {
     }
 }
 
-/// A free loopback port: bind port 0, note it, release it.
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
-    l.local_addr().expect("local addr").port()
-}
-
-fn file_sink(dir: &Path, delay: Duration) -> SinkSpec {
-    SinkSpec::File {
-        dir: dir.to_path_buf(),
-        prefix: "records".into(),
-        rotate_bytes: 64 * 1024 * 1024,
-        fsync: false,
-        delay,
-        fail_rate: 0.0,
-    }
-}
-
-/// Writes the engine's configuration file and returns its path.
+/// Writes the engine's configuration file and returns its path: the shared
+/// [`test_settings`] on a fixed port (a restarted engine keeps it), with the
+/// engine's default credit window, a 1 s shutdown timeout and a slow sink.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let mut s = Settings::default();
+    let mut s = test_settings(dir);
     s.server.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     s.server.shutdown_timeout = Duration::from_secs(1);
-    s.metrics.enabled = false;
-    s.memory.enabled = false;
+    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
     s.log.filter = "warn".into();
-    let mut p = PipelineSpec {
-        // A slightly slow sink keeps records in flight (sent, not acked).
-        sink: file_sink(&dir.join("sink"), Duration::from_millis(2)),
-        dead_letter: file_sink(&dir.join("dead"), Duration::ZERO),
-        ..PipelineSpec::default()
-    };
+    let p = &mut s.pipelines[0];
+    // A slightly slow sink keeps records in flight (sent, not acked).
+    p.sink = file_sink(&dir.join("sink"), Duration::from_millis(2), 0.0);
     p.batch.max_records = 200;
-    p.batch.linger = Duration::from_millis(5);
-    s.pipelines = vec![p];
     let path = dir.join("sluice.toml");
     std::fs::write(&path, s.to_toml_string().expect("settings as TOML")).expect("config written");
     path
@@ -221,7 +201,7 @@ struct Kill {
 async fn crash_run(kills: usize, n: u64) {
     let mut rng = Rng::from_env_or_time();
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = free_port().port();
     let config = write_config(dir.path(), port);
     let log = dir.path().join("engine.log");
     let started = Instant::now();

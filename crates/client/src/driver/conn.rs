@@ -13,7 +13,7 @@ use tonic::{Status, Streaming};
 use tracing::{info, warn};
 
 use super::inbound::DEFAULT_SLOW_DELAY;
-use super::{Driver, ConnEnd, classify};
+use super::{ConnEnd, Driver, classify};
 use crate::error::{ClientError, error_chain};
 use crate::event::ClientEvent;
 use crate::options::bearer;

@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::conn::Conn;
 use super::send::Plan;
-use super::{Driver, ConnEnd, classify};
+use super::{ConnEnd, Driver, classify};
 
 impl Driver {
     /// Serves one open stream until it ends.

@@ -15,12 +15,9 @@
 //!   INVALID_ARGUMENT naming the overflow; a batch ending exactly at
 //!   `u64::MAX` is admitted and acked; nothing panics.
 
-mod common;
-
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Raw, batch_msg, expect_status, open_msg, raw_stream};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sluice_client::{ClientOptions, SourceClient};

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_buffer::RetryPolicy;
-use sluice_config::{PipelineSpec, Settings, SinkSpec, StageSpec, TransformSpec};
+use sluice_config::{Settings, StageSpec, TransformSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
-use sluice_proto::v1::{
-    self, Batch, Open, SourceMessage, engine_message::Body as EBody, ingest_client::IngestClient,
-    source_message::Body as SBody,
-};
+use sluice_proto::v1::{engine_message::Body as EBody, ingest_client::IngestClient};
+use sluice_tests::*;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,44 +25,26 @@ const WAIT: Duration = Duration::from_secs(5);
 /// The names the engine registers with the health service.
 const HEALTH_NAMES: [&str; 3] = ["", "sluice.v1.Ingest", "sluice.v1.Admin"];
 
-fn file_sink(dir: &Path, prefix: &str) -> SinkSpec {
-    SinkSpec::File {
-        dir: dir.to_path_buf(),
-        prefix: prefix.into(),
-        rotate_bytes: 1 << 20,
-        fsync: false,
-        delay: Duration::ZERO,
-        fail_rate: 0.0,
-    }
-}
-
+/// [`test_settings`] with an identity stage, the engine's default credit
+/// window, a 5 s shutdown timeout and one quick retry.
 fn settings(dir: &Path) -> Settings {
-    let mut s = Settings::default();
-    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    let mut s = test_settings(dir);
+    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
     s.server.shutdown_timeout = Duration::from_secs(5);
-    s.memory.enabled = false;
     s.retry = RetryPolicy {
         max_retries: 1,
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(2),
     };
-    let mut p = PipelineSpec {
-        name: "default".into(),
-        stages: vec![StageSpec {
-            name: "identity".into(),
-            transform: TransformSpec::Identity,
-        }],
-        sink: file_sink(&dir.join("out"), "records"),
-        dead_letter: file_sink(&dir.join("dead"), "dead-letters"),
-        ..PipelineSpec::default()
-    };
-    p.batch.linger = Duration::from_millis(5);
-    s.pipelines = vec![p];
+    s.pipelines[0].stages = vec![StageSpec {
+        name: "identity".into(),
+        transform: TransformSpec::Identity,
+    }];
     s
 }
 
 async fn channel(engine: &EngineHandle) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{}", engine.local_addr()))
+    let endpoint = Endpoint::from_shared(url(engine))
         .unwrap()
         .connect_timeout(WAIT)
         .timeout(WAIT);
@@ -256,22 +236,6 @@ async fn check(health: &mut HealthClient<Channel>, service: &str) -> Result<i32,
     }
 }
 
-fn batch(first_seq: u64, n: usize) -> SourceMessage {
-    SourceMessage {
-        body: Some(SBody::Batch(Batch {
-            first_seq,
-            records: (0..n)
-                .map(|i| v1::Record {
-                    payload: format!("{{\"i\":{}}}", first_seq + i as u64)
-                        .into_bytes()
-                        .into(),
-                    ..Default::default()
-                })
-                .collect(),
-        })),
-    }
-}
-
 #[tokio::test]
 async fn health_is_serving_then_not_serving_while_shutdown_drains() {
     const RECORDS: u64 = 40;
@@ -304,14 +268,7 @@ async fn health_is_serving_then_not_serving_while_shutdown_drains() {
     // Push records through a slow sink so the drain takes a while.
     let mut ingest = IngestClient::new(channel(&engine).await);
     let (tx, rx) = mpsc::channel(16);
-    tx.send(SourceMessage {
-        body: Some(SBody::Open(Open {
-            source_id: "src".into(),
-            pipeline: String::new(),
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(open_msg("src", "")).await.unwrap();
     let mut stream = timeout(WAIT, ingest.stream(ReceiverStream::new(rx)))
         .await
         .expect("open timed out")
@@ -326,7 +283,7 @@ async fn health_is_serving_then_not_serving_while_shutdown_drains() {
         matches!(opened, Some(EBody::Opened(_))),
         "expected Opened, got {opened:?}"
     );
-    tx.send(batch(1, RECORDS as usize)).await.unwrap();
+    tx.send(batch_msg(1, RECORDS, 0)).await.unwrap();
     let buffer = engine.buffer().clone();
     let source = timeout(WAIT, async {
         loop {

@@ -1,6 +1,8 @@
-//! End-to-end tests: a real engine on 127.0.0.1 (port 0), real gRPC, the Rust
-//! source client and raw generated clients. Every test is bounded by a tokio
-//! timeout.
+//! The flow of records end to end: credits, signals and rejects, fairness
+//! between sources, retries and dead letters, reconnects, bad input, the
+//! shutdown drain and the memory gate. A real engine on 127.0.0.1 (port 0),
+//! real gRPC, the Rust source client and raw generated clients. Every test is
+//! bounded by a tokio timeout.
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +10,6 @@ use sluice_client::{ClientEvent, ClientOptions, SourceClient, Summary};
 use sluice_config::Limit;
 use sluice_proto::v1::{SignalKind, SignalReason};
 use sluice_tests::*;
-
-mod common;
-use common::*;
 
 /// Sends `n` records of about `size` bytes from `source` and finishes.
 async fn send_all(

@@ -1,52 +1,32 @@
-//! In-process gRPC tests of the engine over 127.0.0.1:0 with the generated client.
+//! In-process gRPC smoke tests of the engine over 127.0.0.1:0 with the
+//! generated client: acks and the file sink, protocol errors as statuses,
+//! rejects and takeover, dead letters and filters, the memory gate and
+//! shutdown, and a slow sink.
 
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use sluice_buffer::{ManualProbe, MemoryGateConfig, RetryPolicy};
-use sluice_config::{PipelineSpec, Settings, SinkSpec, StageSpec, TransformSpec};
+use sluice_config::{Settings, StageSpec, TransformSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
-use sluice_proto::v1::{
-    self, Batch, EngineMessage, Open, SourceMessage, engine_message::Body as EBody,
-    ingest_client::IngestClient, source_message::Body as SBody,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Streaming};
+use sluice_proto::v1::{self, SourceMessage, engine_message::Body as EBody};
+use sluice_tests::*;
+use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn file_sink(dir: &Path, prefix: &str) -> SinkSpec {
-    SinkSpec::File {
-        dir: dir.to_path_buf(),
-        prefix: prefix.into(),
-        rotate_bytes: 1 << 20,
-        fsync: false,
-        delay: Duration::ZERO,
-        fail_rate: 0.0,
-    }
-}
-
+/// [`test_settings`] with `stages`, the engine's default credit window, a
+/// 5 s shutdown timeout and one quick retry.
 fn settings(dir: &Path, stages: Vec<StageSpec>) -> Settings {
-    let mut s = Settings::default();
-    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    let mut s = test_settings(dir);
+    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
     s.server.shutdown_timeout = Duration::from_secs(5);
-    s.memory.enabled = false;
     s.retry = RetryPolicy {
         max_retries: 1,
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(2),
     };
-    let mut p = PipelineSpec {
-        name: "default".into(),
-        stages,
-        sink: file_sink(&dir.join("out"), "records"),
-        dead_letter: file_sink(&dir.join("dead"), "dead-letters"),
-        ..PipelineSpec::default()
-    };
-    p.batch.linger = Duration::from_millis(5);
-    s.pipelines = vec![p];
+    s.pipelines[0].stages = stages;
     s
 }
 
@@ -57,93 +37,36 @@ fn identity() -> Vec<StageSpec> {
     }]
 }
 
-struct Conn {
-    tx: mpsc::Sender<SourceMessage>,
-    rx: Streaming<EngineMessage>,
-}
-
-fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
-    SourceMessage {
-        body: Some(SBody::Open(Open {
-            source_id: source.into(),
-            pipeline: pipeline.into(),
-        })),
-    }
-}
-
+/// `n` orders from `first_seq`, `{"i": seq, "status": "paid" | "new"}`
+/// alternately (the filter tests keep the paid half).
 fn batch(first_seq: u64, n: usize) -> SourceMessage {
-    SourceMessage {
-        body: Some(SBody::Batch(Batch {
-            first_seq,
-            records: (0..n)
-                .map(|i| v1::Record {
-                    payload: format!(
-                        "{{\"i\":{},\"status\":\"{}\"}}",
-                        first_seq + i as u64,
-                        if i % 2 == 0 { "paid" } else { "new" }
-                    )
-                    .into_bytes()
-                    .into(),
-                    ..Default::default()
-                })
-                .collect(),
-        })),
-    }
+    batch_of(
+        first_seq,
+        (0..n).map(|i| {
+            let status = if i % 2 == 0 { "paid" } else { "new" };
+            format!("{{\"i\":{},\"status\":\"{status}\"}}", first_seq + i as u64).into()
+        }),
+    )
 }
 
-async fn connect(engine: &EngineHandle, first: SourceMessage) -> Result<Conn, tonic::Status> {
-    let mut client = IngestClient::connect(format!("http://{}", engine.local_addr()))
+async fn connect(engine: &EngineHandle, first: SourceMessage) -> Result<Raw, tonic::Status> {
+    raw_stream(&url(engine), first).await
+}
+
+async fn next(conn: &mut Raw) -> Result<Option<EBody>, tonic::Status> {
+    conn.next_within(WAIT).await
+}
+
+async fn opened(conn: &mut Raw) -> v1::Opened {
+    tokio::time::timeout(WAIT, conn.opened())
         .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(first).await.unwrap();
-    let rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    Ok(Conn { tx, rx })
-}
-
-async fn next(conn: &mut Conn) -> Result<Option<EBody>, tonic::Status> {
-    match tokio::time::timeout(WAIT, conn.rx.message()).await {
-        Ok(r) => r.map(|m| m.and_then(|m| m.body)),
-        Err(_) => panic!("no message from the engine within {WAIT:?}"),
-    }
-}
-
-async fn opened(conn: &mut Conn) -> v1::Opened {
-    match next(conn).await.unwrap() {
-        Some(EBody::Opened(o)) => o,
-        other => panic!("expected Opened, got {other:?}"),
-    }
+        .expect("no Opened in time")
+        .unwrap()
 }
 
 /// Reads messages until an Ack through `seq`; returns it and the rejects seen.
-async fn until_ack(conn: &mut Conn, seq: u64) -> (v1::Ack, Vec<v1::Reject>) {
-    let mut rejects = Vec::new();
-    loop {
-        match next(conn).await.unwrap() {
-            Some(EBody::Ack(a)) if a.through_seq >= seq => return (a, rejects),
-            Some(EBody::Reject(r)) => rejects.push(r),
-            Some(_) => {}
-            None => panic!("stream ended before ack {seq}"),
-        }
-    }
-}
-
-fn read_lines(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<Value>>()
-        })
-        .collect()
+async fn until_ack(conn: &mut Raw, seq: u64) -> (v1::Ack, Vec<v1::Reject>) {
+    conn.until_ack(seq, WAIT).await
 }
 
 #[tokio::test]
@@ -159,34 +82,29 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
     assert_eq!(o.acked_through_seq, 0);
     assert!(o.credit.unwrap().records >= 10);
     assert!(o.max_batch_records > 0);
-    conn.tx.send(batch(1, 10)).await.unwrap();
+    conn.must_send(batch(1, 10)).await;
     let (ack, rejects) = until_ack(&mut conn, 10).await;
     assert!(rejects.is_empty(), "{rejects:?}");
     assert_eq!(ack.delivered, 10);
     assert_eq!(ack.dead_lettered, 0);
     // Half-close: the stream ends OK once everything is acked.
-    drop(conn.tx);
+    conn.tx = None;
     loop {
-        match next_or_end(&mut conn.rx).await {
+        match next(&mut conn).await {
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(s) => panic!("stream ended with {s:?}"),
         }
     }
-    let lines = read_lines(&dir.path().join("out"));
+    let lines = read_jsonl(&dir.path().join("sink"));
     assert_eq!(lines.len(), 10);
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["source_id"], "src-1");
         assert_eq!(l["seq"], i as u64 + 1);
         assert_eq!(l["payload"]["i"], i as u64 + 1);
     }
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", engine.local_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(channel(&url(&engine)).await);
     for service in ["", "sluice.v1.Ingest", "sluice.v1.Admin"] {
         let status = health
             .check(tonic_health::pb::HealthCheckRequest {
@@ -201,10 +119,9 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
     }
-    let mut admin =
-        v1::admin_client::AdminClient::connect(format!("http://{}", engine.local_addr()))
-            .await
-            .unwrap();
+    let mut admin = v1::admin_client::AdminClient::connect(url(&engine))
+        .await
+        .unwrap();
     let stats = admin.stats(v1::StatsRequest {}).await.unwrap().into_inner();
     assert_eq!(stats.pipelines[0].stages, ["identity", "sink"]);
     assert_eq!(stats.sources[0].source_id, "src-1");
@@ -214,14 +131,6 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
     assert_eq!(stats.sources[0].received, 10);
     let report = engine.shutdown().await.unwrap();
     assert!(report.drained);
-}
-
-async fn next_or_end(
-    rx: &mut Streaming<EngineMessage>,
-) -> Result<Option<EngineMessage>, tonic::Status> {
-    tokio::time::timeout(WAIT, rx.message())
-        .await
-        .expect("stream stalled")
 }
 
 #[tokio::test]
@@ -241,7 +150,7 @@ async fn protocol_errors_are_statuses() {
     // A second Open ends the stream.
     let mut conn = connect(&engine, open_msg("a", "default")).await.unwrap();
     opened(&mut conn).await;
-    conn.tx.send(open_msg("a", "default")).await.unwrap();
+    conn.must_send(open_msg("a", "default")).await;
     let status = loop {
         match next(&mut conn).await {
             Ok(Some(_)) => {}
@@ -263,8 +172,8 @@ async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
         .unwrap();
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     assert_eq!(opened(&mut conn).await.max_batch_records, 5);
-    conn.tx.send(batch(1, 8)).await.unwrap();
-    conn.tx.send(batch(9, 2)).await.unwrap(); // a gap: 6..8 were rejected
+    conn.must_send(batch(1, 8)).await;
+    conn.must_send(batch(9, 2)).await; // a gap: 6..8 were rejected
     let (ack, rejects) = until_ack(&mut conn, 5).await;
     assert_eq!(ack.through_seq, 5);
     let mut rejects = rejects;
@@ -292,11 +201,11 @@ async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     };
     assert_eq!(status.code(), Code::Aborted);
     // A resend overlapping what was admitted is not admitted twice.
-    conn2.tx.send(batch(4, 5)).await.unwrap();
+    conn2.must_send(batch(4, 5)).await;
     let (ack, rejects) = until_ack(&mut conn2, 8).await;
     assert!(rejects.is_empty(), "{rejects:?}");
     assert_eq!(ack.delivered, 8);
-    assert_eq!(read_lines(&dir.path().join("out")).len(), 8);
+    assert_eq!(read_jsonl(&dir.path().join("sink")).len(), 8);
     engine.shutdown().await.unwrap();
 }
 
@@ -323,12 +232,12 @@ async fn failures_become_dead_letters_and_filters_count() {
         .unwrap();
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
-    conn.tx.send(batch(1, 10)).await.unwrap();
+    conn.must_send(batch(1, 10)).await;
     let (ack, _) = until_ack(&mut conn, 10).await;
     assert_eq!(ack.filtered, 5);
     assert_eq!(ack.dead_lettered, 5);
     assert_eq!(ack.delivered, 0);
-    let dead = read_lines(&dir.path().join("dead"));
+    let dead = read_jsonl(&dir.path().join("dead"));
     assert_eq!(dead.len(), 5);
     for d in &dead {
         assert_eq!(d["stage"], "boom");
@@ -373,7 +282,7 @@ async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
     };
     assert_eq!(sig.kind, v1::SignalKind::Resume as i32);
 
-    conn.tx.send(batch(1, 3)).await.unwrap();
+    conn.must_send(batch(1, 3)).await;
     until_ack(&mut conn, 3).await;
     let shutdown = tokio::spawn(engine.shutdown());
     let mut saw_pause = false;
@@ -419,9 +328,9 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
     let mut signal = None;
     let mut acked = 0;
     while signal.is_none() {
-        conn.tx.send(batch(next_seq, 10)).await.unwrap();
+        conn.must_send(batch(next_seq, 10)).await;
         loop {
-            match tokio::time::timeout(Duration::from_millis(5), conn.rx.message()).await {
+            match tokio::time::timeout(Duration::from_millis(5), conn.inbound.message()).await {
                 Err(_) => break,
                 Ok(m) => match m.unwrap().and_then(|m| m.body) {
                     Some(EBody::Reject(r)) => next_seq = r.admitted_through_seq + 1,
@@ -508,7 +417,7 @@ async fn a_slow_sink_gets_full_batches_while_records_wait() {
     let total = 1600u64;
     assert!(credit >= total, "credit {credit}");
     for i in 0..20 {
-        conn.tx.send(batch(1 + i * 80, 80)).await.unwrap();
+        conn.must_send(batch(1 + i * 80, 80)).await;
     }
     let (ack, rejects) = until_ack(&mut conn, total).await;
     assert!(rejects.is_empty(), "{rejects:?}");

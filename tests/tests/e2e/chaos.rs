@@ -10,12 +10,9 @@
 //! nothing missing). A watchdog fails the test if no client makes progress
 //! for 5 s (a stall is a failure even if nothing is lost).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Proxy;
 use sluice_client::{ClientEvent, ClientOptions, Progress, ReconnectPolicy, SourceClient, Summary};
 use sluice_config::{FilterOp, StageSpec, TransformSpec};
 use sluice_tests::*;

@@ -1,81 +1,33 @@
-//! Raw-protocol helpers and the connection-cutting proxy, shared by the
-//! end-to-end, chaos, hostile-input and security tests (each test file is its
-//! own crate and uses only part of them).
-#![allow(dead_code)]
+//! Raw-protocol helpers: the generated Ingest client without the Rust source
+//! client, to send what a compliant source would not (or exactly what a test
+//! needs), and to read the engine's answers one by one.
 
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_proto::v1::ingest_client::IngestClient;
 use sluice_proto::v1::{
-    Batch, EngineMessage, Open, Opened, Record, SourceMessage, engine_message, source_message,
+    Ack, Batch, EngineMessage, Open, Opened, Record, Reject, SourceMessage, engine_message,
+    source_message,
 };
-use sluice_tests::payload;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A TCP proxy in front of an engine whose connections can be cut (the
-/// pattern of e2e.rs): every accepted connection is copied both ways to
-/// `upstream` by its own task; `cut` aborts those tasks, which closes both
-/// sockets.
-pub struct Proxy {
-    /// `http://` address of the proxy.
-    pub addr: String,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let accept = {
-            let conns = conns.clone();
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        }
-                    });
-                    let mut conns = conns.lock().unwrap();
-                    conns.retain(|c: &JoinHandle<()>| !c.is_finished());
-                    conns.push(task);
-                }
-            })
-        };
-        Self {
-            addr,
-            conns,
-            accept,
-        }
-    }
-
-    /// Cuts every open connection; returns how many there were.
-    pub fn cut(&self) -> usize {
-        let mut conns = self.conns.lock().unwrap();
-        let n = conns.iter().filter(|c| !c.is_finished()).count();
-        for c in conns.drain(..) {
-            c.abort();
-        }
-        n
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
+/// A JSON payload `{"n": i, "pad": "..."}` of about `size` bytes.
+pub fn payload(i: u64, size: usize) -> bytes::Bytes {
+    let base = format!("{{\"n\":{i},\"pad\":\"\"}}");
+    let pad = size.saturating_sub(base.len());
+    bytes::Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(pad)))
 }
 
 /// A raw ingest stream (no Rust client): what a hostile source sends.
 pub struct Raw {
+    /// The source's side; `None` once half-closed.
     pub tx: Option<mpsc::Sender<SourceMessage>>,
+    /// The engine's side.
     pub inbound: tonic::Streaming<EngineMessage>,
 }
 
+/// An `Open` for `source` on `pipeline` (empty: the default pipeline).
 pub fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
     SourceMessage {
         body: Some(source_message::Body::Open(Open {
@@ -89,12 +41,21 @@ pub fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
 /// payload carries its sequence number; numbers past `u64::MAX` wrap, so a
 /// test can build an overflowing batch).
 pub fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
+    batch_of(
+        first_seq,
+        (0..n).map(|i| payload(first_seq.wrapping_add(i), size)),
+    )
+}
+
+/// A batch from `first_seq` with one record per payload (no attributes).
+pub fn batch_of(first_seq: u64, payloads: impl IntoIterator<Item = bytes::Bytes>) -> SourceMessage {
     SourceMessage {
         body: Some(source_message::Body::Batch(Batch {
             first_seq,
-            records: (0..n)
-                .map(|i| Record {
-                    payload: payload(first_seq.wrapping_add(i), size),
+            records: payloads
+                .into_iter()
+                .map(|payload| Record {
+                    payload,
                     ..Record::default()
                 })
                 .collect(),
@@ -105,12 +66,16 @@ pub fn batch_msg(first_seq: u64, n: u64, size: usize) -> SourceMessage {
 /// Opens a raw stream whose first message is `first`; the engine's status if
 /// it refuses the stream at once.
 pub async fn raw_stream(addr: &str, first: SourceMessage) -> Result<Raw, tonic::Status> {
-    let channel = tonic::transport::Channel::from_shared(addr.to_owned())
+    raw_on(channel(addr).await, first, None).await
+}
+
+/// A plaintext channel to `addr` (`http://…`); panics if it cannot connect.
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(addr.to_owned())
         .expect("a valid address")
         .connect()
         .await
-        .expect("connects");
-    raw_on(channel, first, None).await
+        .expect("connects")
 }
 
 /// Opens a raw stream on `channel` whose first message is `first`, with an
@@ -140,14 +105,51 @@ pub async fn raw_on(
 }
 
 impl Raw {
+    /// Sends `m` if the stream is not half-closed; a stream the engine has
+    /// already ended is not an error here (see [`Raw::must_send`]).
     pub async fn send(&self, m: SourceMessage) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(m).await;
         }
     }
+    /// Sends `m`; panics if the stream is half-closed or already ended.
+    pub async fn must_send(&self, m: SourceMessage) {
+        self.tx
+            .as_ref()
+            .expect("the stream is not half-closed")
+            .send(m)
+            .await
+            .expect("the stream is open");
+    }
+    /// The next message from the engine; `None` when the stream ended OK.
     pub async fn next(&mut self) -> Result<Option<engine_message::Body>, tonic::Status> {
         Ok(self.inbound.message().await?.and_then(|m| m.body))
     }
+    /// [`Raw::next`], panicking if nothing arrives within `wait`.
+    pub async fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<engine_message::Body>, tonic::Status> {
+        match tokio::time::timeout(wait, self.next()).await {
+            Ok(r) => r,
+            Err(_) => panic!("no message from the engine within {wait:?}"),
+        }
+    }
+    /// Reads messages (each within `wait`) until an ack through `seq`;
+    /// returns it and the rejects seen before it. Panics on an error status
+    /// or if the stream ends first.
+    pub async fn until_ack(&mut self, seq: u64, wait: Duration) -> (Ack, Vec<Reject>) {
+        let mut rejects = Vec::new();
+        loop {
+            match self.next_within(wait).await.expect("no error status") {
+                Some(engine_message::Body::Ack(a)) if a.through_seq >= seq => return (a, rejects),
+                Some(engine_message::Body::Reject(r)) => rejects.push(r),
+                Some(_) => {}
+                None => panic!("stream ended before ack {seq}"),
+            }
+        }
+    }
+    /// The first message, which must be `Opened`.
     pub async fn opened(&mut self) -> Result<Opened, tonic::Status> {
         match self.next().await? {
             Some(engine_message::Body::Opened(o)) => Ok(o),

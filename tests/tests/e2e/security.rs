@@ -7,13 +7,9 @@ use std::time::Duration;
 use sluice_client::{ClientOptions, SourceClient, Summary};
 use sluice_config::{Limit, Settings, TlsSettings, TokenSpec};
 use sluice_proto::v1::admin_client::AdminClient;
-use sluice_proto::v1::{
-    Open, RejectReason, SourceMessage, StatsRequest, engine_message, source_message,
-};
+use sluice_proto::v1::{RejectReason, SourceMessage, StatsRequest, engine_message};
 use sluice_tests::*;
 
-mod common;
-use common::{Raw, batch_msg, raw_on};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -33,30 +29,13 @@ fn auth_settings(dir: &std::path::Path) -> Settings {
     s
 }
 
-fn open_msg(source: &str) -> SourceMessage {
-    SourceMessage {
-        body: Some(source_message::Body::Open(Open {
-            source_id: source.into(),
-            pipeline: String::new(),
-        })),
-    }
-}
-
 /// Opens a raw stream for `source` on `channel` with an optional bearer token.
 async fn raw_open(
     channel: Channel,
     source: &str,
     token: Option<&str>,
 ) -> Result<Raw, tonic::Status> {
-    raw_on(channel, open_msg(source), token).await
-}
-
-async fn channel(addr: &str) -> Channel {
-    Channel::from_shared(addr.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects")
+    raw_on(channel, open_msg(source, ""), token).await
 }
 
 /// Opens `source` and returns the status the engine ends it with, if any

@@ -1,8 +1,10 @@
 //! Observability end to end: the Prometheus endpoint (scraped over HTTP and
 //! parsed) and `Admin.Stats` after records went through a real engine.
 //!
-//! The Prometheus recorder is global to the process, so this file installs
-//! it once (installing is idempotent) and all engines of the process feed it.
+//! The Prometheus recorder is global to the process and every engine of the
+//! process feeds it, so the test runs alone in a process of its own (a child
+//! of the test binary, see `sluice_tests::in_own_process`): the engines of
+//! the other tests, running at the same time, would add to its counts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -110,13 +112,19 @@ fn promtool_accepts(scrape: &str) {
     );
 }
 
-fn free_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+#[test]
+fn metrics_and_stats_after_records_went_through() {
+    if in_own_process("observe::metrics_and_stats_after_records_went_through") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(metrics_and_stats());
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_stats_after_records_went_through() {
+async fn metrics_and_stats() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let metrics_addr = free_port();
         let handle = observe::install_prometheus(metrics_addr).expect("exporter installs");
