@@ -52,7 +52,7 @@ mod snapshot;
 mod sync;
 
 pub use flow::{
-    BackpressureController, BackpressureSignal, ControllerConfig, ControllerError,
+    BackpressureController, BackpressureSignal, ControllerConfig, ControllerError, Coverage,
     DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_WINDOW_RECORDS, SignalKind, SignalReason,
     SignalReceiver, SourceHandle, SourceState, SourceStatus,
 };

@@ -356,6 +356,17 @@ fn field(field: &'static str, rule: FieldRule) -> FieldError {
 }
 
 impl Limits {
+    /// The largest record any level can take, in bytes: the smallest byte
+    /// limit, and below `u32::MAX` (a record's size is kept in 32 bits).
+    /// A larger record is refused `TooLarge` whatever the credit.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.global
+            .bytes
+            .min(self.per_stage.bytes)
+            .min(self.per_source.bytes)
+            .min(u64::from(u32::MAX) - 1)
+    }
+
     /// Checks that every level admits something (no zero records or bytes)
     /// and that no per-stage or per-source limit exceeds the global one
     /// (it could never be reached). Fields: `global.records`,

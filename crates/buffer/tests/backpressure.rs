@@ -621,3 +621,63 @@ async fn four_equal_sources_share_a_slow_consumer_fairly() {
     m.audit().unwrap();
     flow.audit().unwrap();
 }
+
+/// `SourceHandle::cover`, the admission rule of the contract: what a
+/// stream's credit covers, resends free, and the two exceptions for records
+/// no byte credit can ever cover.
+#[test]
+fn cover_is_the_contracts_admission_rule() {
+    let limits = Limits {
+        global: Limit::new(1000, 10_000),
+        per_stage: Limit::new(1000, 10_000),
+        per_source: Limit::new(1000, 5_000),
+    };
+    let (m, ids, _, _) = setup(limits, 1);
+    // A window of 10 records of 10 bytes: 100 bytes.
+    let flow = BackpressureController::new(m.clone(), config(10, 0.8, 0.5), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    let credit = h.grant();
+    assert_eq!(credit, Credit::new(10, 100));
+    assert_eq!(h.credit(), credit);
+    let batch = |sizes: &[usize]| -> sluice_buffer::Pending<Vec<u8>> {
+        sizes
+            .iter()
+            .map(|&n| vec![1u8; n])
+            .collect::<Vec<_>>()
+            .into()
+    };
+
+    // Within the credit: all of it, from the batch's totals.
+    let c = h.cover(1, &batch(&[10; 10]));
+    assert_eq!((c.duplicates, c.covered, c.credit), (0, 10, credit));
+    // Beyond it in records, then in bytes: the covered prefix.
+    assert_eq!(h.cover(1, &batch(&[10; 12])).covered, 10);
+    assert_eq!(h.cover(1, &batch(&[40, 40, 40])).covered, 2);
+
+    // Admit five; a resend of them with two new ones: the five are free.
+    let out = h.admit(1, batch(&[10; 5])).unwrap();
+    assert!(out.rejected.is_none());
+    assert_eq!(h.credit(), Credit::new(5, 50));
+    let c = h.cover(1, &batch(&[10; 7]));
+    assert_eq!((c.duplicates, c.covered), (5, 7));
+
+    // Larger than every byte limit allows: covered, and admit refuses it.
+    assert_eq!(m.limits().max_record_bytes(), 5_000);
+    let c = h.cover(6, &batch(&[10, 6_000, 10]));
+    assert_eq!(c.covered, 2, "up to and including the too-large record");
+    let out = h.admit(6, batch(&[10, 6_000])).unwrap();
+    assert_eq!(out.admitted, 1);
+    assert!(matches!(
+        out.rejected.map(|r| r.reason),
+        Some(sluice_buffer::RejectReason::TooLarge { .. })
+    ));
+
+    // Larger than half the byte window and first in its batch: covered
+    // alone on one record credit, though the byte credit (40) is short.
+    let credit = h.credit();
+    assert!(credit.records >= 1 && credit.bytes < 60, "{credit:?}");
+    let c = h.cover(7, &batch(&[60, 10]));
+    assert_eq!(c.covered, 1);
+    // Not first in its batch: not covered.
+    assert_eq!(h.cover(7, &batch(&[10, 60])).covered, 1);
+}

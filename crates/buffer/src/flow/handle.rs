@@ -6,10 +6,24 @@ use tokio::sync::watch;
 
 use super::controller::BackpressureController;
 use super::signal::SignalReceiver;
-use super::state::SourceStatus;
+use super::state::{SourceState, SourceStatus};
 use crate::error::BufferError;
 use crate::manager::{Admission, Credit};
+use crate::pending::Pending;
 use crate::record::{ByteSize, SourceId};
+
+/// How much of a batch a stream's credit covers ([`SourceHandle::cover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    /// Leading records at or below the source's admitted sequence number:
+    /// a resend, admitted before; they cost nothing.
+    pub duplicates: usize,
+    /// Records to hand to [`SourceHandle::admit`] (the duplicates
+    /// included); the rest of the batch is beyond the credit.
+    pub covered: usize,
+    /// The credit the stream held before the batch ([`SourceHandle::credit`]).
+    pub credit: Credit,
+}
 
 /// One session of a source with the [`BackpressureController`]: asks for
 /// credit, reports what it used, and observes the source's signals.
@@ -118,6 +132,98 @@ impl<T> SourceHandle<T> {
     /// Credit granted to this session and not yet reported used.
     pub fn outstanding(&self) -> Credit {
         self.controller.outstanding(self.session)
+    }
+
+    /// The credit this stream holds and has not used: its own ledger
+    /// ([`outstanding`](Self::outstanding)), bounded by what the manager
+    /// holds reserved for the source (the authority; the two agree while
+    /// one stream feeds the source).
+    pub fn credit(&self) -> Credit {
+        let reserved = self
+            .controller
+            .manager
+            .reserved(self.source)
+            .unwrap_or(Credit::ZERO);
+        let own = self.outstanding();
+        Credit::new(
+            own.records.min(reserved.records),
+            own.bytes.min(reserved.bytes),
+        )
+    }
+
+    /// How far this stream's [`credit`](Self::credit) covers `records`
+    /// (numbered from `first_seq`): the admission rule of the flow-control
+    /// contract, in one place.
+    ///
+    /// Leading records at or below the admitted sequence number are a
+    /// resend and free. Then each record takes one record credit and its
+    /// size in byte credits; the first one the credit does not cover ends
+    /// the covered part, with two exceptions, both for a record that no
+    /// byte credit can ever cover, so that it is not refused forever:
+    ///
+    /// - a record larger than [`Limits::max_record_bytes`](crate::Limits::max_record_bytes)
+    ///   is covered (with the rest of the batch up to it), and
+    ///   [`admit`](Self::admit) refuses it as `TooLarge`;
+    /// - a record larger than half the byte window (refills come only once
+    ///   half a window is used, so its byte credit may never arrive), first
+    ///   in its batch, is covered alone on one record credit; `admit` takes
+    ///   the rest of its size from free capacity (within every limit, or it
+    ///   is refused with the limit that was hit).
+    ///
+    /// A source that follows the contract sends only covered batches, and
+    /// a covered batch is never refused for a limit.
+    /// ([`BufferManager::admit`](crate::BufferManager::admit) itself, for
+    /// embedders without a controller, pays from the reservation first and
+    /// then from free capacity.)
+    pub fn cover(&self, first_seq: u64, records: &Pending<T>) -> Coverage
+    where
+        T: ByteSize,
+    {
+        let manager = &self.controller.manager;
+        let admitted = manager.admitted_through(self.source).unwrap_or(0);
+        let duplicates = admitted
+            .saturating_sub(first_seq.saturating_sub(1))
+            .min(records.len() as u64) as usize;
+        let credit = self.credit();
+        let max_record = manager.limits().max_record_bytes();
+        let window_bytes = self.controller.window(SourceState::Normal).bytes;
+        let mut covered = records.len();
+        if duplicates == 0
+            && records.len() as u64 <= credit.records
+            && records.bytes() <= credit.bytes
+            && records.largest() <= max_record
+        {
+            // The common case, from the batch's totals: all of it is covered.
+            return Coverage {
+                duplicates,
+                covered,
+                credit,
+            };
+        }
+        let mut left = credit;
+        for (i, r) in records.payloads().enumerate().skip(duplicates) {
+            let size = r.byte_size() as u64;
+            if size > max_record {
+                covered = i + 1;
+                break;
+            }
+            if left.records >= 1 && left.bytes >= size {
+                left.records -= 1;
+                left.bytes -= size;
+                continue;
+            }
+            covered = if i == duplicates && left.records >= 1 && size > window_bytes / 2 {
+                i + 1
+            } else {
+                i
+            };
+            break;
+        }
+        Coverage {
+            duplicates,
+            covered,
+            credit,
+        }
     }
 
     /// This session's window in the source's current state.

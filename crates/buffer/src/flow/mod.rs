@@ -29,6 +29,6 @@ pub use controller::{
     BackpressureController, ControllerConfig, ControllerError, DEFAULT_EXPECTED_RECORD_BYTES,
     DEFAULT_WINDOW_RECORDS,
 };
-pub use handle::SourceHandle;
+pub use handle::{Coverage, SourceHandle};
 pub use signal::{BackpressureSignal, SignalKind, SignalReason, SignalReceiver};
 pub use state::{SourceState, SourceStatus};

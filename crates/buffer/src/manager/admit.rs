@@ -205,15 +205,9 @@ impl<T> BufferManager<T> {
         let mut consumed = Credit::ZERO; // reservation used
         let mut fit = skip;
         let mut reason = None;
-        let max_size = self
-            .limits
-            .global
-            .bytes
-            .min(self.limits.per_stage.bytes)
-            .min(self.limits.per_source.bytes);
+        let max_size = self.limits.max_record_bytes();
         if skip == 0
             && largest <= max_size
-            && largest < u64::from(u32::MAX)
             && res_left.records >= n as u64
             && res_left.bytes >= batch_bytes
         {

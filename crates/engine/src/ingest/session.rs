@@ -396,9 +396,10 @@ impl Session {
             .buffer
             .admitted_through(self.source)
             .unwrap_or(0);
-        let credit = self.handle.as_ref().map_or(Credit::ZERO, |h| {
-            admission::outstanding(&self.ctx, self.source, h)
-        });
+        let credit = self
+            .handle
+            .as_ref()
+            .map_or(Credit::ZERO, SourceHandle::credit);
         tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, ?credit, "records rejected");
         self.ctx
             .rejected(&self.name, count, reason.as_str_name(), &message);
@@ -466,12 +467,12 @@ impl Session {
         }
         // Only what the credit covers is admitted (the buffer itself would
         // take free capacity beyond the reservation).
-        let plan = admission::credit_plan(&self.ctx, self.source, handle, first, &records);
-        if plan.keep < records.len() {
-            let sent = records.len() - plan.dupes;
+        let plan = handle.cover(first, &records);
+        if plan.covered < records.len() {
+            let sent = records.len() - plan.duplicates;
             let sent_bytes: u64 = records
                 .payloads()
-                .skip(plan.dupes)
+                .skip(plan.duplicates)
                 .map(|r| r.byte_size() as u64)
                 .sum();
             let (reason, why) = if self.ctx.runtime.gate.borrow().closed {
@@ -492,15 +493,15 @@ impl Session {
                 plan.credit.bytes,
                 sent,
                 sent_bytes,
-                plan.keep - plan.dupes,
+                plan.covered - plan.duplicates,
             );
-            records.truncate(plan.keep);
+            records.truncate(plan.covered);
             tail = Some((reason, message, pause_ms));
         }
         // `server.max_unacked_per_session`: a backstop (credit is granted
         // within it, so only a source beyond its credit gets here).
         let (cap, room) = admission::unacked_room(&self.ctx, self.source);
-        let dupes = plan.dupes.min(records.len());
+        let dupes = plan.duplicates.min(records.len());
         if (records.len() - dupes) as u64 > room {
             let keep = dupes + room as usize;
             let message = format!(
