@@ -32,7 +32,7 @@ impl Default for ReconnectPolicy {
 impl ReconnectPolicy {
     /// The wait before reconnect attempt number `attempt` (from 1).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let shift = attempt.saturating_sub(1).min(20);
+        let shift = attempt.saturating_sub(1).min(31);
         self.initial_backoff
             .saturating_mul(1u32 << shift)
             .min(self.max_backoff)

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use sluice_buffer::ByteSize;
-use sluice_proto::v1;
+use sluice_proto::{size_of_parts, v1};
 
 /// One record inside the engine: the wire [`v1::Record`]'s content.
 ///
@@ -120,17 +120,6 @@ impl EngineRecord {
     pub fn attributes(&self) -> &[(String, String)] {
         self.extra.as_ref().map_or(&[], |e| &e.attributes)
     }
-
-    /// The wire size of a record, as credits and limits count it.
-    pub fn wire_size(record: &v1::Record) -> usize {
-        record.key.len()
-            + record.payload.len()
-            + record
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-    }
 }
 
 impl From<v1::Record> for EngineRecord {
@@ -147,18 +136,18 @@ impl From<v1::Record> for EngineRecord {
 
 impl ByteSize for EngineRecord {
     fn byte_size(&self) -> usize {
-        match &self.extra {
+        // The contract's rule (`sluice_proto::record_size`), over the parts
+        // the source sent: a rewritten payload is charged as it arrived.
+        let size = match &self.extra {
             // The common case, asked several times per record at admission.
-            None => self.key.len() + self.payload.len(),
-            Some(e) => {
-                self.key.len()
-                    + e.original_payload.as_ref().unwrap_or(&self.payload).len()
-                    + e.attributes
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>()
-            }
-        }
+            None => size_of_parts(self.key.len(), self.payload.len(), []),
+            Some(e) => size_of_parts(
+                self.key.len(),
+                e.original_payload.as_ref().unwrap_or(&self.payload).len(),
+                e.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
+        };
+        size as usize
     }
 }
 
@@ -174,7 +163,7 @@ mod tests {
             attributes: [("host".to_string(), "abc".to_string())].into(),
             event_time_ms: 5,
         };
-        let n = EngineRecord::wire_size(&wire);
+        let n = sluice_proto::record_size(&wire) as usize;
         assert_eq!(n, 2 + 7 + 4 + 3);
         let mut r = EngineRecord::from(wire);
         assert_eq!(r.byte_size(), n);
