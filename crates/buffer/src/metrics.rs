@@ -155,21 +155,10 @@ pub fn publish_snapshot(snapshot: &Snapshot, pipelines: &[PipelineInfo]) {
         Arc::from(""),
         &snapshot.global,
     );
-    for stage in &snapshot.stages {
-        publish_level(
-            "stage",
-            stage.name.clone(),
-            pipeline_name(stage.pipeline),
-            &stage.level,
-        );
-    }
-    for source in &snapshot.sources {
-        publish_level(
-            "source",
-            source.name.clone(),
-            pipeline_name(source.pipeline),
-            &source.level,
-        );
+    let stages = (snapshot.stages.iter()).map(|s| ("stage", &s.name, s.pipeline, &s.level));
+    let sources = (snapshot.sources.iter()).map(|s| ("source", &s.name, s.pipeline, &s.level));
+    for (kind, name, pipeline, level) in stages.chain(sources) {
+        publish_level(kind, name.clone(), pipeline_name(pipeline), level);
     }
 }
 

@@ -265,27 +265,16 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, DemoError> {
                 }
             })
         };
-        let ticker = {
-            let bar = bar.clone();
-            let progress = client.progress();
-            tokio::spawn(async move {
-                loop {
-                    {
-                        let p = progress.borrow();
-                        bar.set_position(p.acked);
-                        bar.set_message(format!(
-                            "{:<9} sent {:>6}  slow-downs {} pauses {} resumes {}",
-                            p.state.to_string(),
-                            p.sent,
-                            p.slow_downs,
-                            p.pauses,
-                            p.resumes
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
+        let ticker = crate::progress::follow(bar.clone(), client.progress(), |p| {
+            format!(
+                "{:<9} sent {:>6}  slow-downs {} pauses {} resumes {}",
+                p.state.to_string(),
+                p.sent,
+                p.slow_downs,
+                p.pauses,
+                p.resumes
+            )
+        });
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             for i in 1..=src.records {

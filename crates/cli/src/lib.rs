@@ -10,6 +10,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod flags;
+mod progress;
 mod runtime;
 pub mod send;
 pub mod serve;

@@ -15,10 +15,11 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::flags::ConnectFlags;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use sluice_client::{ClientError, ClientEvent, ClientOptions, SourceClient, Summary};
@@ -139,23 +140,12 @@ pub async fn run(args: SendArgs) -> Result<Summary, SendError> {
         })
     };
     // Progress: polled ten times a second.
-    let ticker = {
-        let bar = bar.clone();
-        let progress = client.progress();
-        tokio::spawn(async move {
-            loop {
-                {
-                    let p = progress.borrow();
-                    bar.set_position(p.acked);
-                    bar.set_message(format!(
-                        "| sent {} | unacked {} | rejected {} | {}",
-                        p.sent, p.unacked, p.rejected, p.state
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let ticker = crate::progress::follow(bar.clone(), client.progress(), |p| {
+        format!(
+            "| sent {} | unacked {} | rejected {} | {}",
+            p.sent, p.unacked, p.rejected, p.state
+        )
+    });
 
     let mut lines = BufReader::new(reader).lines();
     let mut line_no = 0u64;
@@ -325,9 +315,6 @@ pub struct SendCommand {
     /// File of JSON lines, one record payload per line; `-` reads standard input.
     #[arg(value_name = "FILE|-")]
     pub input: PathBuf,
-    /// Engine address.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "SLUICE_ADDR")]
-    pub addr: String,
     /// Source id (stable across runs: sequence numbers continue after what
     /// the engine already admitted from it).
     #[arg(long, default_value = "sluice-send")]
@@ -344,21 +331,9 @@ pub struct SendCommand {
     /// Never show the progress bar.
     #[arg(long)]
     pub no_progress: bool,
-    /// Bearer token for an engine with `[server.auth]` tokens (sent as
-    /// `authorization: Bearer <token>`).
-    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// PEM file of the CA that signed the engine's certificate, for an
-    /// `https://` address (TLS).
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// PEM file of this client's certificate chain, for an engine that
-    /// requires client certificates (`[server.tls] client_ca`); needs `--key`.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// PEM file of the private key of `--cert`.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    /// Address, token and TLS.
+    #[command(flatten)]
+    pub connect: ConnectFlags,
 }
 
 impl SendCommand {
@@ -372,39 +347,24 @@ impl SendCommand {
             Ok(rt) => rt,
             Err(code) => return code,
         };
-        let ca_pem = match &self.ca {
-            Some(path) => match std::fs::read(path) {
-                Ok(pem) => Some(pem),
-                Err(e) => {
-                    eprintln!("sluice send: --ca: cannot read {}: {e}", path.display());
-                    return ExitCode::from(2);
-                }
-            },
-            None => None,
-        };
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                match sluice_client::tls::ClientIdentity::from_files(cert, key) {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        eprintln!("sluice send: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
+        let tls = match self.connect.tls_files() {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("sluice send: {e}");
+                return ExitCode::from(2);
             }
-            _ => None,
         };
         let args = SendArgs {
-            addr: self.addr,
+            addr: self.connect.addr,
             source_id: self.source_id,
             pipeline: self.pipeline,
             input: self.input,
             options: ClientOptions {
                 max_unacked: self.max_unacked.max(1),
                 max_batch_records: self.batch.max(1),
-                token: self.token,
-                ca_pem,
-                identity,
+                token: self.connect.token,
+                ca_pem: tls.ca_pem,
+                identity: tls.identity,
                 ..ClientOptions::default()
             },
             progress: !self.no_progress,

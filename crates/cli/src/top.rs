@@ -25,22 +25,9 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// `sluice top`: watch pipelines, stages, sources and the memory gate live.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopCommand {
-    /// The engine's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "SLUICE_ADDR")]
-    pub addr: String,
-    /// Bearer token, for an engine with `[server.auth]` tokens.
-    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// PEM file of the CA that signed the engine's certificate (`https://`).
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<std::path::PathBuf>,
-    /// PEM file of this client's certificate chain, for an engine that
-    /// requires client certificates (`[server.tls] client_ca`); needs `--key`.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<std::path::PathBuf>,
-    /// PEM file of the private key of `--cert`.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<std::path::PathBuf>,
+    /// Address, token and TLS.
+    #[command(flatten)]
+    pub connect: crate::flags::ConnectFlags,
 }
 
 impl TopCommand {
@@ -57,30 +44,19 @@ impl TopCommand {
                 return ExitCode::FAILURE;
             }
         };
-        let addr = self.addr.clone();
-        let ca = match self.ca.as_deref().map(std::fs::read).transpose() {
-            Ok(ca) => ca,
+        let addr = self.connect.addr.clone();
+        let tls = match self.connect.tls_files() {
+            Ok(tls) => tls,
             Err(e) => {
-                eprintln!("sluice top: --ca: cannot read the file: {e}");
+                eprintln!("sluice top: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                match sluice_client::tls::ClientIdentity::from_files(cert, key) {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        eprintln!("sluice top: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            _ => None,
-        };
         let client = runtime.block_on(async {
             let mut endpoint = tonic::transport::Endpoint::from_shared(addr.clone())?;
-            if ca.is_some() || identity.is_some() {
-                let tls = sluice_client::tls::client_tls(ca.as_deref(), identity.as_ref());
+            if tls.ca_pem.is_some() || tls.identity.is_some() {
+                let tls =
+                    sluice_client::tls::client_tls(tls.ca_pem.as_deref(), tls.identity.as_ref());
                 endpoint = endpoint.tls_config(tls)?;
             }
             Ok::<_, tonic::transport::Error>(AdminClient::new(endpoint.connect().await?))
@@ -100,7 +76,13 @@ impl TopCommand {
                 return ExitCode::FAILURE;
             }
         };
-        let result = run_loop(&runtime, client, terminal, &addr, self.token.as_deref());
+        let result = run_loop(
+            &runtime,
+            client,
+            terminal,
+            &addr,
+            self.connect.token.as_deref(),
+        );
         ratatui::restore();
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -334,14 +334,14 @@ impl Session {
         }
     }
 
+    /// The highest sequence number of the source admitted so far.
+    fn admitted(&self) -> u64 {
+        let buffer = &self.ctx.runtime.buffer;
+        buffer.admitted_through(self.source).unwrap_or(0)
+    }
+
     fn all_acked(&self) -> bool {
-        let admitted = self
-            .ctx
-            .runtime
-            .buffer
-            .admitted_through(self.source)
-            .unwrap_or(0);
-        self.ctx.runtime.hub.progress(self.source).through_seq >= admitted
+        self.ctx.runtime.hub.progress(self.source).through_seq >= self.admitted()
     }
 
     async fn send(&self, body: engine_message::Body) -> Result<(), ()> {
@@ -390,12 +390,7 @@ impl Session {
         retry_after_ms: u32,
     ) -> engine_message::Body {
         self.ctx.runtime.hub.add_rejected(self.source, count);
-        let admitted = self
-            .ctx
-            .runtime
-            .buffer
-            .admitted_through(self.source)
-            .unwrap_or(0);
+        let admitted = self.admitted();
         let credit = self
             .handle
             .as_ref()

@@ -51,6 +51,13 @@ pub enum EngineError {
     #[error(transparent)]
     Metrics(#[from] crate::observe::MetricsError),
     /// A `[server.tls]` file could not be read.
-    #[error(transparent)]
-    TlsFile(#[from] super::tls::TlsFileError),
+    #[error("{key}: cannot read {}: {source}", path.display())]
+    TlsFile {
+        /// The configuration key that names the file (`server.tls.cert`).
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }

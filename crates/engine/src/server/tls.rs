@@ -3,35 +3,24 @@
 //! TLS), on tonic's rustls transport with the ring crypto provider. The
 //! client side is `sluice_client::tls`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use super::error::EngineError;
 
 use sluice_config::TlsSettings;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-/// A TLS file could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: cannot read {}: {source}", path.display())]
-pub struct TlsFileError {
-    /// The configuration key that names the file (`server.tls.cert`).
-    pub key: &'static str,
-    /// The file.
-    pub path: PathBuf,
-    /// Why.
-    pub source: std::io::Error,
-}
-
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError {
-        key,
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// The server TLS configuration from `[server.tls]`; an unreadable file is
-/// an error naming its key and path. With `client_ca`, clients must present
-/// a certificate signed by that CA.
-pub fn server_config(tls: &TlsSettings) -> Result<ServerTlsConfig, TlsFileError> {
+/// an error naming its key and path ([`EngineError::TlsFile`]). With
+/// `client_ca`, clients must present a certificate signed by that CA.
+pub fn server_config(tls: &TlsSettings) -> Result<ServerTlsConfig, EngineError> {
+    let read = |key, path: &Path| {
+        std::fs::read(path).map_err(|source| EngineError::TlsFile {
+            key,
+            path: path.to_owned(),
+            source,
+        })
+    };
     let cert = read("server.tls.cert", &tls.cert)?;
     let key = read("server.tls.key", &tls.key)?;
     let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));

@@ -74,8 +74,9 @@ impl FileSink {
         &self.dir
     }
 
-    async fn finish_file(&self, st: &mut FileState) -> Result<(), SinkError> {
-        if let Some((mut f, path)) = st.file.take() {
+    /// Flushes the current file (and syncs it with `fsync`), keeping it open.
+    async fn flush(&self, st: &mut FileState) -> Result<(), SinkError> {
+        if let Some((f, path)) = st.file.as_mut() {
             let io = |source| SinkError::Io {
                 path: path.clone(),
                 source,
@@ -85,6 +86,13 @@ impl FileSink {
                 f.sync_data().await.map_err(io)?;
             }
         }
+        Ok(())
+    }
+
+    /// Flushes and closes the current file (before rotating it away).
+    async fn finish_file(&self, st: &mut FileState) -> Result<(), SinkError> {
+        self.flush(st).await?;
+        st.file = None;
         Ok(())
     }
 
@@ -147,17 +155,7 @@ impl Sink for FileSink {
     fn commit(&self) -> SinkFuture<'_> {
         Box::pin(async move {
             let mut st = self.state.lock().await;
-            if let Some((f, path)) = st.file.as_mut() {
-                let io = |source| SinkError::Io {
-                    path: path.clone(),
-                    source,
-                };
-                f.flush().await.map_err(io)?;
-                if self.fsync {
-                    f.sync_data().await.map_err(io)?;
-                }
-            }
-            Ok(())
+            self.flush(&mut st).await
         })
     }
 }
