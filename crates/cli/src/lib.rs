@@ -4,7 +4,7 @@
 //! The binary (`main.rs`) only parses the command line and calls one of
 //! these. Each command is a thin front end over the library crates:
 //! [`serve`] over `sluice-engine`, [`send`] over `sluice-client`, [`top`]
-//! over the Admin service of `sluice-proto`, [`demo`] and [`bench`] over
+//! over the Admin service of `sluice-proto`, [`demo`] and [`bench`](mod@bench) over
 //! both the engine and the client.
 #![warn(missing_docs)]
 

@@ -15,7 +15,7 @@ use super::{session, wire};
 /// The `sluice.v1.Ingest` service.
 ///
 /// Served by hand rather than through the generated `IngestServer` so that
-/// requests are decoded by [`IngestCodec`](wire::IngestCodec) straight
+/// requests are decoded by `wire::IngestCodec` straight
 /// into records the buffer admits in place (see `ingest/wire.rs`); the route, the
 /// message size limits and the behaviour are the generated server's.
 #[derive(Debug, Clone)]

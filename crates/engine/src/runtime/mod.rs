@@ -8,14 +8,14 @@
 //!   sessions turn into `Ack`s;
 //! - `timing`: busy / idle / backpressured time per stage and its rates.
 //!
-//! Each configured pipeline becomes one [`BufferManager`] pipeline with one
+//! Each configured pipeline becomes one [`BufferManager`](sluice_buffer::BufferManager) pipeline with one
 //! stage per configured transform stage **plus a final stage named `sink`**
 //! whose worker writes to the sink. (A separate sink stage, rather than
 //! writing from the last transform's worker, gives the sink its own queue,
 //! limit and metrics, so a slow sink shows up as a full `sink` stage and
 //! slows the stages before it.) One worker task runs per stage.
 //!
-//! A worker loop: take a batch ([`BatchSettings`]: at most `max_records`
+//! A worker loop: take a batch ([`BatchSettings`](sluice_config::BatchSettings): at most `max_records`
 //! records and `max_bytes` bytes, made of what is ready at once; when
 //! partial, wait up to `linger` for more, but never while the pipeline is
 //! backpressured — a level of the pipeline at or above the high watermark,
@@ -26,9 +26,9 @@
 //! - a transform stage applies its transform per record: kept records are
 //!   forwarded to the next stage (waiting while it is full), filtered ones
 //!   completed (acked, counted as filtered), failed ones returned with
-//!   [`BufferManager::retry_each`];
+//!   [`BufferManager::retry_each`](sluice_buffer::BufferManager::retry_each);
 //! - the sink stage writes the batch and commits it, then completes it; on
-//!   error the batch is returned with [`BufferManager::retry`].
+//!   error the batch is returned with [`BufferManager::retry`](sluice_buffer::BufferManager::retry).
 //!
 //! Records past `retry.max_retries` come back as dead letters: they are
 //! written to the pipeline's dead-letter sink (retried with backoff until it

@@ -19,7 +19,7 @@ fn bytes_field(out: &mut Map<String, Value>, name: &str, bytes: &[u8], json_ok: 
     out.insert(format!("{name}_encoding"), Value::String(encoding.into()));
 }
 
-/// The JSON object a sink writes for one record (see the [module docs](self)).
+/// The JSON object a sink writes for one record (see the [sink module docs](crate::sink)).
 pub fn json_value(r: &SinkRecord<'_>) -> Value {
     let mut out = Map::new();
     out.insert("source_id".into(), json!(r.source));
