@@ -3,32 +3,16 @@
 //! rejects and takeover, dead letters and filters, the memory gate and
 //! shutdown, and a slow sink.
 
-use std::path::Path;
 use std::time::Duration;
 
-use sluice_buffer::{ManualProbe, MemoryGateConfig, RetryPolicy};
-use sluice_config::{Settings, StageSpec, TransformSpec};
+use sluice_buffer::{ManualProbe, MemoryGateConfig};
+use sluice_config::{StageSpec, TransformSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
 use sluice_proto::v1::{self, SourceMessage, engine_message::Body as EBody};
 use sluice_tests::*;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// [`test_settings`] with `stages`, the engine's default credit window, a
-/// 5 s shutdown timeout and one quick retry.
-fn settings(dir: &Path, stages: Vec<StageSpec>) -> Settings {
-    let mut s = test_settings(dir);
-    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
-    s.server.shutdown_timeout = Duration::from_secs(5);
-    s.retry = RetryPolicy {
-        max_retries: 1,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(2),
-    };
-    s.pipelines[0].stages = stages;
-    s
-}
 
 fn identity() -> Vec<StageSpec> {
     vec![StageSpec {
@@ -72,7 +56,7 @@ async fn until_ack(conn: &mut Raw, seq: u64) -> (v1::Ack, Vec<v1::Reject>) {
 #[tokio::test]
 async fn ten_records_are_acked_and_in_the_file_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
+    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
         .start()
         .await
         .unwrap();
@@ -136,7 +120,7 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
 #[tokio::test]
 async fn protocol_errors_are_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
+    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
         .start()
         .await
         .unwrap();
@@ -165,7 +149,7 @@ async fn protocol_errors_are_statuses() {
 #[tokio::test]
 async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
+    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
         .max_batch_records(5)
         .start()
         .await
@@ -226,7 +210,7 @@ async fn failures_become_dead_letters_and_filters_count() {
             transform: TransformSpec::Fail { rate: 1.0 },
         },
     ];
-    let engine = EngineBuilder::new(settings(dir.path(), stages))
+    let engine = EngineBuilder::new(staged_settings(dir.path(), stages))
         .start()
         .await
         .unwrap();
@@ -251,7 +235,7 @@ async fn failures_become_dead_letters_and_filters_count() {
 #[tokio::test]
 async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), identity());
+    let mut s = staged_settings(dir.path(), identity());
     s.memory = MemoryGateConfig {
         enabled: true,
         refresh_ms: 5,
@@ -307,7 +291,7 @@ async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
 #[tokio::test]
 async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), identity());
+    let mut s = staged_settings(dir.path(), identity());
     s.buffer.per_stage = sluice_buffer::Limit::new(20, 1 << 20);
     s.buffer.per_source = sluice_buffer::Limit::new(100, 1 << 20);
     s.pipelines[0].batch.max_records = 5;
@@ -399,7 +383,7 @@ impl sluice_engine::sink::Sink for BatchSizes {
 #[tokio::test]
 async fn a_slow_sink_gets_full_batches_while_records_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), Vec::new());
+    let mut s = staged_settings(dir.path(), Vec::new());
     s.pipelines[0].batch.max_records = 100;
     let sink = std::sync::Arc::new(BatchSizes {
         delay: Duration::from_millis(20),
