@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_buffer::{ManualProbe, MemoryGateConfig};
 use sluice_config::{StageSpec, TransformSpec};
-use sluice_engine::{EngineBuilder, EngineHandle};
+use sluice_engine::EngineHandle;
 use sluice_proto::v1::{self, SourceMessage, engine_message::Body as EBody};
 use sluice_tests::*;
 use tonic::Code;
@@ -41,6 +41,18 @@ async fn next(conn: &mut Raw) -> Result<Option<EBody>, tonic::Status> {
     conn.next_within(WAIT).await
 }
 
+/// Reads `conn` until its stream ends with an error status, and returns
+/// that; a clean end panics with `otherwise`.
+async fn final_status(conn: &mut Raw, otherwise: &str) -> tonic::Status {
+    loop {
+        match next(conn).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{otherwise}"),
+            Err(s) => break s,
+        }
+    }
+}
+
 async fn opened(conn: &mut Raw) -> v1::Opened {
     tokio::time::timeout(WAIT, conn.opened())
         .await
@@ -56,10 +68,7 @@ async fn until_ack(conn: &mut Raw, seq: u64) -> (v1::Ack, Vec<v1::Reject>) {
 #[tokio::test]
 async fn ten_records_are_acked_and_in_the_file_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| b).await;
     let mut conn = connect(&engine, open_msg("src-1", "")).await.unwrap();
     let o = opened(&mut conn).await;
     assert_eq!(o.admitted_through_seq, 0);
@@ -120,10 +129,7 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
 #[tokio::test]
 async fn protocol_errors_are_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| b).await;
     let err = connect(&engine, batch(1, 1)).await.err().unwrap();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("Open"), "{err:?}");
@@ -135,13 +141,7 @@ async fn protocol_errors_are_statuses() {
     let mut conn = connect(&engine, open_msg("a", "default")).await.unwrap();
     opened(&mut conn).await;
     conn.must_send(open_msg("a", "default")).await;
-    let status = loop {
-        match next(&mut conn).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("expected an error status"),
-            Err(s) => break s,
-        }
-    };
+    let status = final_status(&mut conn, "expected an error status").await;
     assert_eq!(status.code(), Code::InvalidArgument);
     engine.shutdown().await.unwrap();
 }
@@ -149,11 +149,10 @@ async fn protocol_errors_are_statuses() {
 #[tokio::test]
 async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(staged_settings(dir.path(), identity()))
-        .max_batch_records(5)
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| {
+        b.max_batch_records(5)
+    })
+    .await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     assert_eq!(opened(&mut conn).await.max_batch_records, 5);
     conn.must_send(batch(1, 8)).await;
@@ -176,13 +175,7 @@ async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     let mut conn2 = connect(&engine, open_msg("src", "")).await.unwrap();
     let o = opened(&mut conn2).await;
     assert_eq!(o.admitted_through_seq, 5);
-    let status = loop {
-        match next(&mut conn).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("expected ABORTED"),
-            Err(s) => break s,
-        }
-    };
+    let status = final_status(&mut conn, "expected ABORTED").await;
     assert_eq!(status.code(), Code::Aborted);
     // A resend overlapping what was admitted is not admitted twice.
     conn2.must_send(batch(4, 5)).await;
@@ -210,10 +203,7 @@ async fn failures_become_dead_letters_and_filters_count() {
             transform: TransformSpec::Fail { rate: 1.0 },
         },
     ];
-    let engine = EngineBuilder::new(staged_settings(dir.path(), stages))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), stages), |b| b).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     conn.must_send(batch(1, 10)).await;
@@ -242,11 +232,7 @@ async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
         ..MemoryGateConfig::default()
     };
     let probe = ManualProbe::new(10, 100);
-    let engine = EngineBuilder::new(s)
-        .memory_probe(probe.clone())
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.memory_probe(probe.clone())).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     probe.set_used(95);
@@ -300,11 +286,7 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
         Duration::from_millis(20),
         0.0,
     );
-    let engine = EngineBuilder::new(s)
-        .sink("default", slow)
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.sink("default", slow)).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     // Send past the credits: the excess is rejected, never dropped.
@@ -389,11 +371,7 @@ async fn a_slow_sink_gets_full_batches_while_records_wait() {
         delay: Duration::from_millis(20),
         ..Default::default()
     });
-    let engine = EngineBuilder::new(s)
-        .sink("default", sink.clone())
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.sink("default", sink.clone())).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     let credit = opened(&mut conn).await.credit.unwrap().records;
     // 20 batches of 80 records (larger than what the buffer merges), all
