@@ -13,9 +13,9 @@
 //! - this library (`tests/src/`): the helpers, in [`settings`] (a test
 //!   engine's settings and starting it), [`sink_files`] (what a file sink
 //!   wrote), [`raw`] (the raw protocol, without the Rust client), [`proxy`]
-//!   (a TCP proxy whose connections can be cut) and [`process`] (a test alone
-//!   in its own process). Everything is re-exported at the root: tests say
-//!   `use sluice_tests::*`.
+//!   (a TCP proxy whose connections can be cut), [`process`] (a test alone
+//!   in its own process) and [`client`] (options of the Rust source client).
+//!   Everything is re-exported at the root: tests say `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
 //!   `flow`, `chaos`, `hostile`, `observe`, `security`, `smoke`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
@@ -24,6 +24,7 @@
 //! it lives in the package that builds it; it uses this library as a
 //! dev-dependency. Unit tests of one crate belong in that crate, not here.
 
+pub mod client;
 pub mod external;
 pub mod process;
 pub mod proxy;
@@ -33,11 +34,12 @@ pub mod sink_files;
 
 pub use sluice_proto as proto;
 
+pub use client::reconnecting;
 pub use external::{REQUIRE_EXTERNAL, external_program};
 pub use process::in_own_process;
 pub use proxy::Proxy;
 pub use raw::{
     Raw, batch_msg, batch_of, channel, expect_status, open_msg, payload, raw_on, raw_stream,
 };
-pub use settings::{file_sink, free_port, start_engine, test_settings, url};
+pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_config::{PipelineSpec, Settings, SinkSpec};
+use sluice_config::{PipelineSpec, RetryPolicy, Settings, SinkSpec, StageSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
 
 /// Settings for a test engine: port 0 on loopback, metrics off, memory gate
@@ -27,6 +27,22 @@ pub fn test_settings(dir: &Path) -> Settings {
     };
     p.batch.linger = Duration::from_millis(5);
     s.pipelines = vec![p];
+    s
+}
+
+/// [`test_settings`] with `stages` in the `default` pipeline, the engine's
+/// default credit window, a 5 s shutdown timeout and one quick retry (the
+/// settings of the smoke and health tests).
+pub fn staged_settings(dir: &Path, stages: Vec<StageSpec>) -> Settings {
+    let mut s = test_settings(dir);
+    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
+    s.server.shutdown_timeout = Duration::from_secs(5);
+    s.retry = RetryPolicy {
+        max_retries: 1,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    };
+    s.pipelines[0].stages = stages;
     s
 }
 

@@ -14,11 +14,12 @@ const PER_PRODUCER: u64 = 20_000;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Tight limits so that being held back is visible: the whole buffer holds
-    // 3,000 records, and each source at most 2,000.
+    // 3,000 records, and each source at most 2,000 (of 64 bytes at most).
+    let records = |n: u64| Limit::new(n, n * 64);
     let limits = Limits {
-        global: Limit::new(3_000, 3_000 * 64),
-        per_stage: Limit::new(3_000, 3_000 * 64),
-        per_source: Limit::new(2_000, 2_000 * 64),
+        global: records(3_000),
+        per_stage: records(3_000),
+        per_source: records(2_000),
     };
     let buffer = Arc::new(
         BufferManager::<Vec<u8>>::builder(limits)

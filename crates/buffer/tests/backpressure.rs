@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice_buffer::{
-    BackpressureController, BufferManager, ControllerConfig, ControllerError, Credit, Limit,
-    Limits, SignalKind, SignalReason, SourceId, SourceState, StageId, Watermarks,
+    BackpressureController, BackpressureSignal, BufferManager, ControllerConfig, ControllerError,
+    Credit, Limit, Limits, SignalKind, SignalReason, SignalReceiver, SourceId, SourceState,
+    StageId, Watermarks,
 };
 
 type Manager = BufferManager<Vec<u8>>;
@@ -49,6 +50,20 @@ fn config(window_records: u64, high: f64, low: f64) -> ControllerConfig {
 
 fn payloads(n: u64) -> Vec<Vec<u8>> {
     (0..n).map(|_| vec![0u8; 10]).collect()
+}
+
+/// The next status `rx` publishes is `state`, with a signal of `kind` for
+/// `reason`; that signal.
+async fn next_signal(
+    rx: &mut SignalReceiver,
+    state: SourceState,
+    (kind, reason): (SignalKind, SignalReason),
+) -> BackpressureSignal {
+    let st = rx.changed().await.unwrap();
+    assert_eq!(st.state, state);
+    let sig = st.signal.unwrap();
+    assert_eq!((sig.kind, sig.reason), (kind, reason));
+    sig
 }
 
 /// Sets the filler's records *in the engine* (load, which is what signals
@@ -242,13 +257,12 @@ async fn slow_down_shrinks_the_window_and_pause_grants_nothing() {
 
     fill(&m, filler, 80);
     flow.evaluate();
-    let st = rx.changed().await.unwrap();
-    assert_eq!(st.state, SourceState::SlowedDown);
-    let sig = st.signal.unwrap();
-    assert_eq!(
-        (sig.kind, sig.reason),
-        (SignalKind::SlowDown, SignalReason::Global)
-    );
+    let sig = next_signal(
+        &mut rx,
+        SourceState::SlowedDown,
+        (SignalKind::SlowDown, SignalReason::Global),
+    )
+    .await;
     assert!((sig.utilization - 0.8).abs() < 1e-9);
     assert!(sig.retry_after > Duration::ZERO);
     assert_eq!(h.window().records, 10);
@@ -280,13 +294,12 @@ async fn slow_down_shrinks_the_window_and_pause_grants_nothing() {
         40,
         "the grant path itself resumes a paused source"
     );
-    let st = rx.changed().await.unwrap();
-    assert_eq!(st.state, SourceState::Normal);
-    let sig = st.signal.unwrap();
-    assert_eq!(
-        (sig.kind, sig.reason),
-        (SignalKind::Resume, SignalReason::Global)
-    );
+    let sig = next_signal(
+        &mut rx,
+        SourceState::Normal,
+        (SignalKind::Resume, SignalReason::Global),
+    )
+    .await;
     assert_eq!(sig.retry_after, Duration::ZERO);
     flow.audit().unwrap();
 }
@@ -423,13 +436,12 @@ async fn shutdown_pauses_everyone_for_good() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     flow.shutdown();
     for rx in &mut rxs {
-        let st = rx.changed().await.unwrap();
-        assert_eq!(st.state, SourceState::Paused);
-        let sig = st.signal.unwrap();
-        assert_eq!(
-            (sig.kind, sig.reason),
-            (SignalKind::Pause, SignalReason::Shutdown)
-        );
+        next_signal(
+            rx,
+            SourceState::Paused,
+            (SignalKind::Pause, SignalReason::Shutdown),
+        )
+        .await;
     }
     assert_eq!(waiter.await.unwrap(), None, "a credit waiter is told");
     let _ = a.admit(1, payloads(10)).unwrap();

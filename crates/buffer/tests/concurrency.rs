@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use sluice_buffer::{BufferManager, Credit, Limit, Limits, RetryPolicy};
+use sluice_buffer::{BufferManager, Credit, Limit, Limits, RetryPolicy, SourceId};
 use tokio::time::timeout;
 
 /// A multi-thread runtime with `workers` worker threads (more than the
@@ -185,7 +185,13 @@ fn eight_producers_four_consumers_two_million_records_exactly_once() {
     }
 }
 
-fn small() -> (Arc<BufferManager<Vec<u8>>>, sluice_buffer::PipelineInfo) {
+/// A small buffer (pipeline `p` of stages `a`, `b`; retries without end
+/// or backoff) with one source `s`.
+fn small() -> (
+    Arc<BufferManager<Vec<u8>>>,
+    sluice_buffer::PipelineInfo,
+    SourceId,
+) {
     let buf = Arc::new(
         BufferManager::<Vec<u8>>::builder(Limits {
             global: Limit::new(4, 1 << 20),
@@ -202,7 +208,8 @@ fn small() -> (Arc<BufferManager<Vec<u8>>>, sluice_buffer::PipelineInfo) {
         .unwrap(),
     );
     let info = buf.pipeline_by_name("p").unwrap().clone();
-    (buf, info)
+    let src = buf.register_source("s", info.id).unwrap();
+    (buf, info, src)
 }
 
 /// Lets spawned tasks run until they park (a few scheduler rounds).
@@ -219,10 +226,8 @@ const ROUNDS: u64 = 500;
 /// shows up as a timeout.
 #[test]
 fn parked_consumer_is_woken_by_push_forward_and_retry() {
-    let rt = runtime(2);
-    rt.block_on(async {
-        let (buf, info) = small();
-        let src = buf.register_source("s", info.id).unwrap();
+    runtime(2).block_on(async {
+        let (buf, info, src) = small();
         for i in 0..ROUNDS {
             // push
             let (b, st) = (buf.clone(), info.stages[0]);
@@ -268,11 +273,9 @@ fn parked_consumer_is_woken_by_push_forward_and_retry() {
 /// room, and `drain`; the forward's records go back to their queue.
 #[test]
 fn shutdown_wakes_every_waiter() {
-    let rt = runtime(2);
-    rt.block_on(async {
+    runtime(2).block_on(async {
         for _ in 0..200 {
-            let (buf, info) = small();
-            let src = buf.register_source("s", info.id).unwrap();
+            let (buf, info, src) = small();
             let consumers: Vec<_> = (0..2)
                 .map(|_| {
                     let (b, st) = (buf.clone(), info.stages[1]);
@@ -324,10 +327,8 @@ fn shutdown_wakes_every_waiter() {
 /// A forward waiting for room is woken when the next stage frees space.
 #[test]
 fn forward_waits_for_room_and_is_woken_by_completion() {
-    let rt = runtime(2);
-    rt.block_on(async {
-        let (buf, info) = small();
-        let src = buf.register_source("s", info.id).unwrap();
+    runtime(2).block_on(async {
+        let (buf, info, src) = small();
         let mut seq = 1;
         for _ in 0..ROUNDS {
             let _ = buf.admit(src, seq, vec![vec![1], vec![2]]).unwrap();
@@ -361,10 +362,8 @@ fn forward_waits_for_room_and_is_woken_by_completion() {
 /// `drain` returns once every admitted record is completed, and not before.
 #[test]
 fn drain_waits_for_the_last_completion() {
-    let rt = runtime(2);
-    rt.block_on(async {
-        let (buf, info) = small();
-        let src = buf.register_source("s", info.id).unwrap();
+    runtime(2).block_on(async {
+        let (buf, info, src) = small();
         for i in 0..ROUNDS {
             let _ = buf.admit(src, i + 1, vec![vec![1]]).unwrap();
             let _ = buf.reserve(src, Credit::new(1, 1)).unwrap(); // reservations do not hold drain up

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_buffer::{
-    BackpressureController, BufferManager, ControllerConfig, Credit, Limits, ManualProbe,
-    MemoryGateConfig, MemoryMonitor, SignalKind, SignalReason, SourceId, SourceState, SourceStatus,
+    BackpressureController, BackpressureSignal, BufferManager, ControllerConfig, Credit, Limits,
+    ManualProbe, MemoryGateConfig, MemoryMonitor, SignalKind, SignalReason, SignalReceiver,
+    SourceId, SourceState, SourceStatus,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -118,6 +119,23 @@ async fn the_first_reading_is_taken_before_spawn_returns() {
     assert!(!disabled.is_closed(), "a disabled gate is always open");
 }
 
+/// The next status `rx` publishes (within 1 s) is `state`, with a signal of
+/// `kind` for the memory gate; that signal.
+async fn next_memory_signal(
+    rx: &mut SignalReceiver,
+    state: SourceState,
+    kind: SignalKind,
+) -> BackpressureSignal {
+    let st = timeout(Duration::from_secs(1), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.state, state);
+    let sig = st.signal.unwrap();
+    assert_eq!((sig.kind, sig.reason), (kind, SignalReason::Memory));
+    sig
+}
+
 #[tokio::test(start_paused = true)]
 async fn closed_gate_pauses_every_source_and_reopening_resumes_them() {
     let (m, ids) = manager(3);
@@ -145,16 +163,7 @@ async fn closed_gate_pauses_every_source_and_reopening_resumes_them() {
 
     sample(&probe, 900, 100).await;
     for rx in &mut rxs {
-        let st = timeout(Duration::from_secs(1), rx.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(st.state, SourceState::Paused);
-        let sig = st.signal.unwrap();
-        assert_eq!(
-            (sig.kind, sig.reason),
-            (SignalKind::Pause, SignalReason::Memory)
-        );
+        let sig = next_memory_signal(rx, SourceState::Paused, SignalKind::Pause).await;
         assert!(
             (sig.utilization - 0.9).abs() < 1e-9,
             "the memory fraction in use"
@@ -183,16 +192,7 @@ async fn closed_gate_pauses_every_source_and_reopening_resumes_them() {
 
     sample(&probe, 700, 100).await;
     for rx in &mut rxs {
-        let st = timeout(Duration::from_secs(1), rx.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(st.state, SourceState::Normal);
-        let sig = st.signal.unwrap();
-        assert_eq!(
-            (sig.kind, sig.reason),
-            (SignalKind::Resume, SignalReason::Memory)
-        );
+        next_memory_signal(rx, SourceState::Normal, SignalKind::Resume).await;
     }
     for h in &handles {
         assert!(h.grant().records > 0, "credits again once the gate is open");

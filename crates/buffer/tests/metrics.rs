@@ -22,6 +22,11 @@ type Row = (
     DebugValue,
 );
 
+/// `n` payloads of 10 bytes.
+fn payloads(n: u64) -> Vec<Vec<u8>> {
+    (0..n).map(|_| vec![0u8; 10]).collect()
+}
+
 fn find<'a>(
     rows: &'a [Row],
     kind: MetricKind,
@@ -114,40 +119,21 @@ fn flow_control_and_gate_metrics() {
     );
 
     // Credits: alpha was granted its window (10) twice, beta once.
-    assert_eq!(
-        counter(&rows, names::CREDITS_GRANTED_TOTAL, &[("source", "alpha")]),
-        20
-    );
-    assert_eq!(
-        counter(
-            &rows,
-            names::CREDIT_BYTES_GRANTED_TOTAL,
-            &[("source", "alpha")]
-        ),
-        200
-    );
-    assert_eq!(
-        counter(&rows, names::CREDITS_GRANTED_TOTAL, &[("source", "beta")]),
-        10
-    );
+    let granted = |name, source| counter(&rows, name, &[("source", source)]);
+    assert_eq!(granted(names::CREDITS_GRANTED_TOTAL, "alpha"), 20);
+    assert_eq!(granted(names::CREDIT_BYTES_GRANTED_TOTAL, "alpha"), 200);
+    assert_eq!(granted(names::CREDITS_GRANTED_TOTAL, "beta"), 10);
 
     // The memory gate closed once and opened once, and is open now.
-    assert_eq!(
+    let flips = |direction| {
         counter(
             &rows,
             names::MEMORY_GATE_TRANSITIONS_TOTAL,
-            &[("direction", "close")]
-        ),
-        1
-    );
-    assert_eq!(
-        counter(
-            &rows,
-            names::MEMORY_GATE_TRANSITIONS_TOTAL,
-            &[("direction", "open")]
-        ),
-        1
-    );
+            &[("direction", direction)],
+        )
+    };
+    assert_eq!(flips("close"), 1);
+    assert_eq!(flips("open"), 1);
     assert_eq!(gauge(&rows, names::MEMORY_GATE_CLOSED, &[]), 0.0);
     assert_eq!(gauge(&rows, names::MEMORY_LIMIT_BYTES, &[]), 1000.0);
     assert_eq!(gauge(&rows, names::MEMORY_USED_BYTES, &[]), 100.0);
@@ -218,18 +204,10 @@ async fn scenario() {
     .unwrap();
     let a = flow.open_source(alpha).unwrap();
     assert_eq!(a.grant(), Credit::new(10, 100));
-    let _ = a
-        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
-        .unwrap();
+    let _ = a.admit(1, payloads(10)).unwrap();
 
     // Episode 1: SLOW_DOWN for global, 2 s.
-    let _ = m
-        .admit(
-            filler,
-            1,
-            (0..75).map(|_| vec![0u8; 10]).collect::<Vec<_>>(),
-        )
-        .unwrap(); // 85 % load
+    let _ = m.admit(filler, 1, payloads(75)).unwrap(); // 85 % load
     assert_eq!(flow.evaluate()[0].1.kind, SignalKind::SlowDown);
     tokio::time::advance(Duration::from_secs(2)).await;
     let load = m.try_batch(q.stages[0], 75);
@@ -262,19 +240,9 @@ async fn scenario() {
     // Episode 3: full, cut short by shutdown after 1 s.
     // Alpha and beta use their credit, the filler takes the rest:
     // 10 + 10 + 10 + 70 = 100 records in the engine, full.
-    let _ = a
-        .admit(11, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
-        .unwrap();
-    let _ = b
-        .admit(1, (0..10).map(|_| vec![0u8; 10]).collect::<Vec<_>>())
-        .unwrap();
-    let _ = m
-        .admit(
-            filler,
-            76,
-            (0..70).map(|_| vec![0u8; 10]).collect::<Vec<_>>(),
-        )
-        .unwrap();
+    let _ = a.admit(11, payloads(10)).unwrap();
+    let _ = b.admit(1, payloads(10)).unwrap();
+    let _ = m.admit(filler, 76, payloads(70)).unwrap();
     let s = flow.evaluate();
     assert_eq!(s.len(), 2);
     tokio::time::advance(Duration::from_secs(1)).await;

@@ -143,6 +143,33 @@ impl Harness {
         }
     }
 
+    /// Take up to `take` held records, end them through `end_with` (complete
+    /// or filter), and record that end kind in the model.
+    fn end_held<R>(
+        &mut self,
+        take: usize,
+        end: usize,
+        end_with: impl FnOnce(&BufferManager<Vec<u8>>, Vec<BufferedRecord<Vec<u8>>>) -> R,
+    ) {
+        let n = take.min(self.held.len());
+        let recs: Vec<_> = self.held.drain(..n).collect();
+        let keys: Vec<_> = recs.iter().map(|r| (r.source(), r.seq())).collect();
+        end_with(&self.buf, recs);
+        self.finish(end, keys);
+    }
+
+    /// Take up to `take` dead letters and complete them (dead-lettered).
+    fn end_dead(&mut self, take: usize) {
+        let n = take.min(self.dead.len());
+        let dead: Vec<_> = self.dead.drain(..n).collect();
+        let keys: Vec<_> = dead
+            .iter()
+            .map(|d| (d.record.source(), d.record.seq()))
+            .collect();
+        self.buf.complete_dead_letters(dead);
+        self.finish(DEAD_LETTERED, keys);
+    }
+
     fn apply(&mut self, op: Op) {
         match op {
             Op::Reserve {
@@ -219,18 +246,10 @@ impl Harness {
                 let _ = self.buf.forward(recs, self.stages[1]).now_or_never();
             }
             Op::Complete { take } => {
-                let n = take.min(self.held.len());
-                let recs: Vec<_> = self.held.drain(..n).collect();
-                let keys: Vec<_> = recs.iter().map(|r| (r.source(), r.seq())).collect();
-                self.buf.complete(recs);
-                self.finish(DELIVERED, keys);
+                self.end_held(take, DELIVERED, BufferManager::complete);
             }
             Op::Filter { take } => {
-                let n = take.min(self.held.len());
-                let recs: Vec<_> = self.held.drain(..n).collect();
-                let keys: Vec<_> = recs.iter().map(|r| (r.source(), r.seq())).collect();
-                self.buf.complete_filtered(recs);
-                self.finish(FILTERED, keys);
+                self.end_held(take, FILTERED, BufferManager::complete_filtered);
             }
             Op::Retry { take } => {
                 let n = take.min(self.held.len());
@@ -242,16 +261,7 @@ impl Harness {
                 }
                 self.dead.extend(dead);
             }
-            Op::FinishDead { take } => {
-                let n = take.min(self.dead.len());
-                let dead: Vec<_> = self.dead.drain(..n).collect();
-                let keys: Vec<_> = dead
-                    .iter()
-                    .map(|d| (d.record.source(), d.record.seq()))
-                    .collect();
-                self.buf.complete_dead_letters(dead);
-                self.finish(DEAD_LETTERED, keys);
-            }
+            Op::FinishDead { take } => self.end_dead(take),
         }
         if let Err(e) = self.buf.audit() {
             panic!("invariant broken: {e}");
@@ -277,17 +287,8 @@ impl Harness {
     /// Drives every record to completion and checks exactly-once.
     fn drain_all(&mut self) {
         for _ in 0..1000 {
-            let held: Vec<_> = self.held.drain(..).collect();
-            let keys: Vec<_> = held.iter().map(|r| (r.source(), r.seq())).collect();
-            self.buf.complete(held);
-            self.finish(DELIVERED, keys);
-            let dead: Vec<_> = self.dead.drain(..).collect();
-            let keys: Vec<_> = dead
-                .iter()
-                .map(|d| (d.record.source(), d.record.seq()))
-                .collect();
-            self.buf.complete_dead_letters(dead);
-            self.finish(DEAD_LETTERED, keys);
+            self.end_held(usize::MAX, DELIVERED, BufferManager::complete);
+            self.end_dead(usize::MAX);
             let mut any = false;
             for &s in &self.stages {
                 let b = self.buf.try_batch(s, 100);

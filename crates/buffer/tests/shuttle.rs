@@ -39,31 +39,103 @@ use shuttle::sync::Mutex;
 use shuttle::thread;
 use sluice_buffer::{
     BackpressureController, BufferManager, ControllerConfig, ControllerError, Credit, Limit,
-    Limits, RetryPolicy,
+    Limits, RetryPolicy, StageId,
 };
+
+/// The records each model saw finish (delivered or dead-lettered), as
+/// (source index, sequence number).
+type Finished = Arc<Mutex<Vec<(u32, u64)>>>;
+
+/// A buffer of one pipeline `p` with one stage `a`; every level holds
+/// `records` records (of 10 bytes each), one fewer per level down (global,
+/// stage, source); a failed record is retried once, with no backoff.
+fn model_buffer(records: u64) -> Arc<BufferManager<Vec<u8>>> {
+    Arc::new(
+        BufferManager::<Vec<u8>>::builder(Limits {
+            global: Limit::new(records, records * 10),
+            per_stage: Limit::new(records - 1, (records - 1) * 10),
+            per_source: Limit::new(records - 2, (records - 2) * 10),
+        })
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        })
+        .pipeline("p", ["a"])
+        .build()
+        .unwrap(),
+    )
+}
+
+/// A consumer thread: four rounds of taking up to two records of `stage`,
+/// failing them in the rounds `fails` picks (retried, or dead-lettered) and
+/// completing the others; each finished record is noted in `finished`.
+fn spawn_consumer(
+    buf: &Arc<BufferManager<Vec<u8>>>,
+    stage: StageId,
+    finished: &Finished,
+    fails: fn(u32) -> bool,
+) -> thread::JoinHandle<()> {
+    let (buf, finished) = (buf.clone(), finished.clone());
+    thread::spawn(move || {
+        for round in 0..4 {
+            let batch = buf.try_batch(stage, 2);
+            let (fail, ok): (Vec<_>, Vec<_>) = batch.into_iter().partition(|_| fails(round));
+            let dead = buf.retry(fail, "flaky");
+            let mut f = finished.lock().unwrap();
+            f.extend(ok.iter().map(|r| (r.source().index() as u32, r.seq())));
+            f.extend(
+                dead.iter()
+                    .map(|d| (d.record.source().index() as u32, d.record.seq())),
+            );
+            drop(f);
+            buf.complete(ok);
+            buf.complete_dead_letters(dead);
+            buf.audit().unwrap();
+        }
+    })
+}
+
+/// Finishes on this thread what is left in `stage`; then the manager's
+/// invariants hold, nothing is in the engine, and every admitted record
+/// (source `i` admitted 1..=`admitted[i]`) finished exactly once.
+fn finish_the_rest(
+    buf: &BufferManager<Vec<u8>>,
+    stage: StageId,
+    finished: &Finished,
+    admitted: &[u64],
+) {
+    loop {
+        let batch = buf.try_batch(stage, 10);
+        if batch.is_empty() {
+            break;
+        }
+        finished
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|r| (r.source().index() as u32, r.seq())));
+        buf.complete(batch);
+    }
+    buf.audit().unwrap();
+    assert_eq!(buf.in_engine(), 0);
+    let mut f = finished.lock().unwrap().clone();
+    f.sort_unstable();
+    let expected: Vec<_> = admitted
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &through)| (1..=through).map(move |s| (i as u32, s)))
+        .collect();
+    assert_eq!(f, expected, "every admitted record finished exactly once");
+}
 
 #[test]
 fn concurrent_operations_keep_every_invariant() {
     shuttle::check_random(
         || {
-            let buf = Arc::new(
-                BufferManager::<Vec<u8>>::builder(Limits {
-                    global: Limit::new(5, 50),
-                    per_stage: Limit::new(4, 40),
-                    per_source: Limit::new(3, 30),
-                })
-                .retry(RetryPolicy {
-                    max_retries: 1,
-                    initial_backoff: Duration::ZERO,
-                    max_backoff: Duration::ZERO,
-                })
-                .pipeline("p", ["a"])
-                .build()
-                .unwrap(),
-            );
+            let buf = model_buffer(5);
             let p = buf.pipeline_by_name("p").unwrap().clone();
             let stage = p.stages[0];
-            let finished = Arc::new(Mutex::new(Vec::<(u32, u64)>::new()));
+            let finished = Finished::default();
             let mut threads = Vec::new();
             for i in 0..2u8 {
                 let buf = buf.clone();
@@ -86,53 +158,15 @@ fn concurrent_operations_keep_every_invariant() {
                     next - 1
                 }));
             }
-            let consumer = {
-                let (buf, finished) = (buf.clone(), finished.clone());
-                thread::spawn(move || {
-                    for round in 0..4 {
-                        let batch = buf.try_batch(stage, 2);
-                        let (fail, ok): (Vec<_>, Vec<_>) =
-                            batch.into_iter().partition(|_| round % 2 == 0);
-                        let dead = buf.retry(fail, "flaky");
-                        let mut f = finished.lock().unwrap();
-                        f.extend(ok.iter().map(|r| (r.source().index() as u32, r.seq())));
-                        f.extend(
-                            dead.iter()
-                                .map(|d| (d.record.source().index() as u32, d.record.seq())),
-                        );
-                        drop(f);
-                        buf.complete(ok);
-                        buf.complete_dead_letters(dead);
-                        buf.audit().unwrap();
-                    }
-                })
-            };
+            let consumer = spawn_consumer(&buf, stage, &finished, |round| round % 2 == 0);
             let admitted: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
             consumer.join().unwrap();
 
-            // Finish the rest on one thread.
-            loop {
-                let batch = buf.try_batch(stage, 10);
-                if batch.is_empty() {
-                    break;
-                }
-                finished
-                    .lock()
-                    .unwrap()
-                    .extend(batch.iter().map(|r| (r.source().index() as u32, r.seq())));
-                buf.complete(batch);
-            }
-            buf.audit().unwrap();
-            assert_eq!(buf.in_engine(), 0);
-            let mut f = finished.lock().unwrap().clone();
-            f.sort_unstable();
-            let mut expected = Vec::new();
+            finish_the_rest(&buf, stage, &finished, &admitted);
             for (i, &through) in admitted.iter().enumerate() {
-                expected.extend((1..=through).map(|s| (i as u32, s)));
                 let id = buf.source_id(&format!("s{i}")).unwrap();
                 assert_eq!(buf.acked_through(id).unwrap(), through);
             }
-            assert_eq!(f, expected, "every admitted record finished exactly once");
         },
         2_000,
     );
@@ -142,21 +176,7 @@ fn concurrent_operations_keep_every_invariant() {
 /// evaluation, interleaved; `shutdown` also shuts the controller down from
 /// the evaluating thread part-way.
 fn flow_model(shutdown: bool) {
-    let buf = Arc::new(
-        BufferManager::<Vec<u8>>::builder(Limits {
-            global: Limit::new(6, 60),
-            per_stage: Limit::new(5, 50),
-            per_source: Limit::new(4, 40),
-        })
-        .retry(RetryPolicy {
-            max_retries: 1,
-            initial_backoff: Duration::ZERO,
-            max_backoff: Duration::ZERO,
-        })
-        .pipeline("p", ["a"])
-        .build()
-        .unwrap(),
-    );
+    let buf = model_buffer(6);
     let p = buf.pipeline_by_name("p").unwrap().clone();
     let stage = p.stages[0];
     let ids: Vec<_> = (0..2)
@@ -169,7 +189,7 @@ fn flow_model(shutdown: bool) {
         None,
     )
     .unwrap();
-    let finished = Arc::new(Mutex::new(Vec::<(u32, u64)>::new()));
+    let finished = Finished::default();
 
     const RECORDS: u64 = 4;
     let mut sources = Vec::new();
@@ -204,26 +224,7 @@ fn flow_model(shutdown: bool) {
             next - 1
         }));
     }
-    let consumer = {
-        let (buf, finished) = (buf.clone(), finished.clone());
-        thread::spawn(move || {
-            for round in 0..4 {
-                let batch = buf.try_batch(stage, 2);
-                let (fail, ok): (Vec<_>, Vec<_>) = batch.into_iter().partition(|_| round == 1);
-                let dead = buf.retry(fail, "flaky");
-                let mut f = finished.lock().unwrap();
-                f.extend(ok.iter().map(|r| (r.source().index() as u32, r.seq())));
-                f.extend(
-                    dead.iter()
-                        .map(|d| (d.record.source().index() as u32, d.record.seq())),
-                );
-                drop(f);
-                buf.complete(ok);
-                buf.complete_dead_letters(dead);
-                buf.audit().unwrap();
-            }
-        })
-    };
+    let consumer = spawn_consumer(&buf, stage, &finished, |round| round == 1);
     let evaluator = {
         let (buf, flow) = (buf.clone(), flow.clone());
         thread::spawn(move || {
@@ -241,26 +242,9 @@ fn flow_model(shutdown: bool) {
     consumer.join().unwrap();
     evaluator.join().unwrap();
 
-    // Finish the rest on one thread.
-    loop {
-        let batch = buf.try_batch(stage, 10);
-        if batch.is_empty() {
-            break;
-        }
-        finished
-            .lock()
-            .unwrap()
-            .extend(batch.iter().map(|r| (r.source().index() as u32, r.seq())));
-        buf.complete(batch);
-    }
-    buf.audit().unwrap();
+    finish_the_rest(&buf, stage, &finished, &admitted);
     flow.audit().unwrap();
-    assert_eq!(buf.in_engine(), 0);
-    let mut f = finished.lock().unwrap().clone();
-    f.sort_unstable();
-    let mut expected = Vec::new();
     for (i, &through) in admitted.iter().enumerate() {
-        expected.extend((1..=through).map(|s| (i as u32, s)));
         assert_eq!(buf.acked_through(ids[i]).unwrap(), through);
         assert_eq!(
             buf.reserved(ids[i]).unwrap(),
@@ -268,7 +252,6 @@ fn flow_model(shutdown: bool) {
             "source {i}: every credit returned when its handle closed"
         );
     }
-    assert_eq!(f, expected, "every admitted record finished exactly once");
     let global = buf.snapshot().global;
     assert_eq!((global.reserved_records, global.reserved_bytes), (0, 0));
     if shutdown {

@@ -374,21 +374,31 @@ fn options() -> ClientOptions {
     }
 }
 
-/// A client for `source_id` with [`options`], and a task that collects all
-/// its events until it ends.
-async fn connect_collecting(
+/// Connects a client for `source_id` with [`options`] and runs `body` with
+/// it, all within `within`; what `body` returned, and all the events the
+/// client reported until it ended.
+async fn run_collecting<T>(
     addr: &str,
     source_id: &str,
-) -> Result<(SourceClient, JoinHandle<Vec<ClientEvent>>), ClientError> {
-    let (client, mut events) = SourceClient::connect(addr, source_id, "", options()).await?;
-    let collector = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some(e) = events.recv().await {
-            seen.push(e);
-        }
-        seen
-    });
-    Ok((client, collector))
+    within: Duration,
+    body: impl AsyncFnOnce(SourceClient) -> Result<T, ClientError>,
+) -> (T, Vec<ClientEvent>) {
+    let run = async {
+        let (client, mut events) = SourceClient::connect(addr, source_id, "", options()).await?;
+        let collector: JoinHandle<Vec<ClientEvent>> = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(e) = events.recv().await {
+                seen.push(e);
+            }
+            seen
+        });
+        let out = body(client).await?;
+        Ok::<_, ClientError>((out, collector.await.unwrap()))
+    };
+    tokio::time::timeout(within, run)
+        .await
+        .expect("client finished in time")
+        .expect("client ran")
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -405,18 +415,14 @@ async fn obeys_credits_resends_rejects_reconnects_and_acks_everything_once() {
         ..Behavior::default()
     })
     .await;
-    let run = async {
-        let (client, collector) = connect_collecting(&addr, "src-a").await?;
-        for i in 1..=N {
-            client.send_payload(payload(i)).await?;
-        }
-        let summary = client.finish().await;
-        Ok::<_, ClientError>((summary, collector.await.unwrap()))
-    };
-    let (summary, events) = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("client finished in time")
-        .expect("client ran");
+    let (summary, events) =
+        run_collecting(&addr, "src-a", Duration::from_secs(30), async |client| {
+            for i in 1..=N {
+                client.send_payload(payload(i)).await?;
+            }
+            Ok(client.finish().await)
+        })
+        .await;
     assert!(summary.is_complete(), "{summary:?}");
     assert_eq!(summary.acked, N);
     assert_eq!(summary.sent, N);
@@ -586,34 +592,30 @@ async fn a_second_run_of_a_source_continues_after_what_the_engine_admitted() {
 /// rejects that follow: the two never met again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_no_credit_the_client_takes_the_engines_count() {
-    const N: u64 = 300;
     let (addr, state) = start(Behavior {
         window: 20,
         byte_drift: 1_600,
         ..Behavior::default()
     })
     .await;
-    let run = async {
-        let (client, collector) = connect_collecting(&addr, "src-d").await?;
-        let mut progress = client.progress();
-        // Big records first (bytes bind, and run out in the engine before
-        // the client expects it), then small ones (records bind).
-        for i in 1..=N {
-            let size = if i <= 8 { 400 } else { 10 };
-            client.send_payload(vec![b'x'; size]).await?;
-        }
-        while progress.borrow_and_update().acked < N {
-            progress.changed().await.map_err(|_| ClientError::Closed)?;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let p = client.snapshot();
-        let summary = client.finish().await;
-        Ok::<_, ClientError>((p, summary, collector.await.unwrap()))
-    };
-    let (p, summary, events) = tokio::time::timeout(Duration::from_secs(20), run)
-        .await
-        .expect("client finished in time")
-        .expect("client ran");
+    const N: u64 = 300;
+    let ((p, summary), events) =
+        run_collecting(&addr, "src-d", Duration::from_secs(20), async |client| {
+            let mut progress = client.progress();
+            // Big records first (bytes bind, and run out in the engine before
+            // the client expects it), then small ones (records bind).
+            for i in 1..=N {
+                let size = if i <= 8 { 400 } else { 10 };
+                client.send_payload(vec![b'x'; size]).await?;
+            }
+            while progress.borrow_and_update().acked < N {
+                progress.changed().await.map_err(|_| ClientError::Closed)?;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let p = client.snapshot();
+            Ok((p, client.finish().await))
+        })
+        .await;
     assert!(summary.is_complete(), "{summary:?}");
     let no_credit = events
         .iter()

@@ -38,6 +38,19 @@ fn load_error(toml: &str, env: &[(&str, &str)]) -> (Option<String>, String, Stri
     }
 }
 
+/// The TOML of one pipeline `p` (null sink) with one stage `s` whose
+/// transform is the inline table `transform`.
+fn one_stage(transform: &str) -> String {
+    format!(
+        r#"
+        [[pipelines]]
+        name = "p"
+        sink = {{ kind = "null" }}
+        stages = [{{ name = "s", transform = {transform} }}]
+        "#
+    )
+}
+
 #[test]
 fn defaults_alone_load_and_are_valid() {
     let s = Settings::load_with_env(None, NO_ENV).unwrap();
@@ -266,12 +279,7 @@ fn unknown_keys_are_refused_naming_the_key() {
     assert_eq!(key.as_deref(), Some("buffer.high_watermak"));
 
     let (key, ..) = load_error(
-        r#"
-        [[pipelines]]
-        name = "p"
-        stages = [{ name = "s", transform = { kind = "rename", from = "a", to = "b", too = "c" } }]
-        sink = { kind = "null" }
-        "#,
+        &one_stage(r#"{ kind = "rename", from = "a", to = "b", too = "c" }"#),
         &[],
     );
     assert_eq!(key.as_deref(), Some("pipelines[0].stages[0].transform.too"));
@@ -436,15 +444,7 @@ fn stage(name: &str, transform: TransformSpec) -> StageSpec {
 
 #[test]
 fn identity_takes_no_other_keys() {
-    let (key, message, _) = load_error(
-        r#"
-        [[pipelines]]
-        name = "p"
-        sink = { kind = "null" }
-        stages = [{ name = "s", transform = { kind = "identity", foo = 1 } }]
-        "#,
-        &[],
-    );
+    let (key, message, _) = load_error(&one_stage(r#"{ kind = "identity", foo = 1 }"#), &[]);
     assert_eq!(key.as_deref(), Some("pipelines[0].stages[0].transform.foo"));
     assert_eq!(
         message,
@@ -454,15 +454,7 @@ fn identity_takes_no_other_keys() {
 
 #[test]
 fn transform_field_errors_name_the_transform() {
-    let (key, message, _) = load_error(
-        r#"
-        [[pipelines]]
-        name = "p"
-        sink = { kind = "null" }
-        stages = [{ name = "s", transform = { kind = "rename", from = "a" } }]
-        "#,
-        &[],
-    );
+    let (key, message, _) = load_error(&one_stage(r#"{ kind = "rename", from = "a" }"#), &[]);
     assert_eq!(key.as_deref(), Some("pipelines[0].stages[0].transform"));
     assert_eq!(message, "missing field `to`");
 }
@@ -543,13 +535,11 @@ client_ca = "/etc/sluice/clients-ca.pem"
 #[test]
 fn a_token_env_that_is_not_set_fails_the_load_naming_the_key() {
     let toml = r#"
-[[server.auth.tokens]]
-token = "tok-0"
-sources = ["a"]
-
-[[server.auth.tokens]]
-token_env = "SLUICE_LOAD_TEST_UNSET_TOKEN_81D2"
-sources = ["orders"]
+[server.auth]
+tokens = [
+    { token = "tok-0", sources = ["a"] },
+    { token_env = "SLUICE_LOAD_TEST_UNSET_TOKEN_81D2", sources = ["orders"] },
+]
 "#;
     let Err(ConfigError::Invalid(errors)) = load(toml, &NO_ENV) else {
         panic!("expected an invalid configuration");

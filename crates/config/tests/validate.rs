@@ -27,6 +27,15 @@ fn only(s: &Settings, key: &str, message: &str) {
     assert_eq!(all, vec![(key, message)]);
 }
 
+/// Asserts that the default settings, changed by `change`, have exactly the
+/// one problem `message`, about `key`.
+#[track_caller]
+fn only_after(change: impl FnOnce(&mut Settings), key: &str, message: &str) {
+    let mut s = Settings::default();
+    change(&mut s);
+    only(&s, key, message);
+}
+
 #[test]
 fn defaults_are_valid() {
     assert!(problems(&Settings::default()).is_empty());
@@ -51,17 +60,13 @@ fn low_watermark_must_be_below_high() {
 
 #[test]
 fn watermarks_must_be_fractions() {
-    let mut s = Settings::default();
-    s.buffer.high_watermark = 1.5;
-    only(
-        &s,
+    only_after(
+        |s| s.buffer.high_watermark = 1.5,
         "buffer.high_watermark",
         "buffer.high_watermark (1.5) must be in (0, 1]",
     );
-    let mut s = Settings::default();
-    s.buffer.low_watermark = 0.0;
-    only(
-        &s,
+    only_after(
+        |s| s.buffer.low_watermark = 0.0,
         "buffer.low_watermark",
         "buffer.low_watermark (0) must be in (0, 1]",
     );
@@ -72,17 +77,13 @@ fn watermarks_must_be_fractions() {
 
 #[test]
 fn stage_and_source_limits_must_not_exceed_global() {
-    let mut s = Settings::default();
-    s.buffer.per_source.records = 2_000_000;
-    only(
-        &s,
+    only_after(
+        |s| s.buffer.per_source.records = 2_000_000,
         "buffer.per_source.records",
         "buffer.per_source.records (2000000) must not exceed buffer.global.records (1000000)",
     );
-    let mut s = Settings::default();
-    s.buffer.per_stage.bytes = 512 * 1024 * 1024;
-    only(
-        &s,
+    only_after(
+        |s| s.buffer.per_stage.bytes = 512 * 1024 * 1024,
         "buffer.per_stage.bytes",
         "buffer.per_stage.bytes (536870912) must not exceed buffer.global.bytes (268435456)",
     );
@@ -97,10 +98,8 @@ fn zero_limits_are_refused() {
         p.contains(&"buffer.global.bytes must be greater than 0".to_owned()),
         "{p:?}"
     );
-    let mut s = Settings::default();
-    s.buffer.per_stage.records = 0;
-    only(
-        &s,
+    only_after(
+        |s| s.buffer.per_stage.records = 0,
         "buffer.per_stage.records",
         "buffer.per_stage.records must be greater than 0",
     );
@@ -108,31 +107,23 @@ fn zero_limits_are_refused() {
 
 #[test]
 fn memory_rules() {
-    let mut s = Settings::default();
-    s.memory.resume_percent = 90.0;
-    only(
-        &s,
+    only_after(
+        |s| s.memory.resume_percent = 90.0,
         "memory.resume_percent",
         "memory.resume_percent (90) must be below memory.activate_percent (85)",
     );
-    let mut s = Settings::default();
-    s.memory.activate_percent = 150.0;
-    only(
-        &s,
+    only_after(
+        |s| s.memory.activate_percent = 150.0,
         "memory.activate_percent",
         "memory.activate_percent (150) must be in (0, 100]",
     );
-    let mut s = Settings::default();
-    s.memory.resume_percent = -1.0;
-    only(
-        &s,
+    only_after(
+        |s| s.memory.resume_percent = -1.0,
         "memory.resume_percent",
         "memory.resume_percent (-1) must be in (0, 100]",
     );
-    let mut s = Settings::default();
-    s.memory.refresh_ms = 0;
-    only(
-        &s,
+    only_after(
+        |s| s.memory.refresh_ms = 0,
         "memory.refresh_ms",
         "memory.refresh_ms must be greater than 0",
     );
@@ -191,10 +182,8 @@ fn pipeline_names_must_be_unique_and_non_empty() {
 
 #[test]
 fn at_least_one_pipeline_and_one_stage() {
-    let mut s = Settings::default();
-    s.pipelines.clear();
-    only(
-        &s,
+    only_after(
+        |s| s.pipelines.clear(),
         "pipelines",
         "pipelines must contain at least one pipeline",
     );
@@ -206,10 +195,8 @@ fn at_least_one_pipeline_and_one_stage() {
 
 #[test]
 fn batch_sizes_must_be_positive() {
-    let mut s = Settings::default();
-    s.pipelines[0].batch.max_records = 0;
-    only(
-        &s,
+    only_after(
+        |s| s.pipelines[0].batch.max_records = 0,
         "pipelines[0].batch.max_records",
         "pipelines[0].batch.max_records must be greater than 0",
     );
@@ -360,17 +347,13 @@ fn auth_tokens_must_be_non_empty_unique_and_cover_sources() {
 
 #[test]
 fn per_connection_limits_must_be_positive() {
-    let mut s = Settings::default();
-    s.server.max_sessions_per_connection = 0;
-    only(
-        &s,
+    only_after(
+        |s| s.server.max_sessions_per_connection = 0,
         "server.max_sessions_per_connection",
         "server.max_sessions_per_connection must be greater than 0",
     );
-    let mut s = Settings::default();
-    s.server.max_unacked_per_session = 0;
-    only(
-        &s,
+    only_after(
+        |s| s.server.max_unacked_per_session = 0,
         "server.max_unacked_per_session",
         "server.max_unacked_per_session must be greater than 0",
     );
@@ -395,18 +378,17 @@ fn open_timeout_must_be_positive() {
 
 #[test]
 fn tls_paths_must_not_be_empty() {
-    let mut s = Settings::default();
-    s.server.tls = Some(sluice_config::TlsSettings::new("", "key.pem"));
-    only(
-        &s,
+    only_after(
+        |s| s.server.tls = Some(sluice_config::TlsSettings::new("", "key.pem")),
         "server.tls.cert",
         "server.tls.cert must not be empty (a PEM file)",
     );
-    let mut tls = sluice_config::TlsSettings::new("cert.pem", "key.pem");
-    tls.client_ca = Some("".into());
-    s.server.tls = Some(tls);
-    only(
-        &s,
+    only_after(
+        |s| {
+            let mut tls = sluice_config::TlsSettings::new("cert.pem", "key.pem");
+            tls.client_ca = Some("".into());
+            s.server.tls = Some(tls);
+        },
         "server.tls.client_ca",
         "server.tls.client_ca must not be empty (a PEM file)",
     );

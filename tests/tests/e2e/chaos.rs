@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sluice_client::{ClientEvent, ClientOptions, Progress, ReconnectPolicy, SourceClient, Summary};
+use sluice_client::{ClientEvent, ClientOptions, Progress, SourceClient, Summary};
 use sluice_config::{FilterOp, StageSpec, TransformSpec};
 use sluice_tests::*;
 use tokio::sync::watch;
@@ -109,13 +109,8 @@ async fn chaos_accounting_is_exact_per_source_and_nothing_stalls() {
             let proxy = Proxy::start(engine.local_addr()).await;
             let opts = ClientOptions {
                 max_unacked: 2_000,
-                reconnect: ReconnectPolicy {
-                    max_attempts: 20,
-                    initial_backoff: Duration::from_millis(10),
-                    max_backoff: Duration::from_millis(200),
-                },
                 connect_timeout: Duration::from_secs(2),
-                ..ClientOptions::default()
+                ..reconnecting(20, Duration::from_millis(10), Duration::from_millis(200))
             };
             let (client, mut events) = SourceClient::connect(&proxy.addr, source, "", opts)
                 .await
@@ -295,15 +290,12 @@ async fn reconnect_learns_the_final_counts() {
         s.pipelines[0].sink = file_sink(&dir.path().join("sink"), Duration::from_secs(1), 0.0);
         let engine = start_engine(s, |b| b).await;
         let proxy = Proxy::start(engine.local_addr()).await;
-        let opts = ClientOptions {
-            reconnect: ReconnectPolicy {
-                max_attempts: 5,
-                // Reconnect only after the records were committed.
-                initial_backoff: Duration::from_millis(2_000),
-                max_backoff: Duration::from_millis(2_000),
-            },
-            ..ClientOptions::default()
-        };
+        // Reconnect only after the records were committed.
+        let opts = reconnecting(
+            5,
+            Duration::from_millis(2_000),
+            Duration::from_millis(2_000),
+        );
         let (client, _events) = SourceClient::connect(&proxy.addr, "late", "", opts)
             .await
             .unwrap();

@@ -496,14 +496,7 @@ async fn e_disconnect_and_reconnect_without_duplicates_or_gaps() {
         let engine = start_engine(s, |b| b).await;
         let proxy = Proxy::start(engine.local_addr()).await;
         const N: u64 = 30_000;
-        let opts = ClientOptions {
-            reconnect: sluice_client::ReconnectPolicy {
-                max_attempts: 10,
-                initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(500),
-            },
-            ..ClientOptions::default()
-        };
+        let opts = reconnecting(10, Duration::from_millis(50), Duration::from_millis(500));
         let (client, mut events) = SourceClient::connect(&proxy.addr, "flappy", "", opts)
             .await
             .unwrap();
@@ -736,13 +729,8 @@ async fn g_shutdown_drains_and_acks() {
         s.pipelines[0].batch.max_records = 200;
         let engine = start_engine(s, |b| b).await;
         let opts = ClientOptions {
-            reconnect: sluice_client::ReconnectPolicy {
-                max_attempts: 1,
-                initial_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(10),
-            },
             connect_timeout: Duration::from_secs(2),
-            ..ClientOptions::default()
+            ..reconnecting(1, Duration::from_millis(10), Duration::from_millis(10))
         };
         let (client, mut events) = SourceClient::connect(&url(&engine), "drainer", "", opts)
             .await

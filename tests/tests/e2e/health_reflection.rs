@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_buffer::RetryPolicy;
 use sluice_config::{Settings, StageSpec, TransformSpec};
 use sluice_engine::{EngineBuilder, EngineHandle};
 use sluice_proto::v1::{engine_message::Body as EBody, ingest_client::IngestClient};
@@ -25,22 +24,15 @@ const WAIT: Duration = Duration::from_secs(5);
 /// The names the engine registers with the health service.
 const HEALTH_NAMES: [&str; 3] = ["", "sluice.v1.Ingest", "sluice.v1.Admin"];
 
-/// [`test_settings`] with an identity stage, the engine's default credit
-/// window, a 5 s shutdown timeout and one quick retry.
+/// [`staged_settings`] with an identity stage.
 fn settings(dir: &Path) -> Settings {
-    let mut s = test_settings(dir);
-    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
-    s.server.shutdown_timeout = Duration::from_secs(5);
-    s.retry = RetryPolicy {
-        max_retries: 1,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(2),
-    };
-    s.pipelines[0].stages = vec![StageSpec {
-        name: "identity".into(),
-        transform: TransformSpec::Identity,
-    }];
-    s
+    staged_settings(
+        dir,
+        vec![StageSpec {
+            name: "identity".into(),
+            transform: TransformSpec::Identity,
+        }],
+    )
 }
 
 async fn channel(engine: &EngineHandle) -> Channel {

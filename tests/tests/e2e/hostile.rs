@@ -328,6 +328,19 @@ async fn well_behaved(engine: &EngineHandle, dir: &std::path::Path, source: &str
     assert_exactly_once(&delivered_keys(&dir.join("sink")), source, n);
 }
 
+/// The engine still runs, serves a compliant source ([`well_behaved`]) and
+/// shuts down cleanly.
+async fn keeps_serving(engine: EngineHandle, dir: &std::path::Path, source: &str, n: u64) {
+    assert!(!engine.is_finished());
+    well_behaved(&engine, dir, source, n).await;
+    engine.shutdown().await.unwrap();
+}
+
+/// A batch of `n` records of 20 bytes from `first_seq`.
+fn batch(first_seq: u64, n: u64) -> SourceMessage {
+    batch_msg(first_seq, n, 20)
+}
+
 fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -335,6 +348,23 @@ fn runtime(name: &str) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Runs `body` against a fresh engine (in `dir`) on a runtime whose threads
+/// are named `name`, within 30 s; then no panic may have been seen on them.
+fn on_hostile_engine(name: &str, body: impl AsyncFnOnce(EngineHandle, &std::path::Path)) {
+    watch_panics();
+    let rt = runtime(name);
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = start(dir.path()).await;
+            body(engine, dir.path()).await;
+        })
+        .await
+        .expect("in time");
+    });
+    assert_no_panics(name);
 }
 
 /// 32 random hostile streams, one after the other, against one engine; then
@@ -390,102 +420,79 @@ fn random_hostile_streams_end_cleanly_and_the_engine_keeps_serving() {
 /// keeps serving gRPC.
 #[test]
 fn junk_bytes_on_the_port_are_dropped_and_the_server_keeps_serving() {
-    watch_panics();
-    let rt = runtime("hostile-junk");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = start(dir.path()).await;
-            let mut junk: Vec<(&str, Vec<u8>)> = vec![
-                ("random bytes", {
-                    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-                    (0..8_192)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect()
-                }),
-                ("HTTP/1.1", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-                ("zeros", vec![0u8; 4_096]),
-            ];
-            // A valid HTTP/2 preface, then frames that make no sense: a DATA
-            // frame on stream 0 claiming 16 MiB, then junk.
-            let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-            h2.extend([0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00]); // SETTINGS
-            h2.extend([0xff, 0xff, 0xff, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00]);
-            h2.extend([0xab; 1_000]);
-            junk.push(("HTTP/2 preface + bad frames", h2));
-            for (what, bytes) in &junk {
-                let mut conn = tokio::net::TcpStream::connect(engine.local_addr())
-                    .await
-                    .unwrap();
-                // The server may close before it read everything.
-                let _ = conn.write_all(bytes).await;
-                let mut buf = vec![0u8; 4_096];
-                let closed = tokio::time::timeout(Duration::from_secs(5), async {
-                    loop {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
+    on_hostile_engine("hostile-junk", async |engine, dir| {
+        let mut junk: Vec<(&str, Vec<u8>)> = vec![
+            ("random bytes", {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                (0..8_192)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            }),
+            ("HTTP/1.1", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            ("zeros", vec![0u8; 4_096]),
+        ];
+        // A valid HTTP/2 preface, then frames that make no sense: a DATA
+        // frame on stream 0 claiming 16 MiB, then junk.
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.extend([0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00]); // SETTINGS
+        h2.extend([0xff, 0xff, 0xff, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00]);
+        h2.extend([0xab; 1_000]);
+        junk.push(("HTTP/2 preface + bad frames", h2));
+        for (what, bytes) in &junk {
+            let mut conn = tokio::net::TcpStream::connect(engine.local_addr())
+                .await
+                .unwrap();
+            // The server may close before it read everything.
+            let _ = conn.write_all(bytes).await;
+            let mut buf = vec![0u8; 4_096];
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
                     }
-                })
-                .await;
-                assert!(
-                    closed.is_ok(),
-                    "{what}: the server kept the connection open"
-                );
-            }
-            // A connection that says nothing and goes away.
-            drop(
-                tokio::net::TcpStream::connect(engine.local_addr())
-                    .await
-                    .unwrap(),
+                }
+            })
+            .await;
+            assert!(
+                closed.is_ok(),
+                "{what}: the server kept the connection open"
             );
+        }
+        // A connection that says nothing and goes away.
+        drop(
+            tokio::net::TcpStream::connect(engine.local_addr())
+                .await
+                .unwrap(),
+        );
 
-            assert!(!engine.is_finished());
-            well_behaved(&engine, dir.path(), "after-junk", 1_000).await;
-            engine.shutdown().await.unwrap();
-        })
-        .await
-        .expect("in time");
+        keeps_serving(engine, dir, "after-junk", 1_000).await;
     });
-    assert_no_panics("hostile-junk");
 }
 
 /// Sequence numbers at the top of u64: an overflowing batch is refused with a
 /// clear status (no overflow panic); a batch ending at u64::MAX is admitted.
 #[test]
 fn sequence_numbers_near_u64_max_get_a_clear_answer() {
-    watch_panics();
-    let rt = runtime("hostile-seq");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = start(dir.path()).await;
-            let addr = url(&engine);
-            let batch = |first_seq: u64, n: u64| batch_msg(first_seq, n, 20);
+    on_hostile_engine("hostile-seq", async |engine, dir| {
+        let addr = url(&engine);
 
-            // u64::MAX - 1 with 3 records: the last would be u64::MAX + 1.
-            let raw = raw_stream(&addr, open_msg("edge-overflow", ""))
-                .await
-                .unwrap();
-            raw.send(batch(u64::MAX - 1, 3)).await;
-            let st = expect_status(Ok(raw)).await;
-            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
-            assert!(st.message().contains("overflow"), "{st:?}");
+        // u64::MAX - 1 with 3 records: the last would be u64::MAX + 1.
+        let raw = raw_stream(&addr, open_msg("edge-overflow", ""))
+            .await
+            .unwrap();
+        raw.send(batch(u64::MAX - 1, 3)).await;
+        let st = expect_status(Ok(raw)).await;
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        assert!(st.message().contains("overflow"), "{st:?}");
 
-            assert!(!engine.is_finished());
-            well_behaved(&engine, dir.path(), "after-edge", 500).await;
-            engine.shutdown().await.unwrap();
-        })
-        .await
-        .expect("in time");
+        keeps_serving(engine, dir, "after-edge", 500).await;
     });
-    assert_no_panics("hostile-seq");
 }
 
 /// A batch whose last record is exactly `u64::MAX` is valid (the last
@@ -493,45 +500,35 @@ fn sequence_numbers_near_u64_max_get_a_clear_answer() {
 /// overflow (this once panicked debug builds in `BufferManager::admit`).
 #[test]
 fn a_batch_ending_at_u64_max_is_admitted() {
-    watch_panics();
-    let rt = runtime("hostile-top");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            let dir = tempfile::tempdir().unwrap();
-            let engine = start(dir.path()).await;
-            let addr = url(&engine);
-            let batch = |first_seq: u64, n: u64| batch_msg(first_seq, n, 20);
-            // u64::MAX - 1 with 2 records: ends exactly at u64::MAX; admitted and
-            // acked. Then more after it (cannot be numbered) and a resend.
-            let raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
-            raw.send(batch(u64::MAX - 1, 2)).await;
-            raw.send(batch(u64::MAX, 1)).await; // a duplicate of the last
-            raw.send(batch(u64::MAX - 5, 3)).await; // all below admitted: duplicates
-            let acked = raw.finish().await;
-            assert_eq!(acked, u64::MAX);
+    on_hostile_engine("hostile-top", async |engine, dir| {
+        let addr = url(&engine);
+        // u64::MAX - 1 with 2 records: ends exactly at u64::MAX; admitted and
+        // acked. Then more after it (cannot be numbered) and a resend.
+        let raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
+        raw.send(batch(u64::MAX - 1, 2)).await;
+        raw.send(batch(u64::MAX, 1)).await; // a duplicate of the last
+        raw.send(batch(u64::MAX - 5, 3)).await; // all below admitted: duplicates
+        let acked = raw.finish().await;
+        assert_eq!(acked, u64::MAX);
 
-            // A reconnect of that source: the engine admitted through u64::MAX;
-            // anything further cannot be numbered and gets a clear answer.
-            let raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
-            raw.send(batch(u64::MAX, 2)).await;
-            let st = expect_status(Ok(raw)).await;
-            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        // A reconnect of that source: the engine admitted through u64::MAX;
+        // anything further cannot be numbered and gets a clear answer.
+        let raw = raw_stream(&addr, open_msg("edge-top", "")).await.unwrap();
+        raw.send(batch(u64::MAX, 2)).await;
+        let st = expect_status(Ok(raw)).await;
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
 
-            assert!(!engine.is_finished());
-            engine.shutdown().await.unwrap();
-            let keys = delivered_keys(&dir.path().join("sink"));
-            let top: Vec<u64> = keys
-                .keys()
-                .filter(|(s, _)| s == "edge-top")
-                .map(|(_, q)| *q)
-                .collect();
-            assert_eq!(top.len(), 2, "{top:?}");
-            assert!(top.contains(&u64::MAX) && top.contains(&(u64::MAX - 1)));
-        })
-        .await
-        .expect("in time");
+        assert!(!engine.is_finished());
+        engine.shutdown().await.unwrap();
+        let keys = delivered_keys(&dir.join("sink"));
+        let top: Vec<u64> = keys
+            .keys()
+            .filter(|(s, _)| s == "edge-top")
+            .map(|(_, q)| *q)
+            .collect();
+        assert_eq!(top.len(), 2, "{top:?}");
+        assert!(top.contains(&u64::MAX) && top.contains(&(u64::MAX - 1)));
     });
-    assert_no_panics("hostile-top");
 }
 
 /// `Open` with a pipeline name of 50 000 bytes gets a readable

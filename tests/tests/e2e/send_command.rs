@@ -2,25 +2,33 @@
 //! acked, and a line that is not JSON stops the command with its line
 //! number after the lines before it were sent, acked and delivered.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_cli::send::{SendArgs, SendError, run};
-use sluice_client::{ClientOptions, ReconnectPolicy};
+use sluice_client::{ClientOptions, Summary};
 use sluice_tests::*;
 
-/// A small unacked window and batches, so 300 lines take many round trips.
-fn options() -> ClientOptions {
-    ClientOptions {
-        max_unacked: 64,
-        max_batch_records: 16,
-        linger: Duration::from_millis(1),
-        reconnect: ReconnectPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
+/// Runs `sluice send` of `input` to the engine at `addr` as `source_id`,
+/// without a progress bar, within 20 s; with a small unacked window and
+/// batches, so 300 lines take many round trips.
+async fn send(addr: &str, source_id: &str, input: PathBuf) -> Result<Summary, SendError> {
+    let args = SendArgs {
+        addr: addr.to_owned(),
+        source_id: source_id.into(),
+        input,
+        options: ClientOptions {
+            max_unacked: 64,
+            max_batch_records: 16,
+            linger: Duration::from_millis(1),
+            ..reconnecting(5, Duration::from_millis(20), Duration::from_millis(200))
         },
-        ..ClientOptions::default()
-    }
+        progress: false,
+        ..SendArgs::default()
+    };
+    tokio::time::timeout(Duration::from_secs(20), run(args))
+        .await
+        .expect("send ends in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,35 +49,13 @@ async fn send_command_streams_json_lines_and_names_a_bad_line() {
         }
     }
     std::fs::write(&good, text).unwrap();
-    let args = SendArgs {
-        addr: addr.clone(),
-        source_id: "file-a".into(),
-        input: good,
-        options: options(),
-        progress: false,
-        ..SendArgs::default()
-    };
-    let summary = tokio::time::timeout(Duration::from_secs(20), run(args))
-        .await
-        .unwrap()
-        .unwrap();
+    let summary = send(&addr, "file-a", good).await.unwrap();
     assert!(summary.is_complete(), "{summary:?}");
     assert_eq!(summary.acked, 300);
 
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"n\":1}\n\n{\"n\":2}\n{not json\n{\"n\":3}\n").unwrap();
-    let args = SendArgs {
-        addr,
-        source_id: "file-b".into(),
-        input: bad,
-        options: options(),
-        progress: false,
-        ..SendArgs::default()
-    };
-    let err = tokio::time::timeout(Duration::from_secs(20), run(args))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = send(&addr, "file-b", bad).await.unwrap_err();
     match err {
         SendError::InvalidJson {
             line,

@@ -3,32 +3,16 @@
 //! rejects and takeover, dead letters and filters, the memory gate and
 //! shutdown, and a slow sink.
 
-use std::path::Path;
 use std::time::Duration;
 
-use sluice_buffer::{ManualProbe, MemoryGateConfig, RetryPolicy};
-use sluice_config::{Settings, StageSpec, TransformSpec};
-use sluice_engine::{EngineBuilder, EngineHandle};
+use sluice_buffer::{ManualProbe, MemoryGateConfig};
+use sluice_config::{StageSpec, TransformSpec};
+use sluice_engine::EngineHandle;
 use sluice_proto::v1::{self, SourceMessage, engine_message::Body as EBody};
 use sluice_tests::*;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// [`test_settings`] with `stages`, the engine's default credit window, a
-/// 5 s shutdown timeout and one quick retry.
-fn settings(dir: &Path, stages: Vec<StageSpec>) -> Settings {
-    let mut s = test_settings(dir);
-    s.buffer.credit_window_records = Settings::default().buffer.credit_window_records;
-    s.server.shutdown_timeout = Duration::from_secs(5);
-    s.retry = RetryPolicy {
-        max_retries: 1,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(2),
-    };
-    s.pipelines[0].stages = stages;
-    s
-}
 
 fn identity() -> Vec<StageSpec> {
     vec![StageSpec {
@@ -57,6 +41,18 @@ async fn next(conn: &mut Raw) -> Result<Option<EBody>, tonic::Status> {
     conn.next_within(WAIT).await
 }
 
+/// Reads `conn` until its stream ends with an error status, and returns
+/// that; a clean end panics with `otherwise`.
+async fn final_status(conn: &mut Raw, otherwise: &str) -> tonic::Status {
+    loop {
+        match next(conn).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{otherwise}"),
+            Err(s) => break s,
+        }
+    }
+}
+
 async fn opened(conn: &mut Raw) -> v1::Opened {
     tokio::time::timeout(WAIT, conn.opened())
         .await
@@ -72,10 +68,7 @@ async fn until_ack(conn: &mut Raw, seq: u64) -> (v1::Ack, Vec<v1::Reject>) {
 #[tokio::test]
 async fn ten_records_are_acked_and_in_the_file_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| b).await;
     let mut conn = connect(&engine, open_msg("src-1", "")).await.unwrap();
     let o = opened(&mut conn).await;
     assert_eq!(o.admitted_through_seq, 0);
@@ -136,10 +129,7 @@ async fn ten_records_are_acked_and_in_the_file_sink() {
 #[tokio::test]
 async fn protocol_errors_are_statuses() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| b).await;
     let err = connect(&engine, batch(1, 1)).await.err().unwrap();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("Open"), "{err:?}");
@@ -151,13 +141,7 @@ async fn protocol_errors_are_statuses() {
     let mut conn = connect(&engine, open_msg("a", "default")).await.unwrap();
     opened(&mut conn).await;
     conn.must_send(open_msg("a", "default")).await;
-    let status = loop {
-        match next(&mut conn).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("expected an error status"),
-            Err(s) => break s,
-        }
-    };
+    let status = final_status(&mut conn, "expected an error status").await;
     assert_eq!(status.code(), Code::InvalidArgument);
     engine.shutdown().await.unwrap();
 }
@@ -165,11 +149,10 @@ async fn protocol_errors_are_statuses() {
 #[tokio::test]
 async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineBuilder::new(settings(dir.path(), identity()))
-        .max_batch_records(5)
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), identity()), |b| {
+        b.max_batch_records(5)
+    })
+    .await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     assert_eq!(opened(&mut conn).await.max_batch_records, 5);
     conn.must_send(batch(1, 8)).await;
@@ -192,13 +175,7 @@ async fn gaps_and_oversized_batches_are_rejected_and_reconnect_resumes() {
     let mut conn2 = connect(&engine, open_msg("src", "")).await.unwrap();
     let o = opened(&mut conn2).await;
     assert_eq!(o.admitted_through_seq, 5);
-    let status = loop {
-        match next(&mut conn).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("expected ABORTED"),
-            Err(s) => break s,
-        }
-    };
+    let status = final_status(&mut conn, "expected ABORTED").await;
     assert_eq!(status.code(), Code::Aborted);
     // A resend overlapping what was admitted is not admitted twice.
     conn2.must_send(batch(4, 5)).await;
@@ -226,10 +203,7 @@ async fn failures_become_dead_letters_and_filters_count() {
             transform: TransformSpec::Fail { rate: 1.0 },
         },
     ];
-    let engine = EngineBuilder::new(settings(dir.path(), stages))
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(staged_settings(dir.path(), stages), |b| b).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     conn.must_send(batch(1, 10)).await;
@@ -251,18 +225,14 @@ async fn failures_become_dead_letters_and_filters_count() {
 #[tokio::test]
 async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), identity());
+    let mut s = staged_settings(dir.path(), identity());
     s.memory = MemoryGateConfig {
         enabled: true,
         refresh_ms: 5,
         ..MemoryGateConfig::default()
     };
     let probe = ManualProbe::new(10, 100);
-    let engine = EngineBuilder::new(s)
-        .memory_probe(probe.clone())
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.memory_probe(probe.clone())).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     probe.set_used(95);
@@ -307,7 +277,7 @@ async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
 #[tokio::test]
 async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), identity());
+    let mut s = staged_settings(dir.path(), identity());
     s.buffer.per_stage = sluice_buffer::Limit::new(20, 1 << 20);
     s.buffer.per_source = sluice_buffer::Limit::new(100, 1 << 20);
     s.pipelines[0].batch.max_records = 5;
@@ -316,11 +286,7 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
         Duration::from_millis(20),
         0.0,
     );
-    let engine = EngineBuilder::new(s)
-        .sink("default", slow)
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.sink("default", slow)).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     // Send past the credits: the excess is rejected, never dropped.
@@ -399,17 +365,13 @@ impl sluice_engine::sink::Sink for BatchSizes {
 #[tokio::test]
 async fn a_slow_sink_gets_full_batches_while_records_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), Vec::new());
+    let mut s = staged_settings(dir.path(), Vec::new());
     s.pipelines[0].batch.max_records = 100;
     let sink = std::sync::Arc::new(BatchSizes {
         delay: Duration::from_millis(20),
         ..Default::default()
     });
-    let engine = EngineBuilder::new(s)
-        .sink("default", sink.clone())
-        .start()
-        .await
-        .unwrap();
+    let engine = start_engine(s, |b| b.sink("default", sink.clone())).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     let credit = opened(&mut conn).await.credit.unwrap().records;
     // 20 batches of 80 records (larger than what the buffer merges), all
