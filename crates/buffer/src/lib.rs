@@ -57,8 +57,8 @@ pub use flow::{
     SignalReceiver, SourceHandle, SourceState, SourceStatus,
 };
 pub use memory::{
-    Gate, GateState, GateTransition, ManualProbe, MemoryError, MemoryMonitor, MemoryProbe,
-    MemoryReading, MemorySource, ProbeError, SysinfoProbe,
+    Gate, GateState, GateTransition, ManualProbe, Measured, MemoryError, MemoryMonitor,
+    MemoryProbe, MemoryReading, MemorySource, ProbeError, SysinfoProbe,
 };
 
 pub use error::{BufferError, BuildError, Level, RejectReason, Unit};

@@ -160,12 +160,19 @@ pub struct MemoryGateConfig {
     /// Sampling period in milliseconds.
     pub refresh_ms: u64,
     /// An explicit limit in bytes, compared with this process's RSS. When
-    /// absent the process's cgroup limit is used, else the host's memory.
+    /// absent the process's cgroup is compared with its limit where there is
+    /// one, else this process's RSS with the host's total memory.
     pub limit_bytes: Option<u64>,
+    /// Also read the host's used memory (all processes) against its total,
+    /// as a second, separately named reading ([`Measured::Host`](crate::Measured::Host)):
+    /// the gate then closes when either reading reaches `activate_percent`.
+    /// Off by default: other processes on the host do not close sluice's gate.
+    pub include_host: bool,
 }
 
 impl Default for MemoryGateConfig {
-    /// Enabled, close at 85 %, reopen at 75 %, sample every 100 ms, limit from cgroup or host.
+    /// Enabled, close at 85 %, reopen at 75 %, sample every 100 ms, the
+    /// process against its cgroup limit or the host's total, host reading off.
     fn default() -> Self {
         Self {
             enabled: true,
@@ -173,6 +180,7 @@ impl Default for MemoryGateConfig {
             resume_percent: 75.0,
             refresh_ms: 100,
             limit_bytes: None,
+            include_host: false,
         }
     }
 }

@@ -34,6 +34,7 @@ use ::metrics::{
 };
 
 use crate::manager::{BufferManager, Credit, PipelineInfo};
+use crate::memory::Measured;
 use crate::snapshot::{LevelSnapshot, Snapshot};
 
 /// Counter: backpressure episodes started, per source and cause.
@@ -51,9 +52,12 @@ pub const CREDIT_BYTES_GRANTED_TOTAL: &str = "sluice_credit_bytes_granted_total"
 pub const MEMORY_GATE_CLOSED: &str = "sluice_memory_gate_closed";
 /// Counter: memory gate transitions, by `direction` (`close` or `open`).
 pub const MEMORY_GATE_TRANSITIONS_TOTAL: &str = "sluice_memory_gate_transitions_total";
-/// Gauge (bytes): memory in use as the memory monitor last read it.
+/// Gauge (bytes): memory in use as the memory monitor last read it, labelled
+/// `measured` (`process`, `cgroup` or `host`: which reading it is; the
+/// others read 0).
 pub const MEMORY_USED_BYTES: &str = "sluice_memory_used_bytes";
-/// Gauge (bytes): the memory limit the monitor compares against.
+/// Gauge (bytes): the memory limit the monitor compares against, labelled
+/// like [`MEMORY_USED_BYTES`].
 pub const MEMORY_LIMIT_BYTES: &str = "sluice_memory_limit_bytes";
 /// Gauge: records counted at a level (reservations included).
 pub const BUFFER_RECORDS: &str = "sluice_buffer_records";
@@ -220,10 +224,18 @@ pub(crate) fn credits_granted(source: &Arc<str>, credit: Credit) {
     counter!(CREDIT_BYTES_GRANTED_TOTAL, "source" => source.clone()).increment(credit.bytes);
 }
 
-pub(crate) fn memory_gate(closed: bool, used_bytes: u64, limit_bytes: u64) {
+pub(crate) fn memory_gate(closed: bool, measured: Measured, used_bytes: u64, limit_bytes: u64) {
     gauge!(MEMORY_GATE_CLOSED).set(if closed { 1.0 } else { 0.0 });
-    gauge!(MEMORY_USED_BYTES).set(used_bytes as f64);
-    gauge!(MEMORY_LIMIT_BYTES).set(limit_bytes as f64);
+    // One series at a time: the label says which reading the gate last saw.
+    for m in [Measured::Process, Measured::Cgroup, Measured::Host] {
+        let (used, limit) = if m == measured {
+            (used_bytes as f64, limit_bytes as f64)
+        } else {
+            (0.0, 0.0)
+        };
+        gauge!(MEMORY_USED_BYTES, "measured" => m.as_str()).set(used);
+        gauge!(MEMORY_LIMIT_BYTES, "measured" => m.as_str()).set(limit);
+    }
 }
 
 pub(crate) fn memory_gate_transition(closed: bool) {

@@ -22,6 +22,7 @@ fn gate_config(refresh_ms: u64) -> MemoryGateConfig {
         resume_percent: 75.0,
         refresh_ms,
         limit_bytes: None,
+        include_host: false,
     }
 }
 

@@ -135,8 +135,13 @@ fn flow_control_and_gate_metrics() {
     assert_eq!(flips("close"), 1);
     assert_eq!(flips("open"), 1);
     assert_eq!(gauge(&rows, names::MEMORY_GATE_CLOSED, &[]), 0.0);
-    assert_eq!(gauge(&rows, names::MEMORY_LIMIT_BYTES, &[]), 1000.0);
-    assert_eq!(gauge(&rows, names::MEMORY_USED_BYTES, &[]), 100.0);
+    // The reading names what it measured (a ManualProbe: the process); the
+    // other readings' series read 0.
+    let process = [("measured", "process")];
+    assert_eq!(gauge(&rows, names::MEMORY_LIMIT_BYTES, &process), 1000.0);
+    assert_eq!(gauge(&rows, names::MEMORY_USED_BYTES, &process), 100.0);
+    let host = [("measured", "host")];
+    assert_eq!(gauge(&rows, names::MEMORY_USED_BYTES, &host), 0.0);
 
     // Buffer gauges per level, from publish_buffer: alpha has 20 records in
     // the engine, beta 10, the filler 70 (in its own pipeline); no credit is unused.

@@ -274,7 +274,8 @@ pub fn view(
             Span::styled(format!("{gate:<6}"), style),
             Span::raw(fit(
                 &format!(
-                    " {}/{} ({:.1}%)  closes {:.0}%  reopens {:.0}%",
+                    " {} {}/{} ({:.1}%)  closes {:.0}%  reopens {:.0}%",
+                    m.measured,
                     bytes(m.used_bytes),
                     bytes(m.limit_bytes),
                     m.percent,
@@ -435,6 +436,7 @@ mod tests {
                 percent: 100.0,
                 activate_percent: 90.0,
                 resume_percent: 80.0,
+                measured: "process".into(),
             }),
         }
     }

@@ -825,6 +825,22 @@ async fn h_memory_gate_pauses_and_resumes_every_source() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Admin.Stats names the reading that closed the gate.
+        let memory = engine.stats().memory.expect("memory stats");
+        assert!(memory.closed, "{memory:?}");
+        assert_eq!(memory.measured, "process", "{memory:?}");
+        // A host reading (memory.include_host) is named as such.
+        probe.set(sluice_buffer::MemoryReading::of(
+            sluice_buffer::Measured::Host,
+            96,
+            100,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.stats().memory.is_none_or(|m| m.measured != "host") {
+            assert!(Instant::now() < deadline, "the host reading is not named");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        probe.set_used(95);
         // While the gate is closed no new credit comes: progress stalls once
         // credits are used up.
         tokio::time::sleep(Duration::from_millis(400)).await;

@@ -2,7 +2,7 @@
 //! [`GateState`] it publishes.
 
 use super::MemoryError;
-use super::probe::{MemoryReading, ProbeError};
+use super::probe::{Measured, MemoryReading, ProbeError};
 use crate::limits::MemoryGateConfig;
 
 /// The memory gate as published to flow control.
@@ -10,6 +10,9 @@ use crate::limits::MemoryGateConfig;
 pub struct GateState {
     /// While true no new credits are granted and every source is paused.
     pub closed: bool,
+    /// What the last good reading measured: when the gate is closed by a
+    /// reading, the one that closed it.
+    pub measured: Measured,
     /// Bytes in use at the last good reading.
     pub used_bytes: u64,
     /// The limit at the last good reading.
@@ -25,11 +28,27 @@ impl GateState {
     /// An open gate with no reading: the state of a disabled gate.
     pub const OPEN: GateState = GateState {
         closed: false,
+        measured: Measured::Process,
         used_bytes: 0,
         limit_bytes: 0,
         percent: 0.0,
         error: None,
     };
+
+    /// Which reading closed (or last fed) the gate, in words: "this
+    /// process's resident memory at 91% of 2147483648 bytes", or the
+    /// failure for a gate closed by a failed reading.
+    pub fn describe(&self) -> String {
+        match &self.error {
+            Some(e) => format!("the memory reading failed ({e}); a failed reading counts as full"),
+            None => format!(
+                "{} at {:.0}% of {} bytes",
+                self.measured.describe(),
+                self.percent,
+                self.limit_bytes
+            ),
+        }
+    }
 
     /// `percent` as a fraction (0.0–1.0 and above), as signals report it.
     pub fn utilization(&self) -> f64 {
@@ -107,6 +126,7 @@ impl Gate {
                 .ok_or_else(|| ProbeError::new("the memory limit reads as 0 bytes"))
         }) {
             Ok((r, percent)) => {
+                self.state.measured = r.measured;
                 self.state.used_bytes = r.used_bytes;
                 self.state.limit_bytes = r.limit_bytes;
                 self.state.percent = percent;
@@ -154,6 +174,24 @@ mod tests {
             ..MemoryGateConfig::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_state_names_the_reading_that_closed_the_gate() {
+        let mut g = gate(85.0, 75.0);
+        g.observe(Ok(MemoryReading::of(Measured::Process, 10, 100)));
+        assert_eq!(g.state().measured, Measured::Process);
+        // The host reading is the fuller one and closes the gate.
+        g.observe(Ok(MemoryReading::of(Measured::Host, 90, 100)));
+        assert!(g.is_closed());
+        assert_eq!(g.state().measured, Measured::Host);
+        let why = g.state().describe();
+        assert!(
+            why.contains("the host's used memory") && why.contains("90%"),
+            "{why}"
+        );
+        g.observe(Err(ProbeError::new("no /proc")));
+        assert!(g.state().describe().contains("no /proc"));
     }
 
     #[test]

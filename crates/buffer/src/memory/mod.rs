@@ -15,7 +15,9 @@ mod probe;
 
 pub use gate::{Gate, GateState, GateTransition};
 pub use monitor::MemoryMonitor;
-pub use probe::{ManualProbe, MemoryProbe, MemoryReading, MemorySource, ProbeError, SysinfoProbe};
+pub use probe::{
+    ManualProbe, Measured, MemoryProbe, MemoryReading, MemorySource, ProbeError, SysinfoProbe,
+};
 
 /// Errors starting a [`MemoryMonitor`] or building a [`Gate`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -114,7 +114,7 @@ impl MemoryMonitor {
         if !config.enabled {
             return Ok(Self::disabled());
         }
-        let probe = SysinfoProbe::new(config.limit_bytes)?;
+        let probe = SysinfoProbe::with_host(config.limit_bytes, config.include_host)?;
         Self::spawn(config, probe)
     }
 
@@ -156,7 +156,7 @@ impl Drop for MemoryMonitor {
 
 fn report(gate: &Gate, flip: Option<GateTransition>, previous_error: Option<&str>) {
     let s = gate.state();
-    crate::metrics::memory_gate(s.closed, s.used_bytes, s.limit_bytes);
+    crate::metrics::memory_gate(s.closed, s.measured, s.used_bytes, s.limit_bytes);
     if let Some(error) = &s.error
         && previous_error != Some(error.as_str())
     {
@@ -166,6 +166,7 @@ fn report(gate: &Gate, flip: Option<GateTransition>, previous_error: Option<&str
         Some(GateTransition::Closed) => {
             crate::metrics::memory_gate_transition(true);
             tracing::warn!(
+                measured = %s.measured,
                 used_bytes = s.used_bytes,
                 limit_bytes = s.limit_bytes,
                 percent = s.percent,
@@ -175,6 +176,7 @@ fn report(gate: &Gate, flip: Option<GateTransition>, previous_error: Option<&str
         Some(GateTransition::Opened) => {
             crate::metrics::memory_gate_transition(false);
             tracing::info!(
+                measured = %s.measured,
                 used_bytes = s.used_bytes,
                 limit_bytes = s.limit_bytes,
                 percent = s.percent,

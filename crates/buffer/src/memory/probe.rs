@@ -7,21 +7,76 @@ use sysinfo::{MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, Sys
 
 use crate::sync::Mutex;
 
-/// One reading of memory use: `used_bytes` of `limit_bytes`.
+/// What a [`MemoryReading`] measured: which "used" against which "limit".
+/// Stats, metrics, logs and signal texts name it, so that it is always
+/// clear which reading closed the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Measured {
+    /// This process's resident memory (RSS) against `memory.limit_bytes`,
+    /// or against the host's total memory when there is neither a limit
+    /// nor a cgroup.
+    #[default]
+    Process,
+    /// The whole charge of this process's cgroup (page cache included, as
+    /// the kernel's OOM killer counts it) against the cgroup's limit.
+    Cgroup,
+    /// The host's used memory (total − available, other processes
+    /// included) against its total: the optional second reading
+    /// (`memory.include_host`).
+    Host,
+}
+
+impl Measured {
+    /// A short name for stats, metric labels and logs: `process`, `cgroup`, `host`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Cgroup => "cgroup",
+            Self::Host => "host",
+        }
+    }
+
+    /// What it is, in words (for messages).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Process => "this process's resident memory",
+            Self::Cgroup => "this process's cgroup memory",
+            Self::Host => "the host's used memory (all processes)",
+        }
+    }
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reading of memory use: `used_bytes` of `limit_bytes`, of what
+/// [`measured`](Self::measured) says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryReading {
     /// Bytes in use.
     pub used_bytes: u64,
     /// The limit they are compared with.
     pub limit_bytes: u64,
+    /// What was measured.
+    pub measured: Measured,
 }
 
 impl MemoryReading {
-    /// A reading of `used_bytes` out of `limit_bytes`.
+    /// A reading of `used_bytes` out of `limit_bytes` of this process
+    /// ([`Measured::Process`]).
     pub const fn new(used_bytes: u64, limit_bytes: u64) -> Self {
+        Self::of(Measured::Process, used_bytes, limit_bytes)
+    }
+
+    /// A reading of `used_bytes` out of `limit_bytes` of `measured`.
+    pub const fn of(measured: Measured, used_bytes: u64, limit_bytes: u64) -> Self {
         Self {
             used_bytes,
             limit_bytes,
+            measured,
         }
     }
 
@@ -61,7 +116,9 @@ where
     }
 }
 
-/// Where a [`SysinfoProbe`] takes its numbers from.
+/// Where a [`SysinfoProbe`] takes its main reading from: the process
+/// against its limit, which is the cgroup's where there is one, else an
+/// explicit `limit_bytes`, else the host's total memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemorySource {
     /// The cgroup of this process (or the tightest of its parents):
@@ -70,8 +127,11 @@ pub enum MemorySource {
     /// killer sees it), against its `total_memory`. (`CGroupLimits::rss` is
     /// the cgroup's anonymous memory, not this process's RSS; it is not used.)
     Cgroup,
-    /// The host: `used = total − available` RAM, against the total.
-    Host,
+    /// This process's RSS against the host's total memory (no cgroup limit,
+    /// no explicit limit). Other processes' memory does not count here; the
+    /// host's used memory is the separate, optional [`Measured::Host`]
+    /// reading.
+    HostTotal,
     /// This process's RSS against an explicit limit (`limit_bytes` of the config).
     Process {
         /// The configured limit.
@@ -91,6 +151,9 @@ pub struct SysinfoProbe {
     system: System,
     pid: Pid,
     source: MemorySource,
+    /// Also read the host's used memory and report whichever of the two
+    /// readings is fuller (`memory.include_host`).
+    include_host: bool,
 }
 
 impl std::fmt::Debug for SysinfoProbe {
@@ -98,6 +161,7 @@ impl std::fmt::Debug for SysinfoProbe {
         f.debug_struct("SysinfoProbe")
             .field("pid", &self.pid)
             .field("source", &self.source)
+            .field("include_host", &self.include_host)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +169,14 @@ impl std::fmt::Debug for SysinfoProbe {
 impl SysinfoProbe {
     /// A probe for this process, with an optional explicit limit in bytes.
     pub fn new(limit_bytes: Option<u64>) -> Result<Self, ProbeError> {
+        Self::with_host(limit_bytes, false)
+    }
+
+    /// [`new`](Self::new), and with `include_host` the host's used memory
+    /// as a second reading: each [`read`](MemoryProbe::read) then reports
+    /// whichever of the two is the higher percentage, named by its
+    /// [`Measured`].
+    pub fn with_host(limit_bytes: Option<u64>, include_host: bool) -> Result<Self, ProbeError> {
         let pid =
             sysinfo::get_current_pid().map_err(|e| ProbeError::new(format!("current pid: {e}")))?;
         let mut system = System::new().map_err(|e| ProbeError::new(format!("sysinfo: {e}")))?;
@@ -115,7 +187,7 @@ impl SysinfoProbe {
                 Self::refresh_process(&mut system, pid, false);
                 match system.process(pid).and_then(|p| p.cgroup_limits()) {
                     Some(_) => MemorySource::Cgroup,
-                    None => MemorySource::Host,
+                    None => MemorySource::HostTotal,
                 }
             }
         };
@@ -124,6 +196,7 @@ impl SysinfoProbe {
             system,
             pid,
             source,
+            include_host,
         })
     }
 
@@ -132,26 +205,36 @@ impl SysinfoProbe {
         self.source
     }
 
-    fn refresh_process(system: &mut System, pid: Pid, memory: bool) {
-        let kind = if memory {
-            ProcessRefreshKind::nothing().with_memory()
-        } else {
-            ProcessRefreshKind::nothing()
-        };
-        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+    /// The host's total memory, refreshed.
+    fn host_total(&mut self) -> Result<u64, ProbeError> {
+        self.system
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        match self.system.total_memory() {
+            0 => Err(ProbeError::new("the host's total memory reads as 0")),
+            total => Ok(total),
+        }
     }
-}
 
-impl MemoryProbe for SysinfoProbe {
-    fn read(&mut self) -> Result<MemoryReading, ProbeError> {
+    /// This process's resident memory, refreshed.
+    fn rss(&mut self) -> Result<u64, ProbeError> {
+        Self::refresh_process(&mut self.system, self.pid, true);
+        self.system
+            .process(self.pid)
+            .map(|p| p.memory())
+            .ok_or_else(|| ProbeError::new("this process is not visible to sysinfo"))
+    }
+
+    /// The main reading: the process against its limit.
+    fn read_process(&mut self) -> Result<MemoryReading, ProbeError> {
         match self.source {
-            MemorySource::Process { limit_bytes } => {
-                Self::refresh_process(&mut self.system, self.pid, true);
-                let process = self
-                    .system
-                    .process(self.pid)
-                    .ok_or_else(|| ProbeError::new("this process is not visible to sysinfo"))?;
-                Ok(MemoryReading::new(process.memory(), limit_bytes))
+            MemorySource::Process { limit_bytes } => Ok(MemoryReading::of(
+                Measured::Process,
+                self.rss()?,
+                limit_bytes,
+            )),
+            MemorySource::HostTotal => {
+                let total = self.host_total()?;
+                Ok(MemoryReading::of(Measured::Process, self.rss()?, total))
             }
             MemorySource::Cgroup => {
                 // cgroup_limits() reads the cgroup files on every call; the
@@ -166,24 +249,45 @@ impl MemoryProbe for SysinfoProbe {
                     .ok_or_else(|| {
                         ProbeError::new("the process's cgroup memory limits could not be read")
                     })?;
-                Ok(MemoryReading::new(
+                Ok(MemoryReading::of(
+                    Measured::Cgroup,
                     limits.total_memory.saturating_sub(limits.free_memory),
                     limits.total_memory,
                 ))
             }
-            MemorySource::Host => {
-                self.system
-                    .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-                let total = self.system.total_memory();
-                if total == 0 {
-                    return Err(ProbeError::new("the host's total memory reads as 0"));
-                }
-                Ok(MemoryReading::new(
-                    total.saturating_sub(self.system.available_memory()),
-                    total,
-                ))
-            }
         }
+    }
+
+    /// The host's used memory against its total.
+    fn read_host(&mut self) -> Result<MemoryReading, ProbeError> {
+        let total = self.host_total()?;
+        let used = total.saturating_sub(self.system.available_memory());
+        Ok(MemoryReading::of(Measured::Host, used, total))
+    }
+
+    fn refresh_process(system: &mut System, pid: Pid, memory: bool) {
+        let kind = if memory {
+            ProcessRefreshKind::nothing().with_memory()
+        } else {
+            ProcessRefreshKind::nothing()
+        };
+        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+    }
+}
+
+impl MemoryProbe for SysinfoProbe {
+    fn read(&mut self) -> Result<MemoryReading, ProbeError> {
+        let process = self.read_process()?;
+        if !self.include_host {
+            return Ok(process);
+        }
+        let host = self.read_host()?;
+        let fuller = |r: &MemoryReading| r.percent().unwrap_or(f64::INFINITY);
+        Ok(if fuller(&host) > fuller(&process) {
+            host
+        } else {
+            process
+        })
     }
 }
 
@@ -272,6 +376,28 @@ mod tests {
             probe.source()
         );
 
+        // Without an explicit limit the main reading is this process (or
+        // its cgroup), never the host's used memory.
+        assert_ne!(r.measured, Measured::Host, "{r:?}");
+        if probe.source() == MemorySource::HostTotal {
+            let rss = own_rss();
+            assert_eq!(r.measured, Measured::Process);
+            // The same process, a moment apart.
+            assert!(
+                r.used_bytes.abs_diff(rss) < 64 << 20,
+                "{r:?} against RSS {rss}"
+            );
+        }
+        // With the host included: the fuller of the two, named.
+        let mut both = SysinfoProbe::with_host(None, true).unwrap();
+        let r = both.read().unwrap();
+        let host = both.read_host().unwrap();
+        let process = both.read_process().unwrap();
+        assert!(
+            r.percent().unwrap() + 1.0 >= host.percent().unwrap().max(process.percent().unwrap()),
+            "{r:?} {host:?} {process:?}"
+        );
+
         let mut explicit = SysinfoProbe::new(Some(1 << 40)).unwrap();
         assert_eq!(
             explicit.source(),
@@ -281,6 +407,14 @@ mod tests {
         );
         let r = explicit.read().unwrap();
         assert!(r.used_bytes > 0 && r.used_bytes < (1 << 40), "RSS {r:?}");
+        assert_eq!(r.measured, Measured::Process);
         assert!(SysinfoProbe::new(Some(0)).is_err());
+    }
+
+    /// This process's resident set size, from `/proc/self/statm` (pages).
+    fn own_rss() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
     }
 }

@@ -470,15 +470,19 @@ impl Session {
                 .skip(plan.duplicates)
                 .map(|r| r.byte_size() as u64)
                 .sum();
-            let (reason, why) = if self.ctx.runtime.gate.borrow().closed {
+            let gate = self.ctx.runtime.gate.borrow().clone();
+            let (reason, why) = if gate.closed {
                 (
                     RejectReason::Memory,
-                    "the memory gate is closed and no new credit is granted",
+                    format!(
+                        "the memory gate is closed ({}) and no new credit is granted",
+                        gate.describe()
+                    ),
                 )
             } else {
                 (
                     RejectReason::NoCredit,
-                    "records beyond the stream's credit are not admitted",
+                    "records beyond the stream's credit are not admitted".to_owned(),
                 )
             };
             let message = format!(

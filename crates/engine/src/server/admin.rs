@@ -148,6 +148,7 @@ impl EngineState {
                 percent: gate.percent,
                 activate_percent: mem.activate_percent,
                 resume_percent: mem.resume_percent,
+                measured: gate.measured.as_str().to_owned(),
             }),
         }
     }
