@@ -141,18 +141,25 @@ pub enum MemorySource {
 
 /// A [`MemoryProbe`] backed by `sysinfo`.
 ///
-/// The source is chosen once, at construction: an explicit limit compares
-/// this process's RSS with it; otherwise the process's cgroup limit is used
-/// when there is one (`Process::cgroup_limits`, which follows the process's
-/// own cgroup and its parents, unlike `System::cgroup_limits`), else the
-/// host's memory. A cgroup that was found at start and cannot be read later
+/// The readings are chosen once, at construction: the process's cgroup
+/// against its limit when there is one (`Process::cgroup_limits`, which
+/// follows the process's own cgroup and its parents, unlike
+/// `System::cgroup_limits`); this process's RSS against an explicit limit
+/// when one is configured (with a cgroup too, the fuller of the two counts);
+/// with neither, this process's RSS against the host's total memory; and,
+/// with `include_host`, the host's used memory as well. Each read reports
+/// the fullest of them, named by its [`Measured`]. A cgroup that was found at start and cannot be read later
 /// is an error (fail closed), never a silent switch to the larger host limit.
 pub struct SysinfoProbe {
     system: System,
     pid: Pid,
     source: MemorySource,
-    /// Also read the host's used memory and report whichever of the two
-    /// readings is fuller (`memory.include_host`).
+    /// This process is in a cgroup with a memory limit: with an explicit
+    /// limit too, both are read and the fuller one counts (the kernel's
+    /// limit applies whatever the configuration says).
+    cgroup: bool,
+    /// Also read the host's used memory and report whichever reading is
+    /// fuller (`memory.include_host`).
     include_host: bool,
 }
 
@@ -180,22 +187,23 @@ impl SysinfoProbe {
         let pid =
             sysinfo::get_current_pid().map_err(|e| ProbeError::new(format!("current pid: {e}")))?;
         let mut system = System::new().map_err(|e| ProbeError::new(format!("sysinfo: {e}")))?;
+        Self::refresh_process(&mut system, pid, false);
+        let cgroup = system
+            .process(pid)
+            .and_then(|p| p.cgroup_limits())
+            .is_some();
         let source = match limit_bytes {
             Some(0) => return Err(ProbeError::new("the explicit memory limit is 0 bytes")),
             Some(limit_bytes) => MemorySource::Process { limit_bytes },
-            None => {
-                Self::refresh_process(&mut system, pid, false);
-                match system.process(pid).and_then(|p| p.cgroup_limits()) {
-                    Some(_) => MemorySource::Cgroup,
-                    None => MemorySource::HostTotal,
-                }
-            }
+            None if cgroup => MemorySource::Cgroup,
+            None => MemorySource::HostTotal,
         };
         tracing::debug!(?source, "memory probe");
         Ok(Self {
             system,
             pid,
             source,
+            cgroup,
             include_host,
         })
     }
@@ -226,7 +234,11 @@ impl SysinfoProbe {
 
     /// The main reading: the process against its limit.
     fn read_process(&mut self) -> Result<MemoryReading, ProbeError> {
-        match self.source {
+        self.read_source(self.source)
+    }
+
+    fn read_source(&mut self, source: MemorySource) -> Result<MemoryReading, ProbeError> {
+        match source {
             MemorySource::Process { limit_bytes } => Ok(MemoryReading::of(
                 Measured::Process,
                 self.rss()?,
@@ -277,17 +289,18 @@ impl SysinfoProbe {
 
 impl MemoryProbe for SysinfoProbe {
     fn read(&mut self) -> Result<MemoryReading, ProbeError> {
-        let process = self.read_process()?;
-        if !self.include_host {
-            return Ok(process);
+        let fuller = |a: MemoryReading, b: MemoryReading| {
+            let p = |r: &MemoryReading| r.percent().unwrap_or(f64::INFINITY);
+            if p(&b) > p(&a) { b } else { a }
+        };
+        let mut reading = self.read_process()?;
+        if self.cgroup && matches!(self.source, MemorySource::Process { .. }) {
+            reading = fuller(reading, self.read_source(MemorySource::Cgroup)?);
         }
-        let host = self.read_host()?;
-        let fuller = |r: &MemoryReading| r.percent().unwrap_or(f64::INFINITY);
-        Ok(if fuller(&host) > fuller(&process) {
-            host
-        } else {
-            process
-        })
+        if self.include_host {
+            reading = fuller(reading, self.read_host()?);
+        }
+        Ok(reading)
     }
 }
 
