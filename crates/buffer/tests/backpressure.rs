@@ -321,7 +321,7 @@ async fn a_stalled_sink_pauses_its_pipeline_with_the_sink_named_until_cleared() 
         Manager::builder(limits(1000, 100, 1000))
             .pipeline("p", ["a", "sink"])
             .pipeline("q", ["sink"])
-            .build()
+            .build::<Vec<u8>>()
             .unwrap(),
     );
     let p = m.pipeline_by_name("p").unwrap().clone();
