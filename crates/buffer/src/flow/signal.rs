@@ -15,8 +15,9 @@ pub enum SignalKind {
     /// A level is above the high watermark: send more slowly. The credit
     /// window is shrunk too.
     SlowDown,
-    /// A level is full, the memory gate is closed, or the engine is shutting
-    /// down: no new credit until [`Resume`](Self::Resume).
+    /// A level is full, the memory gate is closed, a sink of the source's
+    /// pipeline is stalled, or the engine is shutting down: no new credit
+    /// until [`Resume`](Self::Resume).
     Pause,
     /// Every level is back at or below the low watermark (and the gate is
     /// open): full speed again.

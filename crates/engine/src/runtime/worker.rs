@@ -3,6 +3,7 @@
 //! (see the [module docs](super)).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sluice_buffer::{
@@ -271,6 +272,8 @@ impl Worker {
     /// with its message (and dead-lettered past `max_retries`).
     async fn sink(&self, sink: &Arc<dyn Sink>, parts: Parts) {
         let t = Instant::now();
+        // Time spent waiting out a stall counts as backpressured, not busy.
+        let blocked_before = self.times.blocked_ns.load(Ordering::Relaxed);
         let names = self.source_names(parts.iter().flatten().map(|r| r.source()));
         let batch = SinkBatch::parts(&parts, &names);
         let Some(written) = self.write_through(&**sink, SinkRole::Sink, batch).await else {
@@ -306,7 +309,13 @@ impl Worker {
                 self.dead_letters(dead).await;
             }
         }
-        add(&self.times.busy_ns, t);
+        let stalled = self
+            .times
+            .blocked_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(blocked_before);
+        let busy = (t.elapsed().as_nanos() as u64).saturating_sub(stalled);
+        self.times.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
     /// Writes `batch` to `sink` and commits it, again and again through
