@@ -12,12 +12,15 @@
 //!
 //! - this library (`tests/src/`): the helpers, in [`settings`] (a test
 //!   engine's settings and starting it), [`sink_files`] (what a file sink
-//!   wrote), [`raw`] (the raw protocol, without the Rust client), [`proxy`]
-//!   (a TCP proxy whose connections can be cut), [`process`] (a test alone
-//!   in its own process) and [`client`] (options of the Rust source client).
-//!   Everything is re-exported at the root: tests say `use sluice_tests::*`.
+//!   wrote), [`sinks`] (test sinks: one that refuses chosen records, and
+//!   the engine's outage wrapper), [`raw`] (the raw protocol, without the
+//!   Rust client), [`proxy`] (a TCP proxy whose connections can be cut),
+//!   [`process`] (a test alone in its own process), [`client`] (options of
+//!   the Rust source client) and [`external`] (servers and tools a test
+//!   needs). Everything is re-exported at the root: tests say
+//!   `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
-//!   `flow`, `chaos`, `hostile`, `observe`, `security`, `smoke`,
+//!   `flow`, `chaos`, `hostile`, `observe`, `security`, `smoke`, `sink_contract`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
@@ -31,6 +34,7 @@ pub mod proxy;
 pub mod raw;
 pub mod settings;
 pub mod sink_files;
+pub mod sinks;
 
 pub use sluice_proto as proto;
 
@@ -43,3 +47,4 @@ pub use raw::{
 };
 pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};
+pub use sinks::{Outage, Refuse};

@@ -328,6 +328,63 @@ async fn stage_reason_names_the_stage() {
     assert_eq!(sig.stage_name.as_deref(), Some("b"));
 }
 
+#[tokio::test]
+async fn a_stalled_sink_pauses_its_pipeline_with_the_sink_named_until_cleared() {
+    let m = Arc::new(
+        Manager::builder(limits(1000, 100, 1000))
+            .pipeline("p", ["a", "sink"])
+            .pipeline("q", ["sink"])
+            .build::<Vec<u8>>()
+            .unwrap(),
+    );
+    let p = m.pipeline_by_name("p").unwrap().clone();
+    let q = m.pipeline_by_name("q").unwrap().clone();
+    let sp = m.register_source("sp", p.id).unwrap();
+    let sq = m.register_source("sq", q.id).unwrap();
+    let flow = BackpressureController::new(m.clone(), config(4, 0.8, 0.5), None).unwrap();
+    let hp = flow.open_source(sp).unwrap();
+    let hq = flow.open_source(sq).unwrap();
+    assert!(!hp.grant().is_zero(), "credit before the stall");
+
+    flow.set_stage_stalled(p.stages[1], Some(Arc::from("file /x")));
+    let st = hp.status();
+    assert_eq!(st.state, SourceState::Paused);
+    let sig = st.signal.unwrap();
+    assert_eq!(
+        (sig.kind, sig.reason),
+        (SignalKind::Pause, SignalReason::Sink(p.stages[1]))
+    );
+    assert_eq!(sig.stage_name.as_deref(), Some("sink"));
+    assert_eq!(sig.sink.as_deref(), Some("file /x"));
+    assert_eq!(SignalReason::Sink(p.stages[1]).label(), "sink");
+    assert_eq!(
+        hq.status().state,
+        SourceState::Normal,
+        "other pipeline unaffected"
+    );
+    assert_eq!(flow.stalled_stages().len(), 1);
+    // Paused: no credit, however empty the levels are.
+    assert!(hp.grant().is_zero());
+    flow.evaluate();
+    assert_eq!(hp.status().state, SourceState::Paused);
+    flow.audit().unwrap();
+
+    flow.set_stage_stalled(p.stages[1], None);
+    let st = hp.status();
+    assert_eq!(st.state, SourceState::Normal);
+    let sig = st.signal.unwrap();
+    assert_eq!(
+        (sig.kind, sig.reason, sig.sink.as_deref()),
+        (
+            SignalKind::Resume,
+            SignalReason::Sink(p.stages[1]),
+            Some("file /x")
+        )
+    );
+    assert!(flow.stalled_stages().is_empty());
+    flow.audit().unwrap();
+}
+
 /// Anti-flapping: utilization oscillating between the watermarks gives one
 /// SLOW_DOWN and no RESUME until it is at or below the low watermark.
 #[tokio::test(start_paused = true)]

@@ -390,6 +390,7 @@ fn describe_event(e: &ClientEvent) -> Option<String> {
                 SignalReason::Source => "its own buffer".to_owned(),
                 SignalReason::Memory => "the memory gate".to_owned(),
                 SignalReason::Shutdown => "engine shutdown".to_owned(),
+                SignalReason::Sink => format!("the stalled sink {:?}", s.sink),
                 SignalReason::Unspecified => "unspecified".to_owned(),
             };
             Some(format!(

@@ -230,7 +230,7 @@ pub fn describe(event: &ClientEvent) -> Option<String> {
             };
             Some(format!(
                 "signal {what}: {} at {:.0}%{}",
-                reason_name(reason, &s.stage),
+                reason_name(reason, &s.stage, &s.sink),
                 s.utilization * 100.0,
                 match s.retry_after_ms {
                     0 => String::new(),
@@ -264,8 +264,9 @@ pub fn describe(event: &ClientEvent) -> Option<String> {
     }
 }
 
-fn reason_name(reason: SignalReason, stage: &str) -> String {
+fn reason_name(reason: SignalReason, stage: &str, sink: &str) -> String {
     match reason {
+        SignalReason::Sink => format!("sink {sink:?} stalled (stage {stage:?})"),
         SignalReason::Global => "global buffer".into(),
         SignalReason::Stage => format!("stage {stage:?}"),
         SignalReason::Source => "source buffer".into(),

@@ -297,6 +297,24 @@ pub fn view(
             p.sink
         );
         lines.push(Line::raw(fit(&text, WIDTH)));
+        for (what, h) in [
+            ("sink", &p.sink_health),
+            ("dead-letter sink", &p.dead_letter_health),
+        ] {
+            let Some(h) = h.as_ref().filter(|h| h.stalled) else {
+                continue;
+            };
+            let text = format!(
+                "  {what} STALLED {}  ({} failures): {}",
+                uptime(h.stalled_ms),
+                count(h.failures),
+                h.error
+            );
+            lines.push(Line::styled(
+                fit(&text, WIDTH),
+                Style::default().fg(Color::Red),
+            ));
+        }
     }
 
     lines.push(heading(&format!(
@@ -405,6 +423,14 @@ mod tests {
                 ],
                 sink: "file ./sluice-data/a/very/long/path/to/the/output/file.jsonl".into(),
                 dead_letter: "file dl.jsonl".into(),
+                sink_health: Some(sluice_proto::v1::SinkHealth {
+                    stalled: true,
+                    error: "./sluice-data/x/records-3.jsonl: No such file or directory (os error 2) and then some more words".into(),
+                    stalled_ms: 12_000,
+                    failures: 7,
+                    ..Default::default()
+                }),
+                dead_letter_health: None,
             }],
             stages: vec![StageStats {
                 pipeline: "a-very-long-pipeline-name-indeed".into(),
@@ -460,6 +486,11 @@ mod tests {
         assert!(all.iter().any(|l| l.contains("2500.0")), "{all:#?}"); // rate
         assert!(all.iter().any(|l| l.contains("CLOSED")));
         assert!(all.iter().any(|l| l.contains("DRAINING")));
+        assert!(
+            all.iter()
+                .any(|l| l.contains("sink STALLED 0h00m12s  (7 failures): ./sluice-data")),
+            "{all:#?}"
+        );
     }
 
     #[test]

@@ -208,7 +208,8 @@ impl FilterOp {
 /// Every kind also takes two **testing** knobs, omitted from printed
 /// configurations when off: `delay` (a pause before each batch is written,
 /// to make a deliberately slow sink) and `fail_rate` (a fraction 0–1 of
-/// batches whose write fails).
+/// records the sink refuses: record-level failures, retried and then
+/// dead-lettered; the rest of each batch is written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
@@ -232,7 +233,7 @@ pub enum SinkSpec {
             skip_serializing_if = "Duration::is_zero"
         )]
         delay: Duration,
-        /// Testing: fraction of batches that fail. Default 0.
+        /// Testing: fraction of records the sink refuses. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
         fail_rate: f64,
     },
@@ -245,7 +246,7 @@ pub enum SinkSpec {
             skip_serializing_if = "Duration::is_zero"
         )]
         delay: Duration,
-        /// Testing: fraction of batches that fail. Default 0.
+        /// Testing: fraction of records the sink refuses. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
         fail_rate: f64,
     },
@@ -258,7 +259,7 @@ pub enum SinkSpec {
             skip_serializing_if = "Duration::is_zero"
         )]
         delay: Duration,
-        /// Testing: fraction of batches that fail. Default 0.
+        /// Testing: fraction of records the sink refuses. Default 0.
         #[serde(default, skip_serializing_if = "is_zero")]
         fail_rate: f64,
     },
@@ -286,7 +287,7 @@ impl SinkSpec {
         }
     }
 
-    /// Testing knob: the fraction of batches whose write fails.
+    /// Testing knob: the fraction of records the sink refuses.
     pub fn fail_rate(&self) -> f64 {
         match self {
             Self::File { fail_rate, .. }

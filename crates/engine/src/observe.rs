@@ -17,6 +17,8 @@
 //! | [`STAGE_BUSY_SECONDS`], [`STAGE_IDLE_SECONDS`], [`STAGE_BACKPRESSURED_SECONDS`] | counter | `pipeline`, `stage` |
 //! | [`STAGE_QUEUED_RECORDS`], [`STAGE_IN_FLIGHT_RECORDS`] | gauge | `pipeline`, `stage` |
 //! | [`ACK_LATENCY_SECONDS`] | histogram | `pipeline` |
+//! | [`SINK_STALLED`] | gauge | `pipeline`, `sink` (`sink` or `dead_letter`) |
+//! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
 //! backpressure episodes, the memory gate, and the one per-source flow-state
@@ -72,6 +74,17 @@ pub const STAGE_IN_FLIGHT_RECORDS: &str = "sluice_stage_in_flight_records";
 /// Histogram (seconds): time from admission to completion (sink commit,
 /// filter or dead letter) of each record.
 pub const ACK_LATENCY_SECONDS: &str = "sluice_ack_latency_seconds";
+
+/// Gauge: 1 while a sink is stalled (a sink-level failure: the stage keeps
+/// its batch and writes it again with backoff; sources are paused with
+/// reason `SINK`), else 0. Label `sink`: `sink` or `dead_letter`.
+pub const SINK_STALLED: &str = "sluice_sink_stalled";
+/// Counter: sink-level failures (failed write or commit attempts) of a sink.
+pub const SINK_FAILURES_TOTAL: &str = "sluice_sink_failures_total";
+/// Counter: records a sink refused one by one (record-level failures).
+pub const SINK_RECORDS_REFUSED_TOTAL: &str = "sluice_sink_records_refused_total";
+/// Counter: stall episodes of a sink.
+pub const SINK_STALLS_TOTAL: &str = "sluice_sink_stalls_total";
 
 /// How often the engine samples stage times and publishes its gauges.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
@@ -159,6 +172,15 @@ pub fn describe() {
         ),
         (RECORDS_RETRIED_TOTAL, "Record retries per source"),
         (RECORDS_FILTERED_TOTAL, "Records filtered out per source"),
+        (
+            SINK_FAILURES_TOTAL,
+            "Sink-level failures (failed write or commit attempts) per sink",
+        ),
+        (
+            SINK_RECORDS_REFUSED_TOTAL,
+            "Records refused one by one per sink (record-level failures)",
+        ),
+        (SINK_STALLS_TOTAL, "Stall episodes per sink"),
     ] {
         describe_counter!(name, help);
     }
@@ -179,6 +201,10 @@ pub fn describe() {
         ),
         (STAGE_QUEUED_RECORDS, "Records queued per stage"),
         (STAGE_IN_FLIGHT_RECORDS, "Records in flight per stage"),
+        (
+            SINK_STALLED,
+            "1 while the sink is stalled (sink-level failure)",
+        ),
     ] {
         describe_gauge!(name, help);
     }

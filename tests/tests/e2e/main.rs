@@ -13,4 +13,5 @@ mod observe;
 mod rules;
 mod security;
 mod send_command;
+mod sink_contract;
 mod smoke;

@@ -345,11 +345,11 @@ impl sluice_engine::sink::Sink for BatchSizes {
     fn write<'a>(
         &'a self,
         batch: sluice_engine::sink::SinkBatch<'a>,
-    ) -> sluice_engine::sink::SinkFuture<'a> {
+    ) -> sluice_engine::sink::SinkFuture<'a, sluice_engine::sink::Written> {
         self.sizes.lock().unwrap().push(batch.len());
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
-            Ok(())
+            Ok(sluice_engine::sink::Written::All)
         })
     }
     fn commit(&self) -> sluice_engine::sink::SinkFuture<'_> {

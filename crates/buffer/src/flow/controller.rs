@@ -20,7 +20,7 @@ use crate::limits::Watermarks;
 use crate::manager::{BufferManager, Credit};
 use crate::memory::GateState;
 use crate::metrics::{self as m, EpisodeLabels};
-use crate::record::SourceId;
+use crate::record::{PipelineId, SourceId, StageId};
 use crate::sync::Mutex;
 
 /// Expected record size behind the default byte window.
@@ -121,6 +121,8 @@ pub enum ControllerError {
 pub(super) struct Episode {
     pub(super) started: Instant,
     pub(super) reason: SignalReason,
+    /// The stalled sink's description, for [`SignalReason::Sink`].
+    pub(super) sink: Option<Arc<str>>,
     pub(super) labels: EpisodeLabels,
 }
 
@@ -128,6 +130,8 @@ pub(super) struct Episode {
 #[derive(Debug)]
 pub(super) struct SourceEntry {
     pub(super) name: Arc<str>,
+    /// The pipeline it feeds.
+    pub(super) pipeline: PipelineId,
     pub(super) state: SourceState,
     /// Some exactly while `state != Normal` (and the controller is not shut down).
     pub(super) episode: Option<Episode>,
@@ -161,6 +165,9 @@ pub(super) struct Inner {
     pub(super) leases: HashMap<u64, StreamLease>,
     pub(super) next_lease: u64,
     pub(super) shut_down: bool,
+    /// Stages whose sink is stalled ([`BackpressureController::set_stage_stalled`]):
+    /// the stage, its pipeline, the sink's description.
+    pub(super) stalled: Vec<(StageId, PipelineId, Arc<str>)>,
 }
 
 /// Credit-based flow control and backpressure signals over a shared
@@ -176,11 +183,11 @@ pub(super) struct Inner {
 ///
 /// | from | when | to | signal |
 /// |---|---|---|---|
-/// | NORMAL | a level is full (utilization 1.0) or the gate is closed | PAUSED | PAUSE |
+/// | NORMAL | a level is full (utilization 1.0), the gate is closed or a sink of its pipeline is stalled | PAUSED | PAUSE |
 /// | NORMAL | a level is at or above the high watermark | SLOWED_DOWN | SLOW_DOWN |
-/// | SLOWED_DOWN | a level is full or the gate is closed | PAUSED | PAUSE |
+/// | SLOWED_DOWN | a level is full, the gate is closed or a sink is stalled | PAUSED | PAUSE |
 /// | SLOWED_DOWN | every level is at or below the low watermark | NORMAL | RESUME |
-/// | PAUSED | every level is at or below the low watermark and the gate is open | NORMAL | RESUME |
+/// | PAUSED | every level is at or below the low watermark, the gate is open and no sink of its pipeline is stalled | NORMAL | RESUME |
 ///
 /// A level is *full* at utilization 1.0. Between the watermarks nothing
 /// changes, which is what keeps the signals from flapping. A paused source
@@ -188,6 +195,11 @@ pub(super) struct Inner {
 /// PAUSE promises "no new credit until RESUME". Every transition publishes
 /// one [`BackpressureSignal`]; shutting the controller (or the manager) down
 /// pauses every source with reason [`SignalReason::Shutdown`], for good.
+///
+/// A stalled sink is not a level: a sink that is down completes nothing
+/// however empty its queue is, so the embedder reports it
+/// ([`set_stage_stalled`](Self::set_stage_stalled)) and the sources of that
+/// pipeline are paused with reason [`SignalReason::Sink`] until it clears.
 ///
 /// # Credits
 ///
@@ -429,12 +441,12 @@ impl<T> BackpressureController<T> {
         if let Some(Some(e)) = inner.entries.get(source.index()) {
             return Ok(e.tx.subscribe());
         }
-        let name = self
+        let (name, pipeline) = self
             .manager
             .snapshot()
             .sources
             .get(source.index())
-            .map(|s| s.name.clone())
+            .map(|s| (s.name.clone(), s.pipeline))
             .ok_or(BufferError::UnknownSource(source))?;
         let initial = SourceStatus {
             state: if inner.shut_down {
@@ -452,6 +464,7 @@ impl<T> BackpressureController<T> {
         }
         inner.entries[source.index()] = Some(SourceEntry {
             name,
+            pipeline,
             state: initial.state,
             episode: None,
             seq: 0,
@@ -485,22 +498,65 @@ impl<T> BackpressureController<T> {
         let pressures = self.manager.pressures();
         let now = Instant::now();
         let mut out = Vec::new();
+        let Inner {
+            entries, stalled, ..
+        } = inner;
         for (id, p) in pressures {
-            let Some(Some(entry)) = inner.entries.get_mut(id.index()) else {
+            let Some(Some(entry)) = entries.get_mut(id.index()) else {
                 continue;
             };
-            if let Some(t) = step(entry.state, &p, memory, self.config.watermarks) {
-                let signal = self.apply(entry, t, now);
+            let stall = stalled.iter().find(|(_, p, _)| *p == entry.pipeline);
+            let hold = match (memory, stall) {
+                (Some(m), _) => Some((SignalReason::Memory, m)),
+                (None, Some((stage, _, _))) => Some((SignalReason::Sink(*stage), 1.0)),
+                (None, None) => None,
+            };
+            if let Some(t) = step(entry.state, &p, hold, self.config.watermarks) {
+                let sink = stall.map(|(_, _, sink)| sink.clone());
+                let signal = self.apply(entry, t, sink, now);
                 out.push((id, signal));
             }
         }
         out
     }
 
+    /// Tells flow control that the sink written by `stage` is stalled
+    /// (`Some(description)`: it is unavailable, so the stage completes
+    /// nothing however empty its queue) or back (`None`). While a stage of
+    /// its pipeline is stalled a source is paused with reason
+    /// [`SignalReason::Sink`] (the signal names the stage and the sink);
+    /// once cleared it resumes by the usual rule (every level at or below
+    /// the low watermark). Evaluates at once. An unknown stage is ignored.
+    pub fn set_stage_stalled(&self, stage: StageId, sink: Option<Arc<str>>) {
+        let Some(info) = self.manager.stage(stage) else {
+            return;
+        };
+        {
+            let mut inner = self.inner.lock();
+            inner.stalled.retain(|(s, _, _)| *s != stage);
+            if let Some(sink) = sink {
+                inner.stalled.push((stage, info.pipeline, sink));
+            }
+            self.evaluate_locked(&mut inner);
+        }
+        self.credit.notify_waiters();
+    }
+
+    /// The stages whose sink is stalled, with the sink's description.
+    pub fn stalled_stages(&self) -> Vec<(StageId, Arc<str>)> {
+        let inner = self.inner.lock();
+        inner
+            .stalled
+            .iter()
+            .map(|(s, _, d)| (*s, d.clone()))
+            .collect()
+    }
+
     fn signal(
         &self,
         kind: SignalKind,
         reason: SignalReason,
+        sink: Option<Arc<str>>,
         utilization: f64,
     ) -> BackpressureSignal {
         BackpressureSignal {
@@ -510,6 +566,7 @@ impl<T> BackpressureController<T> {
                 .stage()
                 .and_then(|s| self.manager.stage(s))
                 .map(|s| s.name.clone()),
+            sink: sink.filter(|_| matches!(reason, SignalReason::Sink(_))),
             utilization,
             retry_after: match kind {
                 SignalKind::SlowDown => self.config.slow_down_retry_after,
@@ -519,7 +576,13 @@ impl<T> BackpressureController<T> {
         }
     }
 
-    fn apply(&self, entry: &mut SourceEntry, t: Transition, now: Instant) -> BackpressureSignal {
+    fn apply(
+        &self,
+        entry: &mut SourceEntry,
+        t: Transition,
+        mut sink: Option<Arc<str>>,
+        now: Instant,
+    ) -> BackpressureSignal {
         let mut reason = t.reason;
         match t.kind {
             SignalKind::SlowDown | SignalKind::Pause => {
@@ -537,6 +600,7 @@ impl<T> BackpressureController<T> {
                     entry.episode = Some(Episode {
                         started: now,
                         reason,
+                        sink: sink.clone(),
                         labels,
                     });
                 }
@@ -544,11 +608,12 @@ impl<T> BackpressureController<T> {
             SignalKind::Resume => {
                 if let Some(ep) = entry.episode.take() {
                     reason = ep.reason;
+                    sink = ep.sink;
                     m::episode_ended(&ep.labels, now.saturating_duration_since(ep.started), true);
                 }
             }
         }
-        let signal = self.signal(t.kind, reason, t.utilization);
+        let signal = self.signal(t.kind, reason, sink, t.utilization);
         tracing::debug!(
             source = %entry.name,
             kind = %signal.kind,
@@ -594,7 +659,7 @@ impl<T> BackpressureController<T> {
             if let Some(ep) = entry.episode.take() {
                 m::episode_ended(&ep.labels, now.saturating_duration_since(ep.started), false);
             }
-            let signal = self.signal(SignalKind::Pause, SignalReason::Shutdown, 0.0);
+            let signal = self.signal(SignalKind::Pause, SignalReason::Shutdown, None, 0.0);
             self.publish(entry, SourceState::Paused, signal.clone());
             out.push((SourceId(i as u32), signal));
         }

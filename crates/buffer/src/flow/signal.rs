@@ -15,8 +15,9 @@ pub enum SignalKind {
     /// A level is above the high watermark: send more slowly. The credit
     /// window is shrunk too.
     SlowDown,
-    /// A level is full, the memory gate is closed, or the engine is shutting
-    /// down: no new credit until [`Resume`](Self::Resume).
+    /// A level is full, the memory gate is closed, a sink of the source's
+    /// pipeline is stalled, or the engine is shutting down: no new credit
+    /// until [`Resume`](Self::Resume).
     Pause,
     /// Every level is back at or below the low watermark (and the gate is
     /// open): full speed again.
@@ -53,10 +54,14 @@ pub enum SignalReason {
     Memory,
     /// The controller or the buffer manager is shutting down.
     Shutdown,
+    /// The sink written by this stage of the source's pipeline is stalled
+    /// (unavailable: the embedder said so with
+    /// [`BackpressureController::set_stage_stalled`](crate::BackpressureController::set_stage_stalled)).
+    Sink(StageId),
 }
 
 impl SignalReason {
-    /// `global`, `stage`, `source`, `memory` or `shutdown` (the metric label).
+    /// `global`, `stage`, `source`, `memory`, `shutdown` or `sink` (the metric label).
     pub fn label(&self) -> &'static str {
         match self {
             SignalReason::Global => "global",
@@ -64,13 +69,14 @@ impl SignalReason {
             SignalReason::Source => "source",
             SignalReason::Memory => "memory",
             SignalReason::Shutdown => "shutdown",
+            SignalReason::Sink(_) => "sink",
         }
     }
 
-    /// The stage, for [`Stage`](Self::Stage).
+    /// The stage, for [`Stage`](Self::Stage) and [`Sink`](Self::Sink).
     pub fn stage(&self) -> Option<StageId> {
         match self {
-            SignalReason::Stage(s) => Some(*s),
+            SignalReason::Stage(s) | SignalReason::Sink(s) => Some(*s),
             _ => None,
         }
     }
@@ -80,6 +86,7 @@ impl std::fmt::Display for SignalReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SignalReason::Stage(s) => write!(f, "stage {s}"),
+            SignalReason::Sink(s) => write!(f, "sink of stage {s}"),
             other => f.write_str(other.label()),
         }
     }
@@ -94,11 +101,14 @@ pub struct BackpressureSignal {
     /// What caused it. For [`SignalKind::Resume`], the cause of the episode
     /// that ends.
     pub reason: SignalReason,
-    /// The stage's name when `reason` is [`SignalReason::Stage`].
+    /// The stage's name when `reason` is [`SignalReason::Stage`] or
+    /// [`SignalReason::Sink`].
     pub stage_name: Option<Arc<str>>,
+    /// The stalled sink's description when `reason` is [`SignalReason::Sink`].
+    pub sink: Option<Arc<str>>,
     /// Utilization (0.0–1.0) of the level named by `reason` when the signal
     /// was made; for [`SignalReason::Memory`] the fraction of the memory
-    /// limit in use. For RESUME, the highest utilization of the source's
+    /// limit in use; for [`SignalReason::Sink`] 1.0 (the sink takes nothing). For RESUME, the highest utilization of the source's
     /// levels (at or below the low watermark).
     pub utilization: f64,
     /// Suggested wait: between batches for SLOW_DOWN, before expecting a

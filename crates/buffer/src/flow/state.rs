@@ -44,8 +44,9 @@ pub struct SourceStatus {
 }
 
 /// One step of the state machine: the transition, if any, from `state` given
-/// the source's `pressure` and, when the gate is closed, the memory
-/// utilization.
+/// the source's `pressure` and a *hold*: a cause that pauses whatever the
+/// levels read, with its utilization (the memory gate closed, with the
+/// memory utilization; else a stalled sink of the source's pipeline).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Transition {
     pub(crate) to: SourceState,
@@ -69,12 +70,12 @@ fn worst(p: &Pressure) -> (SignalReason, f64) {
 pub(crate) fn step(
     state: SourceState,
     p: &Pressure,
-    memory: Option<f64>,
+    hold: Option<(SignalReason, f64)>,
     marks: Watermarks,
 ) -> Option<Transition> {
     let (reason, util) = worst(p);
-    let pause = match memory {
-        Some(m) => Some((SignalReason::Memory, m)),
+    let pause = match hold {
+        Some(cause) => Some(cause),
         None if util >= 1.0 => Some((reason, util)),
         None => None,
     };
@@ -188,13 +189,24 @@ mod tests {
 
     #[test]
     fn memory_pauses_and_holds_even_when_buffers_are_empty() {
-        let t = step(SourceState::Normal, &p(0.0, 0.0, 0.0), Some(0.9), MARKS).unwrap();
+        let t = step(
+            SourceState::Normal,
+            &p(0.0, 0.0, 0.0),
+            Some((SignalReason::Memory, 0.9)),
+            MARKS,
+        )
+        .unwrap();
         assert_eq!(
             (t.kind, t.reason, t.utilization),
             (SignalKind::Pause, SignalReason::Memory, 0.9)
         );
         assert_eq!(
-            step(SourceState::Paused, &p(0.0, 0.0, 0.0), Some(0.9), MARKS),
+            step(
+                SourceState::Paused,
+                &p(0.0, 0.0, 0.0),
+                Some((SignalReason::Memory, 0.9)),
+                MARKS
+            ),
             None
         );
         let t = step(SourceState::Paused, &p(0.0, 0.0, 0.0), None, MARKS).unwrap();
@@ -204,6 +216,31 @@ mod tests {
             step(SourceState::Paused, &p(0.6, 0.0, 0.0), None, MARKS),
             None
         );
+    }
+
+    #[test]
+    fn a_stalled_sink_pauses_until_it_clears_and_levels_are_low() {
+        let sink = Some((SignalReason::Sink(StageId(3)), 1.0));
+        let t = step(SourceState::Normal, &p(0.0, 0.0, 0.0), sink, MARKS).unwrap();
+        assert_eq!(
+            (t.kind, t.to, t.reason),
+            (
+                SignalKind::Pause,
+                SourceState::Paused,
+                SignalReason::Sink(StageId(3))
+            )
+        );
+        assert_eq!(
+            step(SourceState::Paused, &p(0.0, 0.0, 0.0), sink, MARKS),
+            None
+        );
+        // Cleared, but the stage is still draining: stay paused.
+        assert_eq!(
+            step(SourceState::Paused, &p(0.0, 0.7, 0.0), None, MARKS),
+            None
+        );
+        let t = step(SourceState::Paused, &p(0.0, 0.4, 0.0), None, MARKS).unwrap();
+        assert_eq!(t.kind, SignalKind::Resume);
     }
 
     proptest! {
@@ -221,7 +258,7 @@ mod tests {
                 let pr = p(g, s, src);
                 let max = pr.max();
                 let before = state;
-                if let Some(t) = step(state, &pr, mem, MARKS) {
+                if let Some(t) = step(state, &pr, mem.map(|m| (SignalReason::Memory, m)), MARKS) {
                     match t.kind {
                         SignalKind::Resume => {
                             prop_assert!(before != SourceState::Normal);

@@ -33,10 +33,12 @@ pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
             BufReason::Source => SignalReason::Source,
             BufReason::Memory => SignalReason::Memory,
             BufReason::Shutdown => SignalReason::Shutdown,
+            BufReason::Sink(_) => SignalReason::Sink,
         } as i32,
         utilization: s.utilization,
         retry_after_ms: u32::try_from(s.retry_after.as_millis()).unwrap_or(u32::MAX),
         stage: s.stage_name.as_deref().unwrap_or_default().to_owned(),
+        sink: s.sink.as_deref().unwrap_or_default().to_owned(),
     }
 }
 

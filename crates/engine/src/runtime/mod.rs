@@ -6,6 +6,7 @@
 //! - `worker`: one task per stage (transform or sink), described below;
 //! - `acks`: the [`AckHub`], per-source completion progress the ingest
 //!   sessions turn into `Ack`s;
+//! - `health`: whether each sink is stalled, and its failure counters;
 //! - `timing`: busy / idle / backpressured time per stage and its rates.
 //!
 //! Each configured pipeline becomes one [`BufferManager`](sluice_buffer::BufferManager) pipeline with one
@@ -27,22 +28,34 @@
 //!   forwarded to the next stage (waiting while it is full), filtered ones
 //!   completed (acked, counted as filtered), failed ones returned with
 //!   [`BufferManager::retry_each`](sluice_buffer::BufferManager::retry_each);
-//! - the sink stage writes the batch and commits it, then completes it; on
-//!   error the batch is returned with [`BufferManager::retry`](sluice_buffer::BufferManager::retry).
+//! - the sink stage writes the batch and commits it, then completes it.
+//!   Records the sink refused one by one (record-level failures,
+//!   [`Written::Refused`](crate::sink::Written)) are returned with
+//!   `retry_each`, with the sink's message, and the rest of the batch is
+//!   completed. A sink-level failure ([`SinkError`](crate::sink::SinkError))
+//!   charges nothing to the records: the stage keeps the batch, marks the
+//!   sink stalled (its `SinkHealth`, and
+//!   `BackpressureController::set_stage_stalled`, which pauses the
+//!   pipeline's sources with reason `Sink`), waits with the retry policy's
+//!   backoff and writes the same batch again until the sink takes it; one
+//!   WARN when the stall begins, one INFO when it ends.
 //!
 //! Records past `retry.max_retries` come back as dead letters: they are
-//! written to the pipeline's dead-letter sink (retried with backoff until it
-//! succeeds or the engine stops), then completed as dead-lettered. Every
+//! written to the pipeline's dead-letter sink, then completed as
+//! dead-lettered. The dead-letter sink's own sink-level failure stalls the
+//! stage the same way (until it succeeds or the engine stops). Every
 //! completion is published to the [`AckHub`]. Workers stop when the buffer
 //! manager shuts down.
 
 mod acks;
+mod health;
 mod pipeline;
 mod shared;
 mod timing;
 mod worker;
 
 pub use acks::{AckHub, AckProgress};
+pub(crate) use health::HealthView;
 pub(crate) use pipeline::{Buffer, PipelineRuntime, SINK_STAGE, StageWork};
 pub(crate) use shared::Runtime;
 pub(crate) use timing::StageClocks;

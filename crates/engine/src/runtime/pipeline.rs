@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sluice_buffer::{BufferManager, PipelineId, StageId};
 use sluice_config::BatchSettings;
 
+use super::health::SinkHealth;
 use crate::record::EngineRecord;
 use crate::sink::Sink;
 use crate::transform::Transform;
@@ -35,6 +36,10 @@ pub(crate) struct PipelineRuntime {
     pub(crate) sink: Arc<dyn Sink>,
     /// The dead-letter sink.
     pub(crate) dead_letter: Arc<dyn Sink>,
+    /// The sink's health (stalls, failures).
+    pub(crate) sink_health: Arc<SinkHealth>,
+    /// The dead-letter sink's health.
+    pub(crate) dead_letter_health: Arc<SinkHealth>,
     /// The work of each stage, in order (the last one is the sink stage).
     pub(crate) stages: Vec<(StageId, StageWork)>,
     /// Batching.

@@ -18,7 +18,7 @@ pub(crate) struct StageTimes {
     pub(crate) busy_ns: AtomicU64,
     /// Waiting for records.
     pub(crate) idle_ns: AtomicU64,
-    /// Waiting for room in the next stage.
+    /// Waiting for room in the next stage, or for a stalled sink to come back.
     pub(crate) blocked_ns: AtomicU64,
 }
 

@@ -3,28 +3,56 @@
 //! (see the [module docs](super)).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sluice_buffer::{BatchSize, BufferedRecord, DeadLetter, GateState, SourceId, StageId};
+use sluice_buffer::{
+    BackpressureController, BatchSize, BufferedRecord, DeadLetter, GateState, SourceId, StageId,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::acks::AckHub;
+use super::health::SinkHealth;
 use super::pipeline::{Buffer, PipelineRuntime, StageWork};
 use super::timing::{StageTimes, add};
 use crate::record::EngineRecord;
-use crate::sink::Sink;
-use crate::sink::{SinkBatch, SourceNames};
+use crate::sink::{Sink, SinkBatch, SourceNames, Written};
 use crate::transform::{Outcome, Transform};
 
 /// How often a lingering worker re-checks whether the pipeline is backpressured.
 const PRESSURE_CHECK: Duration = Duration::from_millis(5);
+
+/// How often a stalled sink's wait checks whether the buffer shut down.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
+
+/// Which of a pipeline's sinks a write goes to (the `sink` label of the
+/// sink metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SinkRole {
+    /// The pipeline's sink.
+    Sink,
+    /// Its dead-letter sink.
+    DeadLetter,
+}
+
+impl SinkRole {
+    /// `sink` or `dead_letter`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            SinkRole::Sink => "sink",
+            SinkRole::DeadLetter => "dead_letter",
+        }
+    }
+}
 
 /// Shared inputs of every worker.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerEnv {
     /// The buffer.
     pub(crate) buffer: Arc<Buffer>,
+    /// Flow control, told when a sink stalls.
+    pub(crate) controller: Arc<BackpressureController<EngineRecord>>,
     /// Where completions are published.
     pub(crate) hub: Arc<AckHub>,
     /// The memory gate, if any.
@@ -239,34 +267,126 @@ impl Worker {
     }
 
     /// Writes one batch (its parts in order) to the sink and commits it,
-    /// then completes it; on error the whole batch is retried.
+    /// through any stall ([`write_through`](Self::write_through)), then
+    /// completes it; the records the sink refused are retried one by one
+    /// with its message (and dead-lettered past `max_retries`).
     async fn sink(&self, sink: &Arc<dyn Sink>, parts: Parts) {
         let t = Instant::now();
+        // Time spent waiting out a stall counts as backpressured, not busy.
+        let blocked_before = self.times.blocked_ns.load(Ordering::Relaxed);
         let names = self.source_names(parts.iter().flatten().map(|r| r.source()));
-        let result = async {
-            sink.write(SinkBatch::parts(&parts, &names)).await?;
-            sink.commit().await
-        }
-        .await;
+        let batch = SinkBatch::parts(&parts, &names);
+        let Some(written) = self.write_through(&**sink, SinkRole::Sink, batch).await else {
+            return;
+        };
         let buffer = &self.env.buffer;
-        match result {
-            Ok(()) => {
+        match written {
+            Written::All => {
                 crate::observe::ack_latency(&self.pipeline.name, parts.iter().flatten());
                 let done = buffer.complete_parts(parts);
                 self.env.hub.publish(&done);
             }
-            Err(e) => {
-                let batch: Vec<_> = parts.into_iter().flatten().collect();
-                tracing::warn!(pipeline = %self.pipeline.name, records = batch.len(), error = %e, "sink failed, retrying the batch");
-                let dead = buffer.retry(batch, e.to_string());
+            Written::Refused(refused) => {
+                self.pipeline.sink_health.refused(refused.len());
+                let mut refused = refused.into_iter().peekable();
+                let mut delivered = Vec::new();
+                let mut failed: Vec<(BufferedRecord<EngineRecord>, Arc<str>)> = Vec::new();
+                for (i, r) in parts.into_iter().flatten().enumerate() {
+                    // Indexes are in batch order; one out of order is skipped.
+                    while refused.next_if(|f| f.index < i).is_some() {}
+                    match refused.next_if(|f| f.index == i) {
+                        Some(f) => failed.push((r, Arc::from(f.error))),
+                        None => delivered.push(r),
+                    }
+                }
+                tracing::debug!(pipeline = %self.pipeline.name, refused = failed.len(), "the sink refused records, retrying them");
+                if !delivered.is_empty() {
+                    crate::observe::ack_latency(&self.pipeline.name, &delivered);
+                    let done = buffer.complete(delivered);
+                    self.env.hub.publish(&done);
+                }
+                let dead = buffer.retry_each(failed);
                 self.dead_letters(dead).await;
             }
         }
-        add(&self.times.busy_ns, t);
+        let stalled = self
+            .times
+            .blocked_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(blocked_before);
+        let busy = (t.elapsed().as_nanos() as u64).saturating_sub(stalled);
+        self.times.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
-    /// Writes dead letters to the dead-letter sink (retrying with backoff
-    /// until it works or the buffer shuts down), then completes them.
+    /// Writes `batch` to `sink` and commits it, again and again through
+    /// sink-level failures: the first failure of an episode marks the sink
+    /// stalled (its health, the controller: sources are paused with reason
+    /// `Sink`) with one WARN; each attempt waits the retry policy's backoff;
+    /// the success that ends it clears the stall with one INFO. Nothing is
+    /// charged to the records. `None` if the buffer shut down meanwhile
+    /// (the records stay unacked; their sources resend them).
+    async fn write_through(
+        &self,
+        sink: &dyn Sink,
+        role: SinkRole,
+        batch: SinkBatch<'_>,
+    ) -> Option<Written> {
+        let health: &SinkHealth = match role {
+            SinkRole::Sink => &self.pipeline.sink_health,
+            SinkRole::DeadLetter => &self.pipeline.dead_letter_health,
+        };
+        let buffer = &self.env.buffer;
+        let mut attempts = 0u32;
+        loop {
+            let result = async {
+                let written = sink.write(batch).await?;
+                sink.commit().await?;
+                Ok::<_, crate::sink::SinkError>(written)
+            }
+            .await;
+            let error = match result {
+                Ok(written) => {
+                    if let Some((stalled, stage)) = health.recovered() {
+                        self.env.controller.set_stage_stalled(stage, None);
+                        tracing::info!(pipeline = %self.pipeline.name, sink = %sink.describe(), role = role.label(),
+                            ?stalled, attempts, "sink is back; the stall is over");
+                    }
+                    return Some(written);
+                }
+                Err(e) => e,
+            };
+            attempts += 1;
+            if health.failed(self.stage, error.to_string()) {
+                let description = sink.describe();
+                tracing::warn!(pipeline = %self.pipeline.name, sink = %description, role = role.label(),
+                    records = batch.len(), error = %error,
+                    "sink failed (sink-level): stalled; the batch is kept and written again with backoff, sources are paused");
+                self.env
+                    .controller
+                    .set_stage_stalled(self.stage, Some(Arc::from(description)));
+            }
+            let t = Instant::now();
+            let until = tokio::time::Instant::now() + buffer.retry_policy().backoff(attempts);
+            loop {
+                if buffer.is_shut_down() {
+                    tracing::error!(pipeline = %self.pipeline.name, sink = %sink.describe(), role = role.label(),
+                        records = batch.len(), error = %error,
+                        "sink still failing at shutdown; the records stay unacked and will be resent by their sources");
+                    add(&self.times.blocked_ns, t);
+                    return None;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::time::sleep_until(until.min(now + SHUTDOWN_CHECK)).await;
+            }
+            add(&self.times.blocked_ns, t);
+        }
+    }
+
+    /// Writes dead letters to the dead-letter sink (through its stalls, see
+    /// [`write_through`](Self::write_through)), then completes them.
     async fn dead_letters(&self, dead: Vec<DeadLetter<EngineRecord>>) {
         if dead.is_empty() {
             return;
@@ -282,38 +402,21 @@ impl Worker {
                     .map_or_else(|| Arc::from("?"), |s| s.name.clone())
             })
             .collect();
-        let mut attempt = 0u32;
-        loop {
-            let batch = SinkBatch::dead_letters(&dead, &stages, &names, &self.pipeline.name);
-            let result = async {
-                dl.write(batch).await?;
-                dl.commit().await
-            }
-            .await;
-            match result {
-                Ok(()) => {
-                    tracing::info!(pipeline = %self.pipeline.name, records = dead.len(), "records dead-lettered");
-                    crate::observe::ack_latency(
-                        &self.pipeline.name,
-                        dead.iter().map(|d| &d.record),
-                    );
-                    let done = buffer.complete_dead_letters(dead);
-                    self.env.hub.publish(&done);
-                    return;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    if buffer.is_shut_down() {
-                        tracing::error!(pipeline = %self.pipeline.name, records = dead.len(), error = %e,
-                            "dead-letter sink failed during shutdown; the records stay unacked and will be resent by their sources");
-                        return;
-                    }
-                    let wait = buffer.retry_policy().backoff(attempt);
-                    tracing::error!(pipeline = %self.pipeline.name, records = dead.len(), error = %e, ?wait,
-                        "dead-letter sink failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        let batch = SinkBatch::dead_letters(&dead, &stages, &names, &self.pipeline.name);
+        let Some(written) = self.write_through(&**dl, SinkRole::DeadLetter, batch).await else {
+            return;
+        };
+        if let Written::Refused(refused) = written {
+            // A dead letter has nowhere else to go: it is completed as
+            // dead-lettered all the same, and the refusal logged.
+            self.pipeline.dead_letter_health.refused(refused.len());
+            tracing::error!(pipeline = %self.pipeline.name, sink = %dl.describe(), refused = refused.len(),
+                first = %refused.first().map_or("", |f| f.error.as_str()),
+                "the dead-letter sink refused records; they are lost");
         }
+        tracing::info!(pipeline = %self.pipeline.name, records = dead.len(), "records dead-lettered");
+        crate::observe::ack_latency(&self.pipeline.name, dead.iter().map(|d| &d.record));
+        let done = buffer.complete_dead_letters(dead);
+        self.env.hub.publish(&done);
     }
 }

@@ -9,6 +9,19 @@ use tonic::{Request, Response, Status};
 
 use super::state::EngineState;
 use crate::ingest::Connection;
+use crate::runtime::HealthView;
+
+/// The proto form of a sink's health.
+fn health(h: &HealthView) -> v1::SinkHealth {
+    v1::SinkHealth {
+        stalled: h.stalled.is_some(),
+        error: h.stalled.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+        stalled_ms: h.stalled.as_ref().map_or(0, |s| s.1.as_millis() as u64),
+        failures: h.failures,
+        records_refused: h.refused,
+        stalls: h.stalls,
+    }
+}
 
 /// The `sluice.v1.Admin` service.
 #[derive(Debug, Clone)]
@@ -136,6 +149,8 @@ impl EngineState {
                         .unwrap_or_default(),
                     sink: p.sink.describe(),
                     dead_letter: p.dead_letter.describe(),
+                    sink_health: Some(health(&p.sink_health.view())),
+                    dead_letter_health: Some(health(&p.dead_letter_health.view())),
                 })
                 .collect(),
             stages,

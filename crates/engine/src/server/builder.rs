@@ -193,12 +193,15 @@ impl EngineBuilder {
                 name: info.name.clone(),
                 sink,
                 dead_letter,
+                sink_health: Default::default(),
+                dead_letter_health: Default::default(),
                 stages,
                 batch: spec.batch.clone(),
             }));
         }
         let env = WorkerEnv {
             buffer: buffer.clone(),
+            controller: controller.clone(),
             hub: hub.clone(),
             gate: Some(gate.clone()),
             high_watermark: settings.buffer.high_watermark,

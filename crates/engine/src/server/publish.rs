@@ -60,6 +60,19 @@ fn tick(state: &EngineState) {
         .iter()
         .map(|s| (s.name.clone(), s.retried))
         .collect();
+    for p in &stats.pipelines {
+        for (sink, h) in [
+            ("sink", &p.sink_health),
+            ("dead_letter", &p.dead_letter_health),
+        ] {
+            let Some(h) = h else { continue };
+            let labels = [("pipeline", p.name.clone()), ("sink", sink.to_owned())];
+            gauge!(SINK_STALLED, &labels).set(if h.stalled { 1.0 } else { 0.0 });
+            counter!(SINK_FAILURES_TOTAL, &labels).absolute(h.failures);
+            counter!(SINK_RECORDS_REFUSED_TOTAL, &labels).absolute(h.records_refused);
+            counter!(SINK_STALLS_TOTAL, &labels).absolute(h.stalls);
+        }
+    }
     for s in &stats.sources {
         let labels = [
             ("source", s.source_id.clone()),

@@ -1,5 +1,7 @@
 //! The sink contract: the [`Sink`] trait, the batch and records it is
-//! handed ([`SinkBatch`], [`SinkRecord`]), its errors.
+//! handed ([`SinkBatch`], [`SinkRecord`]), what becomes of them
+//! ([`Written`], [`RecordFailure`]) and the sink's own failures
+//! ([`SinkError`]).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,11 +12,44 @@ use sluice_buffer::{BufferedRecord, DeadLetter, SourceId};
 
 use crate::record::EngineRecord;
 
-/// The future a [`Sink`] returns.
-pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+/// The future a [`Sink`] returns: `T` ([`Written`] for
+/// [`write`](Sink::write), `()` for [`commit`](Sink::commit)) or a
+/// sink-level failure.
+pub type SinkFuture<'a, T = ()> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
 
-/// Why a sink failed. The runtime retries the batch with backoff and, past
-/// `retry.max_retries`, dead-letters its records.
+/// What became of the records of a batch [`Sink::write`] took.
+///
+/// A batch whose every record was written is [`All`](Self::All), which
+/// allocates nothing (the common case, and the fast path).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Written {
+    /// Every record was written.
+    #[default]
+    All,
+    /// Every record was written except these, which the sink refused one
+    /// by one (a value it cannot convert, a constraint the record
+    /// violates). Each is retried on its own and, past `retry.max_retries`,
+    /// dead-lettered with the sink's message; the rest of the batch is
+    /// completed once [`commit`](Sink::commit) succeeds. In the order of
+    /// the batch, each index at most once.
+    Refused(Vec<RecordFailure>),
+}
+
+/// One record a sink refused: a record-level failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailure {
+    /// The record's position in the batch ([`SinkBatch::iter`] order, from 0).
+    pub index: usize,
+    /// Why, in the sink's words (it becomes the dead letter's `error`).
+    pub error: String,
+}
+
+/// A sink-level failure: the *sink* failed (database down, disk full,
+/// directory gone, connection lost, timeout), not the records. Nothing is
+/// charged to the records: the runtime keeps the batch, marks the sink
+/// stalled (sources are paused with reason `SINK`), waits with backoff and
+/// writes the same batch again until the sink takes it. A record the sink
+/// cannot take is reported in [`Written::Refused`] instead.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// An I/O error, with the file it concerns.
@@ -28,9 +63,9 @@ pub enum SinkError {
     /// An I/O error on standard output.
     #[error("stdout: {0}")]
     Stdout(std::io::Error),
-    /// A failure injected by the `fail_rate` test knob.
-    #[error("injected sink failure (fail_rate {0})")]
-    Injected(f64),
+    /// An outage injected by a test ([`Outage`](super::Outage)).
+    #[error("injected sink outage")]
+    Injected,
     /// Any other failure (custom sinks).
     #[error("{0}")]
     Other(String),
@@ -65,13 +100,57 @@ pub struct SinkRecord<'a> {
 /// A destination for records. Object-safe (`Arc<dyn Sink>`).
 ///
 /// The runtime calls `write` then `commit` for each batch, from one task per
-/// pipeline, and completes the records only when both succeeded.
+/// pipeline, and completes the records only when both succeeded (acks
+/// follow a commit only). Every record carries `(source, seq)`, an
+/// idempotency key: a batch may be written again after a sink-level
+/// failure, so a sink that can should use it.
+///
+/// Two kinds of failure, kept apart:
+///
+/// - **record-level**: `write` returns `Ok(`[`Written::Refused`]`)` naming
+///   the records it refused and why; those go through retries to the
+///   dead-letter sink, the rest of the batch is delivered;
+/// - **sink-level**: `write` or `commit` returns `Err(`[`SinkError`]`)`:
+///   the sink is unavailable. The records are not charged: the runtime
+///   waits with backoff and writes the same batch again.
+///
+/// A sink that returns `Err` after writing part of a batch gets the whole
+/// batch again.
+///
+/// ```
+/// use sluice_engine::sink::{RecordFailure, Sink, SinkBatch, SinkFuture, Written};
+///
+/// /// Refuses empty payloads, one by one.
+/// #[derive(Debug)]
+/// struct NoEmpty;
+///
+/// impl Sink for NoEmpty {
+///     fn describe(&self) -> String {
+///         "no-empty".into()
+///     }
+///     fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
+///         Box::pin(async move {
+///             let refused: Vec<RecordFailure> = batch
+///                 .iter()
+///                 .enumerate()
+///                 .filter(|(_, r)| r.record.payload().is_empty())
+///                 .map(|(index, _)| RecordFailure { index, error: "empty payload".into() })
+///                 .collect();
+///             Ok(if refused.is_empty() { Written::All } else { Written::Refused(refused) })
+///         })
+///     }
+///     fn commit(&self) -> SinkFuture<'_> {
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+/// ```
 pub trait Sink: Send + Sync + std::fmt::Debug {
     /// A short description (kind and target) for `Admin.Stats` and logs.
     fn describe(&self) -> String;
-    /// Writes a batch (not necessarily durable yet).
-    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a>;
-    /// Makes everything written so far durable.
+    /// Writes a batch (not necessarily durable yet): which records it
+    /// refused, or a sink-level failure.
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written>;
+    /// Makes everything written so far durable; an error is sink-level.
     fn commit(&self) -> SinkFuture<'_>;
 }
 

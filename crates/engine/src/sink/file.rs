@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::contract::{Sink, SinkBatch, SinkError, SinkFuture};
+use super::contract::{Sink, SinkBatch, SinkError, SinkFuture, Written};
 use super::json::json_line;
 
 /// JSON lines in `<dir>/<prefix>-<n>.jsonl`, a new file once the current one
@@ -12,6 +12,16 @@ use super::json::json_line;
 /// after the highest existing file of the same prefix, so a restart never
 /// appends to an old file. With `fsync`, `commit` returns only after the data
 /// reached the disk (and a file is synced before it is rotated away).
+///
+/// Its failures are all sink-level (I/O: the directory, the disk, the
+/// file system); it refuses no record, since every record has a JSON line
+/// ([`json_line`] embeds what is not JSON as a string or base64). When its
+/// directory is gone it creates it again and carries on: a missing
+/// directory at the first write of a file is created then and there; a
+/// file removed under it (with its directory, or alone) is found at the
+/// next flush (a file whose last link is gone takes writes without error,
+/// and they are lost), reported as a sink-level error so that the runtime
+/// writes the batch again, into a new file.
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
@@ -75,18 +85,35 @@ impl FileSink {
     }
 
     /// Flushes the current file (and syncs it with `fsync`), keeping it open.
+    /// A file removed under the sink is dropped and reported.
     async fn flush(&self, st: &mut FileState) -> Result<(), SinkError> {
-        if let Some((f, path)) = st.file.as_mut() {
-            let io = |source| SinkError::Io {
-                path: path.clone(),
-                source,
-            };
-            f.flush().await.map_err(io)?;
+        let Some((f, path)) = st.file.as_mut() else {
+            return Ok(());
+        };
+        let io = |source| SinkError::Io {
+            path: path.clone(),
+            source,
+        };
+        let result = async {
+            f.flush().await?;
             if self.fsync {
-                f.sync_data().await.map_err(io)?;
+                f.sync_data().await?;
             }
+            if removed(f).await? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the file was removed while being written",
+                ));
+            }
+            Ok(())
         }
-        Ok(())
+        .await
+        .map_err(io);
+        if result.is_err() {
+            // Whatever this file holds is not committed: start afresh.
+            st.file = None;
+        }
+        result
     }
 
     /// Flushes and closes the current file (before rotating it away).
@@ -104,28 +131,55 @@ impl FileSink {
             let path = self
                 .dir
                 .join(format!("{}-{}.jsonl", self.prefix, st.next_index));
-            let f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .await
-                .map_err(|source| SinkError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+            let f = self.create(&path).await.map_err(|source| SinkError::Io {
+                path: path.clone(),
+                source,
+            })?;
             st.next_index += 1;
             st.size = 0;
             st.file = Some((f, path));
         }
-        if let Some((f, path)) = st.file.as_mut() {
-            f.write_all(buf).await.map_err(|source| SinkError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        if let Some((f, path)) = st.file.as_mut()
+            && let Err(source) = f.write_all(buf).await
+        {
+            let path = path.clone();
+            // Part of `buf` may be in the file: start a new one.
+            st.file = None;
+            return Err(SinkError::Io { path, source });
         }
         st.size += buf.len() as u64;
         Ok(())
     }
+}
+
+impl FileSink {
+    /// Creates the file `path` (in `dir`), creating `dir` again if it is gone.
+    async fn create(&self, path: &Path) -> std::io::Result<tokio::fs::File> {
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true).append(true);
+        let open = || options.open(path);
+        match open().await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::create_dir_all(&self.dir).await?;
+                tracing::info!(dir = %self.dir.display(), "file sink: the directory was gone; created it again");
+                open().await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether `f`'s last link is gone (the file, or its directory, was removed).
+#[cfg(unix)]
+async fn removed(f: &tokio::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(f.metadata().await?.nlink() == 0)
+}
+
+/// Elsewhere a file in use cannot be removed.
+#[cfg(not(unix))]
+async fn removed(_f: &tokio::fs::File) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 impl Sink for FileSink {
@@ -133,7 +187,7 @@ impl Sink for FileSink {
         format!("file {}/{}-*.jsonl", self.dir.display(), self.prefix)
     }
 
-    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
         Box::pin(async move {
             let mut st = self.state.lock().await;
             let mut pending: Vec<u8> = Vec::new();
@@ -148,7 +202,8 @@ impl Sink for FileSink {
                 }
                 pending.extend(line);
             }
-            self.append(&mut st, &pending).await
+            self.append(&mut st, &pending).await?;
+            Ok(Written::All)
         })
     }
 

@@ -2,7 +2,11 @@
 //!
 //! A [`Sink`] takes a batch with [`write`](Sink::write), then makes it
 //! durable with [`commit`](Sink::commit); only after `commit` returns `Ok`
-//! are the records completed (and acked to their sources). The trait uses
+//! are the records completed (and acked to their sources). `write` tells
+//! which records it refused ([`Written::Refused`]: record-level failures,
+//! retried then dead-lettered) apart from a failure of the sink itself
+//! ([`SinkError`]: sink-level, the records are not charged and the batch is
+//! written again once the sink is back; see [`Sink`]). The trait uses
 //! boxed futures so that it is object-safe: the runtime holds
 //! `Arc<dyn Sink>`, and tests may pass their own (see
 //! [`EngineBuilder::sink`](crate::EngineBuilder::sink)).
@@ -16,7 +20,8 @@
 
 //!
 //! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
-//! [`null`](NullSink), and the [`Knobs`] wrapper (delay, injected failures);
+//! [`null`](NullSink), the [`Knobs`] wrapper (delay, injected record
+//! failures) and the [`Outage`] wrapper (an injected sink-level outage);
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
 //! format they write.
 
@@ -32,10 +37,12 @@ mod null;
 mod stdout;
 
 pub(crate) use contract::SourceNames;
-pub use contract::{DeadLetterInfo, Sink, SinkBatch, SinkError, SinkFuture, SinkRecord};
+pub use contract::{
+    DeadLetterInfo, RecordFailure, Sink, SinkBatch, SinkError, SinkFuture, SinkRecord, Written,
+};
 pub use file::FileSink;
 pub use json::{json_line, json_value};
-pub use knobs::{Knobs, with_knobs};
+pub use knobs::{INJECTED_RECORD_FAILURE, Knobs, Outage, with_knobs};
 pub use null::NullSink;
 pub use stdout::StdoutSink;
 
@@ -184,6 +191,114 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn knobs_refuse_some_records_and_write_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: Arc<dyn Sink> =
+            Arc::new(FileSink::open(dir.path(), "r", 1 << 20, false).unwrap());
+        let sink = with_knobs(file, Duration::ZERO, 0.3);
+        let recs: Vec<EngineRecord> = (0..100)
+            .map(|i| EngineRecord::from_payload(format!("{i}").into_bytes()))
+            .collect();
+        let batch: Vec<SinkRecord> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SinkRecord {
+                source: "s",
+                seq: i as u64,
+                record: r,
+                dead_letter: None,
+            })
+            .collect();
+        let Written::Refused(refused) = sink.write(batch[..].into()).await.unwrap() else {
+            panic!("some records refused at 0.3");
+        };
+        sink.commit().await.unwrap();
+        assert!((10..50).contains(&refused.len()), "{}", refused.len());
+        assert!(refused.windows(2).all(|w| w[0].index < w[1].index));
+        let written: Vec<u64> = lines(dir.path())
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        let expect: Vec<u64> = (0..100)
+            .filter(|i| !refused.iter().any(|f| f.index as u64 == *i))
+            .collect();
+        assert_eq!(written, expect, "the others are written, in order");
+    }
+
+    #[tokio::test]
+    async fn outage_fails_sink_level_until_it_is_over() {
+        let out = Outage::new(Arc::new(NullSink));
+        let rec = EngineRecord::from_payload(&b"x"[..]);
+        let batch = [SinkRecord {
+            source: "s",
+            seq: 1,
+            record: &rec,
+            dead_letter: None,
+        }];
+        out.set_down(true);
+        assert!(matches!(
+            out.write(batch[..].into()).await,
+            Err(SinkError::Injected)
+        ));
+        assert!(out.commit().await.is_err());
+        assert_eq!(out.failures(), 2);
+        out.set_down(false);
+        assert_eq!(out.write(batch[..].into()).await.unwrap(), Written::All);
+        out.commit().await.unwrap();
+    }
+
+    /// The directory removed under the sink: the batch whose file was
+    /// removed fails sink-level at commit (its lines went into a removed
+    /// file), and written again it lands in a new file in the recreated
+    /// directory; nothing is refused.
+    #[tokio::test]
+    async fn file_sink_recreates_its_directory_and_reports_the_lost_batch() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sink");
+        let sink = FileSink::open(&dir, "records", 1 << 20, true).unwrap();
+        let recs: Vec<EngineRecord> = (0..4)
+            .map(|i| EngineRecord::from_payload(format!("{{\"i\":{i}}}").into_bytes()))
+            .collect();
+        let batch: Vec<SinkRecord> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| SinkRecord {
+                source: "s",
+                seq: i as u64 + 1,
+                record: r,
+                dead_letter: None,
+            })
+            .collect();
+        assert_eq!(sink.write(batch[..2].into()).await.unwrap(), Written::All);
+        sink.commit().await.unwrap();
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The open file takes the lines without error...
+        assert_eq!(sink.write(batch[2..].into()).await.unwrap(), Written::All);
+        // ...and the commit finds it removed: a sink-level error.
+        let err = sink.commit().await.unwrap_err();
+        assert!(matches!(err, SinkError::Io { .. }), "{err}");
+        // Written again: the directory is back, with the batch once.
+        assert_eq!(sink.write(batch[2..].into()).await.unwrap(), Written::All);
+        sink.commit().await.unwrap();
+        let seqs: Vec<u64> = lines(&dir)
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![3, 4]);
+
+        // Removed between batches (no file open): created at the next write.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let fresh = FileSink::open(&dir, "records", 1 << 20, true).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(fresh.write(batch[..1].into()).await.unwrap(), Written::All);
+        fresh.commit().await.unwrap();
+        assert_eq!(lines(&dir).len(), 1);
+    }
+
+    #[tokio::test]
     async fn knobs_fail_and_delay() {
         let all_fail = with_knobs(Arc::new(NullSink), Duration::ZERO, 1.0);
         let rec = EngineRecord::from_payload(&b"x"[..]);
@@ -193,10 +308,17 @@ mod tests {
             record: &rec,
             dead_letter: None,
         }];
-        assert!(matches!(
-            all_fail.write(batch[..].into()).await,
-            Err(SinkError::Injected(_))
-        ));
+        let refused = |w: Written| match w {
+            Written::All => 0,
+            Written::Refused(f) => f.len(),
+        };
+        assert_eq!(
+            all_fail.write(batch[..].into()).await.unwrap(),
+            Written::Refused(vec![RecordFailure {
+                index: 0,
+                error: INJECTED_RECORD_FAILURE.into()
+            }])
+        );
         let slow = with_knobs(Arc::new(NullSink), Duration::from_millis(30), 0.0);
         let t = std::time::Instant::now();
         slow.write(batch[..].into()).await.unwrap();
@@ -204,7 +326,7 @@ mod tests {
         let half = with_knobs(Arc::new(NullSink), Duration::ZERO, 0.5);
         let mut failed = 0;
         for _ in 0..200 {
-            failed += half.write(batch[..].into()).await.is_err() as usize;
+            failed += refused(half.write(batch[..].into()).await.unwrap());
         }
         assert!((60..140).contains(&failed), "{failed}");
     }

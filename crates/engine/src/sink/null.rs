@@ -1,6 +1,6 @@
 //! The `null` sink: accepts and discards every batch.
 
-use super::contract::{Sink, SinkBatch, SinkFuture};
+use super::contract::{Sink, SinkBatch, SinkFuture, Written};
 
 /// Discards records.
 #[derive(Debug, Default)]
@@ -10,8 +10,8 @@ impl Sink for NullSink {
     fn describe(&self) -> String {
         "null".into()
     }
-    fn write<'a>(&'a self, _batch: SinkBatch<'a>) -> SinkFuture<'a> {
-        Box::pin(async { Ok(()) })
+    fn write<'a>(&'a self, _batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
+        Box::pin(async { Ok(Written::All) })
     }
     fn commit(&self) -> SinkFuture<'_> {
         Box::pin(async { Ok(()) })

@@ -2,7 +2,7 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::contract::{Sink, SinkBatch, SinkError, SinkFuture};
+use super::contract::{Sink, SinkBatch, SinkError, SinkFuture, Written};
 use super::json::json_line;
 
 /// JSON lines on standard output.
@@ -13,7 +13,8 @@ impl Sink for StdoutSink {
     fn describe(&self) -> String {
         "stdout".into()
     }
-    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a> {
+    /// Every failure is an I/O error on standard output: sink-level.
+    fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
         Box::pin(async move {
             let mut buf = Vec::new();
             for r in batch.iter() {
@@ -22,7 +23,8 @@ impl Sink for StdoutSink {
             tokio::io::stdout()
                 .write_all(&buf)
                 .await
-                .map_err(SinkError::Stdout)
+                .map_err(SinkError::Stdout)?;
+            Ok(Written::All)
         })
     }
     fn commit(&self) -> SinkFuture<'_> {
