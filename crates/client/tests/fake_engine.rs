@@ -251,6 +251,7 @@ impl Fake {
                     utilization: 0.9,
                     retry_after_ms: retry,
                     stage: "s0".into(),
+                    sink: String::new(),
                 }))
             };
             match batches {
