@@ -110,11 +110,15 @@ async fn finish(client: Arc<SourceClient>) -> Summary {
         .await
 }
 
-fn quick_retries(s: &mut sluice_config::Settings) {
+/// A test engine's settings under `dir` with quick retries (2, 5–50 ms)
+/// and sink batches of 100 records.
+fn quick_retries(dir: &std::path::Path) -> sluice_config::Settings {
+    let mut s = test_settings(dir);
     s.retry.max_retries = 2;
     s.retry.initial_backoff = Duration::from_millis(5);
     s.retry.max_backoff = Duration::from_millis(50);
     s.pipelines[0].batch.max_records = 100;
+    s
 }
 
 /// The file sink's directory removed under a running engine, mid-stream:
@@ -128,8 +132,7 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
         const N: u64 = 4_000;
         let dir = tempfile::tempdir().unwrap();
         let sink_dir = dir.path().join("sink");
-        let mut s = test_settings(dir.path());
-        quick_retries(&mut s);
+        let s = quick_retries(dir.path());
         let engine = start_engine(s, |b| b).await;
         let (c, _events) = client(&engine, "rm-src").await;
         let c = Arc::new(c);
@@ -196,8 +199,7 @@ async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
         const N: u64 = 3_000;
         let dir = tempfile::tempdir().unwrap();
         let sink_dir = dir.path().join("sink");
-        let mut s = test_settings(dir.path());
-        quick_retries(&mut s);
+        let s = quick_retries(dir.path());
         let file: Arc<dyn Sink> =
             Arc::new(FileSink::open(&sink_dir, "records", 1 << 26, false).unwrap());
         let outage = Outage::new(file);
@@ -285,8 +287,7 @@ async fn refused_records_are_dead_lettered_with_the_sinks_message() {
         let dir = tempfile::tempdir().unwrap();
         let sink_dir = dir.path().join("sink");
         let dead_dir = dir.path().join("dead");
-        let mut s = test_settings(dir.path());
-        quick_retries(&mut s);
+        let s = quick_retries(dir.path());
         let max_retries = s.retry.max_retries;
         let file: Arc<dyn Sink> =
             Arc::new(FileSink::open(&sink_dir, "records", 1 << 26, false).unwrap());

@@ -162,28 +162,15 @@ fn report(gate: &Gate, flip: Option<GateTransition>, previous_error: Option<&str
     {
         tracing::warn!(%error, "memory reading failed; the memory gate counts it as full");
     }
-    match flip {
-        Some(GateTransition::Closed) => {
-            crate::metrics::memory_gate_transition(true);
-            tracing::warn!(
-                measured = %s.measured,
-                used_bytes = s.used_bytes,
-                limit_bytes = s.limit_bytes,
-                percent = s.percent,
-                "memory gate closed: no new credits until memory use falls"
-            );
-        }
-        Some(GateTransition::Opened) => {
-            crate::metrics::memory_gate_transition(false);
-            tracing::info!(
-                measured = %s.measured,
-                used_bytes = s.used_bytes,
-                limit_bytes = s.limit_bytes,
-                percent = s.percent,
-                "memory gate open again"
-            );
-        }
-        None => {}
+    let Some(flip) = flip else { return };
+    let closed = flip == GateTransition::Closed;
+    crate::metrics::memory_gate_transition(closed);
+    // `reading` names what was measured (process, cgroup, host) and how full.
+    let reading = s.describe();
+    if closed {
+        tracing::warn!(%reading, "memory gate closed: no new credits until memory use falls");
+    } else {
+        tracing::info!(%reading, "memory gate open again");
     }
 }
 

@@ -68,6 +68,22 @@ mod tests {
     use std::time::Duration;
 
     use crate::record::EngineRecord;
+
+    /// `records` as one source's sink records, numbered from `first_seq`.
+    fn sink_records<'a>(
+        source: &'a str,
+        first_seq: u64,
+        records: &'a [EngineRecord],
+    ) -> Vec<SinkRecord<'a>> {
+        (records.iter().enumerate())
+            .map(|(i, record)| SinkRecord {
+                source,
+                seq: first_seq + i as u64,
+                record,
+                dead_letter: None,
+            })
+            .collect()
+    }
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::{Value, json};
@@ -107,16 +123,7 @@ mod tests {
                 _ => EngineRecord::from_payload(vec![0xff, 0x00, i as u8]),
             })
             .collect();
-        let batch: Vec<SinkRecord> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| SinkRecord {
-                source: "src-a",
-                seq: i as u64 + 1,
-                record: r,
-                dead_letter: None,
-            })
-            .collect();
+        let batch = sink_records("src-a", 1, &recs);
         sink.write(batch[..5].into()).await.unwrap();
         sink.commit().await.unwrap();
         sink.write(batch[5..].into()).await.unwrap();
@@ -199,16 +206,7 @@ mod tests {
         let recs: Vec<EngineRecord> = (0..100)
             .map(|i| EngineRecord::from_payload(format!("{i}").into_bytes()))
             .collect();
-        let batch: Vec<SinkRecord> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| SinkRecord {
-                source: "s",
-                seq: i as u64,
-                record: r,
-                dead_letter: None,
-            })
-            .collect();
+        let batch = sink_records("s", 0, &recs);
         let Written::Refused(refused) = sink.write(batch[..].into()).await.unwrap() else {
             panic!("some records refused at 0.3");
         };
@@ -230,12 +228,7 @@ mod tests {
     async fn outage_fails_sink_level_until_it_is_over() {
         let out = Outage::new(Arc::new(NullSink));
         let rec = EngineRecord::from_payload(&b"x"[..]);
-        let batch = [SinkRecord {
-            source: "s",
-            seq: 1,
-            record: &rec,
-            dead_letter: None,
-        }];
+        let batch = sink_records("s", 1, std::slice::from_ref(&rec));
         out.set_down(true);
         assert!(matches!(
             out.write(batch[..].into()).await,
@@ -260,16 +253,7 @@ mod tests {
         let recs: Vec<EngineRecord> = (0..4)
             .map(|i| EngineRecord::from_payload(format!("{{\"i\":{i}}}").into_bytes()))
             .collect();
-        let batch: Vec<SinkRecord> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| SinkRecord {
-                source: "s",
-                seq: i as u64 + 1,
-                record: r,
-                dead_letter: None,
-            })
-            .collect();
+        let batch = sink_records("s", 1, &recs);
         assert_eq!(sink.write(batch[..2].into()).await.unwrap(), Written::All);
         sink.commit().await.unwrap();
 
@@ -302,12 +286,7 @@ mod tests {
     async fn knobs_fail_and_delay() {
         let all_fail = with_knobs(Arc::new(NullSink), Duration::ZERO, 1.0);
         let rec = EngineRecord::from_payload(&b"x"[..]);
-        let batch = [SinkRecord {
-            source: "s",
-            seq: 1,
-            record: &rec,
-            dead_letter: None,
-        }];
+        let batch = sink_records("s", 1, std::slice::from_ref(&rec));
         let refused = |w: Written| match w {
             Written::All => 0,
             Written::Refused(f) => f.len(),
