@@ -37,8 +37,29 @@ impl SourceClient {
     /// opens the stream for `source_id` on `pipeline` (empty: the default
     /// pipeline) and waits for `Opened`.
     ///
-    /// Returns the client and its event receiver. The first connection is not
-    /// retried: an engine that is down or refuses the source is an error here.
+    /// Returns the client and its event receiver (holding the events of the
+    /// attempts made so far).
+    ///
+    /// A first connection that fails for a transient reason is tried again
+    /// like a reconnect, with the backoff and attempt limit of
+    /// [`ClientOptions::reconnect`]: a refused, unreachable or timed-out TCP
+    /// connection, or a stream that ends before `Opened` with `UNAVAILABLE`
+    /// (for example an engine that is shutting down), `RESOURCE_EXHAUSTED` or
+    /// another status a reconnect retries. Each failed attempt is reported as a
+    /// [`ClientEvent::Disconnected`](crate::ClientEvent::Disconnected) with the
+    /// wait before the next one; the `Connected` event carries the number of
+    /// the attempt that succeeded. After `max_attempts` retries, the last
+    /// error is returned ([`ClientError::Connect`], naming the address and the
+    /// number of attempts); with `max_attempts` 0 the first failure is returned
+    /// at once.
+    ///
+    /// Permanent failures are returned at once, with the engine's message: an
+    /// invalid address or options, a refusal of the source
+    /// ([`ClientError::Refused`]: `NOT_FOUND` for an unknown pipeline,
+    /// `INVALID_ARGUMENT`, `PERMISSION_DENIED`, `UNAUTHENTICATED`,
+    /// `FAILED_PRECONDITION`, …), a protocol error, and a TLS configuration
+    /// or handshake failure (an untrusted certificate, TLS against a
+    /// plaintext port).
     pub async fn connect(
         addr: &str,
         source_id: &str,

@@ -95,9 +95,11 @@ pub struct Progress {
 /// Something that happened on the stream, for UIs and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
-    /// The stream is open (`attempt` 0 is the first connection).
+    /// The stream is open (`attempt` 0 is the first connection at its first
+    /// try).
     Connected {
-        /// Reconnect attempt that succeeded; 0 for the first connection.
+        /// Attempt that succeeded: 0 for the first try of the first
+        /// connection, then from 1 for its retries and for each reconnect.
         attempt: u32,
         /// The engine's answer to `Open`.
         opened: Opened,
@@ -118,7 +120,8 @@ pub enum ClientEvent {
         /// The record.
         record: Record,
     },
-    /// The stream ended before everything was acked.
+    /// The stream ended before everything was acked, or an attempt at the
+    /// first connection failed for a transient reason.
     Disconnected {
         /// Why.
         error: String,

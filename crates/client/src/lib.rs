@@ -27,7 +27,9 @@
 //!   shutdown, network failure), the client reconnects with exponential backoff
 //!   (at most [`ReconnectPolicy::max_attempts`] attempts in a row without
 //!   progress) and resends everything after the engine's
-//!   `Opened.admitted_through_seq`.
+//!   `Opened.admitted_through_seq`. A first connection that fails for a
+//!   transient reason (refused, unreachable, an engine that is shutting down)
+//!   is retried the same way (see [`SourceClient::connect`]).
 //!
 //! - **Finishing.** [`SourceClient::finish`] half-closes the stream only once
 //!   every record is acked (a reject can still arrive for a record that was

@@ -6,11 +6,18 @@ use std::time::Duration;
 use crate::error::ClientError;
 use crate::tls::ClientIdentity;
 
-/// How the client reconnects after its stream ends early.
+/// How the client reconnects after its stream ends early, and how it tries
+/// again when its first connection fails for a transient reason (refused,
+/// unreachable or timed out, `UNAVAILABLE` from a draining engine,
+/// `RESOURCE_EXHAUSTED`; see
+/// [`SourceClient::connect`](crate::SourceClient::connect)): the same
+/// backoff, and up to `max_attempts` attempts after the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconnectPolicy {
     /// Reconnect attempts in a row (without an ack in between) before the
-    /// client gives up. Default 10; 0 never reconnects.
+    /// client gives up; also the attempts after a failed first connection.
+    /// Default 10; 0 never reconnects (and a failed first connection is an
+    /// error at once).
     pub max_attempts: u32,
     /// Wait before the first reconnect; doubled after every failed attempt.
     /// Default 100 ms.

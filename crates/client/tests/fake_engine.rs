@@ -39,6 +39,8 @@ struct Behavior {
     /// The engine counts this many bytes less credit than `Opened` grants
     /// (a ledger that drifted from the source's).
     byte_drift: u64,
+    /// Answer this many `Open`s with UNAVAILABLE, as a draining engine does.
+    unavailable_opens: u32,
 }
 
 #[derive(Default)]
@@ -53,6 +55,8 @@ struct State {
     /// The engine's count of each source's credit (records, bytes), after
     /// the last batch.
     credit: HashMap<String, (u64, u64)>,
+    /// `Open`s answered with UNAVAILABLE.
+    refused_opens: u32,
 }
 
 #[derive(Clone)]
@@ -101,6 +105,13 @@ impl Ingest for Fake {
                 "pipeline {:?} does not exist",
                 open.pipeline
             )));
+        }
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.refused_opens < self.b.unavailable_opens {
+                st.refused_opens += 1;
+                return Err(Status::unavailable("the engine is shutting down"));
+            }
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let fake = self.clone();
@@ -343,13 +354,15 @@ impl Fake {
 
 async fn start(b: Behavior) -> (String, Arc<Mutex<State>>) {
     let state = Arc::new(Mutex::new(State::default()));
-    let fake = Fake {
-        b,
-        state: state.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
+    let addr = start_on(b, SocketAddr::from(([127, 0, 0, 1], 0)), state.clone()).await;
+    (format!("http://{addr}"), state)
+}
+
+/// Starts a fake engine listening on `addr` with `state`; the address it
+/// listens on.
+async fn start_on(b: Behavior, addr: SocketAddr, state: Arc<Mutex<State>>) -> SocketAddr {
+    let fake = Fake { b, state };
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -358,7 +371,15 @@ async fn start(b: Behavior) -> (String, Arc<Mutex<State>>) {
             .await
             .unwrap();
     });
-    (format!("http://{addr}"), state)
+    addr
+}
+
+/// An address on 127.0.0.1 nobody listens on (now).
+fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
 }
 
 fn options() -> ClientOptions {
@@ -530,6 +551,18 @@ async fn record_too_large_is_taken_out_and_the_rest_renumbered() {
     assert_eq!(got, want);
 }
 
+/// Options with `max_attempts` reconnects, `backoff` first, at most 4 times it.
+fn retrying(max_attempts: u32, backoff: Duration) -> ClientOptions {
+    ClientOptions {
+        reconnect: ReconnectPolicy {
+            max_attempts,
+            initial_backoff: backoff,
+            max_backoff: backoff * 4,
+        },
+        ..options()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_pipeline_and_unreachable_engine_are_errors() {
     let (addr, _state) = start(Behavior {
@@ -538,26 +571,167 @@ async fn unknown_pipeline_and_unreachable_engine_are_errors() {
         ..Behavior::default()
     })
     .await;
-    let err = SourceClient::connect(&addr, "src-d", "nope", options())
-        .await
-        .unwrap_err();
+    // NOT_FOUND is permanent: an error at once, even with a policy whose first
+    // retry would wait 10 s.
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        SourceClient::connect(&addr, "src-d", "nope", retrying(5, Duration::from_secs(10))),
+    )
+    .await
+    .expect("NOT_FOUND is not retried")
+    .unwrap_err();
     assert!(
         matches!(&err, ClientError::Refused { code: tonic::Code::NotFound, message } if message.contains("nope")),
         "{err}"
     );
-    // A port nobody listens on.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    let err = SourceClient::connect(&dead, "src-d", "", options())
+    // A port nobody listens on: tried 1 + 3 times, then the last error with
+    // the address and the number of attempts.
+    let dead = format!("http://{}", dead_port());
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        SourceClient::connect(&dead, "src-d", "", retrying(3, Duration::from_millis(10))),
+    )
+    .await
+    .expect("gives up in time")
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&dead), "{text}");
+    assert!(text.contains("gave up after 4 attempts"), "{text}");
+    // max_attempts 0: the first failure, at once.
+    let err = SourceClient::connect(&dead, "src-d", "", retrying(0, Duration::from_secs(10)))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    assert!(!err.to_string().contains("gave up"), "{err}");
     let err = SourceClient::connect("not a uri", "src-d", "", options())
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
     let _ = Record::default();
+}
+
+/// Sends `n` records through `client`, finishes it and checks that all were
+/// acked; the events it reported.
+async fn send_all(
+    client: SourceClient,
+    mut events: sluice_client::ClientEvents,
+    n: u64,
+) -> Vec<ClientEvent> {
+    for i in 1..=n {
+        client.send_payload(payload(i)).await.unwrap();
+    }
+    let s = tokio::time::timeout(Duration::from_secs(10), client.finish())
+        .await
+        .expect("finished in time");
+    assert!(s.is_complete(), "{s:?}");
+    assert_eq!(s.acked, n);
+    assert_eq!(s.reconnects, 0, "a first connection is not a reconnect");
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connection_to_an_engine_not_listening_yet_is_retried() {
+    let at = dead_port();
+    let state = Arc::new(Mutex::new(State::default()));
+    let later = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            start_on(
+                Behavior {
+                    window: 16,
+                    ..Behavior::default()
+                },
+                at,
+                state,
+            )
+            .await
+        })
+    };
+    let (client, events) = tokio::time::timeout(
+        Duration::from_secs(20),
+        SourceClient::connect(
+            &format!("http://{at}"),
+            "late",
+            "",
+            retrying(50, Duration::from_millis(20)),
+        ),
+    )
+    .await
+    .expect("connected in time")
+    .expect("the engine is reached once it listens");
+    later.await.unwrap();
+    let seen = send_all(client, events, 40).await;
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, ClientEvent::Disconnected { .. })),
+        "each failed attempt is an event: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, ClientEvent::Connected { attempt, .. } if *attempt > 0)),
+        "{seen:?}"
+    );
+    let st = state.lock().unwrap();
+    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_open_answered_unavailable_is_retried() {
+    let (addr, state) = start(Behavior {
+        window: 16,
+        unavailable_opens: 2,
+        ..Behavior::default()
+    })
+    .await;
+    let (client, events) = tokio::time::timeout(
+        Duration::from_secs(10),
+        SourceClient::connect(&addr, "drained", "", retrying(5, Duration::from_millis(10))),
+    )
+    .await
+    .expect("connected in time")
+    .expect("reached after two UNAVAILABLE answers");
+    let seen = send_all(client, events, 25).await;
+    let failed: Vec<&String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Disconnected { error, .. } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{seen:?}");
+    assert!(failed[0].contains("shutting down"), "{failed:?}");
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, ClientEvent::Connected { attempt: 2, .. })),
+        "{seen:?}"
+    );
+    let st = state.lock().unwrap();
+    assert_eq!(st.refused_opens, 2);
+    assert_eq!(st.received.len(), 25);
+
+    // With no attempts left, UNAVAILABLE is the error, with the engine's message.
+    drop(st);
+    let (addr, _state) = start(Behavior {
+        window: 16,
+        unavailable_opens: 10,
+        ..Behavior::default()
+    })
+    .await;
+    let err = SourceClient::connect(&addr, "drained", "", retrying(2, Duration::from_millis(10)))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("shutting down") && text.contains("gave up after 3 attempts"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,55 @@ pub(super) struct Conn {
     pub(super) closing_since: Option<Instant>,
 }
 
+/// Why [`Driver::open`] failed, and whether another attempt may succeed.
+pub(super) struct OpenError {
+    pub(super) error: ClientError,
+    /// A transport failure (refused, unreachable, timed out) or a status
+    /// that `classify` retries (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, …); not
+    /// a refusal, a protocol error or a TLS failure.
+    pub(super) transient: bool,
+}
+
+impl OpenError {
+    fn transient(error: ClientError) -> Self {
+        Self {
+            error,
+            transient: true,
+        }
+    }
+
+    fn permanent(error: ClientError) -> Self {
+        Self {
+            error,
+            transient: false,
+        }
+    }
+}
+
+impl From<ClientError> for OpenError {
+    /// Errors a retry may fix are `ClientError::Connect`; the rest are not.
+    fn from(error: ClientError) -> Self {
+        let transient = matches!(error, ClientError::Connect { .. });
+        Self { error, transient }
+    }
+}
+
+/// True when the chain of `e` holds an `InvalidData` I/O error: what the TLS
+/// layer reports for a handshake that failed (an untrusted or invalid
+/// certificate, TLS against a plaintext port). Trying again cannot fix it.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// A batch as sent, for [`Driver::sync_credit`].
 pub(super) struct SentBatch {
     pub(super) first: u64,
@@ -59,7 +108,7 @@ pub(super) struct SentBatch {
 
 impl Driver {
     /// Connects and opens a stream; returns it once `Opened` arrived.
-    pub(super) async fn open(&mut self, attempt: u32) -> Result<Conn, ClientError> {
+    pub(super) async fn open(&mut self, attempt: u32) -> Result<Conn, OpenError> {
         let connect_err = |reason: String| ClientError::Connect {
             addr: self.addr.clone(),
             reason,
@@ -68,7 +117,14 @@ impl Driver {
         let channel: Channel = tokio::time::timeout(timeout, self.endpoint.connect())
             .await
             .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
-            .map_err(|e| connect_err(error_chain(&e)))?;
+            .map_err(|e| {
+                let error = connect_err(error_chain(&e));
+                if is_tls_failure(&e) {
+                    OpenError::permanent(error)
+                } else {
+                    OpenError::transient(error)
+                }
+            })?;
         let mut client = IngestClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
@@ -79,7 +135,9 @@ impl Driver {
                 pipeline: self.pipeline.clone(),
             })),
         };
-        tx.send(open).await.map_err(|_| ClientError::Closed)?;
+        tx.send(open)
+            .await
+            .map_err(|_| OpenError::permanent(ClientError::Closed))?;
         let opened = tokio::time::timeout(timeout, async {
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
             if let Some(token) = &self.opts.token {

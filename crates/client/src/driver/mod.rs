@@ -33,7 +33,7 @@ use crate::error::ClientError;
 use crate::event::{ClientEvent, ClientState, Progress, Summary};
 use crate::options::ClientOptions;
 
-use conn::Conn;
+use conn::{Conn, OpenError};
 use held::Held;
 
 /// The driver's ends of what it shares with its
@@ -135,9 +135,10 @@ impl Driver {
         driver
     }
 
-    /// Opens the first stream (not retried) and spawns the driver on it.
+    /// Opens the first stream (see [`open_first`](Self::open_first)) and
+    /// spawns the driver on it.
     pub(crate) async fn start(mut self) -> Result<JoinHandle<Summary>, ClientError> {
-        let mut conn = self.open(0).await?;
+        let mut conn = self.open_first().await?;
         if self.opts.first_seq.is_none() {
             self.start_at(conn.opened_admitted + 1);
             conn.cursor = self.next_assign;
@@ -150,6 +151,44 @@ impl Driver {
             );
         }
         Ok(tokio::spawn(self.run(conn)))
+    }
+
+    /// Opens the first stream. A transient failure (refused, unreachable or
+    /// timed out; `UNAVAILABLE` from a draining engine, `RESOURCE_EXHAUSTED`,
+    /// …) is retried like a reconnect: up to `reconnect.max_attempts` more
+    /// attempts, after the policy's backoff, each announced by a
+    /// [`ClientEvent::Disconnected`]. A permanent one (the engine refused the
+    /// source, a protocol or TLS failure) is returned at once. When the
+    /// attempts are used up, the last error is returned with their number.
+    async fn open_first(&mut self) -> Result<Conn, ClientError> {
+        let mut attempt = 0u32;
+        loop {
+            let failed = match self.open(attempt).await {
+                Ok(conn) => return Ok(conn),
+                Err(failed) => failed,
+            };
+            if !failed.transient {
+                return Err(failed.error);
+            }
+            if attempt >= self.opts.reconnect.max_attempts {
+                return Err(match failed.error {
+                    ClientError::Connect { addr, reason } if attempt > 0 => ClientError::Connect {
+                        addr,
+                        reason: format!("{reason} (gave up after {} attempts)", attempt + 1),
+                    },
+                    error => error,
+                });
+            }
+            attempt += 1;
+            let wait = self.opts.reconnect.backoff(attempt);
+            let error = failed.error.to_string();
+            warn!(source_id = %self.source_id, %error, retry_in = ?wait, attempt, "first connection failed; trying again");
+            self.emit(ClientEvent::Disconnected {
+                error,
+                retry_in: wait,
+            });
+            tokio::time::sleep(wait).await;
+        }
     }
 
     fn emit(&self, event: ClientEvent) {
@@ -224,10 +263,13 @@ impl Driver {
                         self.p.reconnects += 1;
                         break c;
                     }
-                    Err(e @ (ClientError::Refused { .. } | ClientError::Protocol(_))) => {
+                    Err(OpenError {
+                        error: e @ (ClientError::Refused { .. } | ClientError::Protocol(_)),
+                        ..
+                    }) => {
                         return self.end(Some(e));
                     }
-                    Err(e) => last = e.to_string(),
+                    Err(e) => last = e.error.to_string(),
                 }
             };
         };
