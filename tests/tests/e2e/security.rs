@@ -197,7 +197,29 @@ async fn tls_client_trusting_the_ca_is_acked_and_plaintext_fails() {
             },
             ..ClientOptions::default()
         };
-        assert!(SourceClient::connect(&https, "a", "", opts).await.is_err());
+        assert!(
+            SourceClient::connect(&https, "a", "", opts.clone())
+                .await
+                .is_err()
+        );
+        // A TLS handshake failure is permanent: not retried, even with
+        // attempts left (the first retry would wait 10 s).
+        let patient = ClientOptions {
+            reconnect: sluice_client::ReconnectPolicy {
+                max_attempts: 5,
+                initial_backoff: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(10),
+            },
+            ..opts
+        };
+        let err = tokio::time::timeout(
+            Duration::from_secs(8),
+            SourceClient::connect(&https, "a", "", patient),
+        )
+        .await
+        .expect("an untrusted certificate is not retried")
+        .unwrap_err();
+        assert!(!err.to_string().contains("gave up"), "{err}");
         engine.shutdown().await.unwrap();
     })
     .await

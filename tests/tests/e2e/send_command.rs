@@ -88,3 +88,129 @@ async fn send_command_streams_json_lines_and_names_a_bad_line() {
         .expect("shutdown in time")
         .expect("clean shutdown");
 }
+
+/// `sluice send` of `n` JSON lines from a file under `dir` as `source_id`,
+/// with a patient reconnect policy (100 attempts, 50 ms doubling to 250 ms:
+/// about 25 s of trying).
+fn patient_send(addr: &str, dir: &std::path::Path, source_id: &str, n: u64) -> SendArgs {
+    let input = dir.join(format!("{source_id}.jsonl"));
+    let text: String = (1..=n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    SendArgs {
+        addr: addr.to_owned(),
+        source_id: source_id.into(),
+        input,
+        options: ClientOptions {
+            max_unacked: 64,
+            max_batch_records: 16,
+            linger: Duration::from_millis(1),
+            ..reconnecting(100, Duration::from_millis(50), Duration::from_millis(250))
+        },
+        progress: false,
+        ..SendArgs::default()
+    }
+}
+
+/// Whether the engine at `addr` answers `Open` with UNAVAILABLE "the engine
+/// is shutting down".
+async fn refuses_as_draining(addr: &str) -> bool {
+    let draining = |s: &tonic::Status| {
+        s.code() == tonic::Code::Unavailable && s.message().contains("shutting down")
+    };
+    match raw_stream(addr, open_msg("probe", "")).await {
+        Err(s) => draining(&s),
+        Ok(mut raw) => matches!(raw.next().await, Err(s) if draining(&s)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_command_waits_for_an_engine_that_is_not_listening_yet() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let at = free_port();
+        let addr = format!("http://{at}");
+        let sending = tokio::spawn(run(patient_send(&addr, dir.path(), "late", 200)));
+        // Not needed for correctness: the first attempts find nobody.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut settings = test_settings(dir.path());
+        settings.server.listen = at;
+        let engine = start_engine(settings, |b| b).await;
+        let summary = sending.await.unwrap().expect("send reaches the engine");
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 200);
+        assert_exactly_once(&delivered_keys(&dir.path().join("sink")), "late", 200);
+        engine.shutdown().await.expect("clean shutdown");
+    })
+    .await
+    .expect("in time");
+}
+
+/// The measured failure of issue 18: a `sluice send` whose first connection
+/// reached a draining engine exited with "cannot connect …: Unavailable: the
+/// engine is shutting down". It now tries again, and reaches the engine that
+/// takes over the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_command_tries_again_after_a_draining_engine() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let old_dir = tempfile::tempdir().unwrap();
+        let new_dir = tempfile::tempdir().unwrap();
+        let at = free_port();
+        let addr = format!("http://{at}");
+        // The old engine: its sink takes 3 s a batch, so its drain is slow.
+        let mut settings = test_settings(old_dir.path());
+        settings.server.listen = at;
+        settings.pipelines[0].sink =
+            file_sink(&old_dir.path().join("sink"), Duration::from_secs(3), 0.0);
+        let old = start_engine(settings, |b| b).await;
+        let filler_opts = reconnecting(0, Duration::from_millis(50), Duration::from_millis(50));
+        let (filler, _events) =
+            sluice_client::SourceClient::connect(&addr, "filler", "", filler_opts)
+                .await
+                .expect("filler connects");
+        for i in 0..20u64 {
+            filler
+                .send_payload(format!("{{\"f\":{i}}}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while filler.snapshot().sent < 20 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "filler sent in time"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopping = tokio::spawn(old.shutdown());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !refuses_as_draining(&addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the old engine drains"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // `sluice send` starts while the old engine refuses new streams.
+        let sending = tokio::spawn(run(patient_send(&addr, new_dir.path(), "after-drain", 150)));
+        stopping.await.unwrap().expect("old engine stops");
+        drop(filler);
+        assert!(
+            !sending.is_finished(),
+            "send must not give up on a draining engine"
+        );
+        let mut settings = test_settings(new_dir.path());
+        settings.server.listen = at;
+        let new = start_engine(settings, |b| b).await;
+        let summary = sending.await.unwrap().expect("send reaches the new engine");
+        assert!(summary.is_complete(), "{summary:?}");
+        assert_eq!(summary.acked, 150);
+        assert_exactly_once(
+            &delivered_keys(&new_dir.path().join("sink")),
+            "after-drain",
+            150,
+        );
+        new.shutdown().await.expect("clean shutdown");
+    })
+    .await
+    .expect("in time");
+}
