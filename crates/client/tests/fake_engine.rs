@@ -712,12 +712,13 @@ async fn a_first_open_answered_unavailable_is_retried() {
             .any(|e| matches!(e, ClientEvent::Connected { attempt: 2, .. })),
         "{seen:?}"
     );
-    let st = state.lock().unwrap();
-    assert_eq!(st.refused_opens, 2);
-    assert_eq!(st.received.len(), 25);
+    {
+        let st = state.lock().unwrap();
+        assert_eq!(st.refused_opens, 2);
+        assert_eq!(st.received.len(), 25);
+    }
 
     // With no attempts left, UNAVAILABLE is the error, with the engine's message.
-    drop(st);
     let (addr, _state) = start(Behavior {
         window: 16,
         unavailable_opens: 10,
