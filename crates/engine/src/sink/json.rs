@@ -109,9 +109,7 @@ pub fn write_json_line(out: &mut Vec<u8>, r: &SinkRecord<'_>) {
     if !rec.key.is_empty() {
         obj.bytes("key", &rec.key, false);
     }
-    if r.dead_letter.is_some()
-        && rec.payload_rewritten()
-        && rec.original_payload() != rec.payload()
+    if r.dead_letter.is_some() && rec.payload_rewritten() && rec.original_payload() != rec.payload()
     {
         obj.bytes("original_payload", rec.original_payload(), true);
     }
@@ -294,9 +292,8 @@ mod tests {
         prop_assert_eq!(line.last(), Some(&b'\n'));
         prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         prop_assert!(!line.contains(&b'\r'));
-        let new: Value = serde_json::from_slice(&line).map_err(|e| {
-            TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&line)))
-        })?;
+        let new: Value = serde_json::from_slice(&line)
+            .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&line))))?;
         let old = json_value(r);
         prop_assert_eq!(&new, &old);
         let embedded = |f: &str| old.get(f).is_some_and(|e| e == "json");
@@ -418,7 +415,8 @@ mod tests {
 
     #[test]
     fn line_breaks_inside_a_json_payload_keep_the_record_on_one_line() {
-        let r = EngineRecord::from_payload(&b"{\n  \"a b\": \"x\\n y\",\r\n  \"c\": [1,\n 2]\n}\n"[..]);
+        let r =
+            EngineRecord::from_payload(&b"{\n  \"a b\": \"x\\n y\",\r\n  \"c\": [1,\n 2]\n}\n"[..]);
         assert_eq!(
             String::from_utf8(line_of(&r, None)).unwrap(),
             "{\"payload\":{\"a b\":\"x\\n y\",\"c\":[1,2]},\"payload_encoding\":\"json\",\
