@@ -40,8 +40,20 @@ use sluice_engine::sink::{FileSink, NullSink, Sink, with_knobs};
 pub enum BenchSink {
     /// Discard records (commit at once).
     Null,
-    /// Newline-delimited JSON files in a temporary directory (no fsync).
+    /// Newline-delimited JSON files in a temporary directory (fsync on
+    /// commit with `--fsync`).
     File,
+}
+
+/// What the records' payloads are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchPayload {
+    /// `x` repeated (not JSON: the JSON sinks write it as a string).
+    Bytes,
+    /// A JSON object, `{"id":N,"pad":"xx…"}` (N: the source's index),
+    /// padded to `--record-bytes` (the JSON sinks embed it as JSON).
+    Json,
 }
 
 /// The baseline run before the sluice run.
@@ -64,6 +76,10 @@ pub struct BenchArgs {
     /// Payload size of each record in bytes.
     #[arg(long, default_value_t = 100)]
     pub record_bytes: usize,
+    /// Payload content: `bytes` (`x` repeated) or `json` (a JSON object of
+    /// `--record-bytes` bytes, or `{"id":N,"pad":""}` if that is longer).
+    #[arg(long, value_enum, default_value_t = BenchPayload::Bytes)]
+    pub payload: BenchPayload,
     /// Records per batch.
     #[arg(long, default_value_t = 512)]
     pub batch: usize,
@@ -80,6 +96,9 @@ pub struct BenchArgs {
     /// Sink of the in-process engine.
     #[arg(long, value_enum, default_value_t = BenchSink::Null)]
     pub sink: BenchSink,
+    /// With `--sink file`: sync the file to disk at every commit.
+    #[arg(long)]
+    pub fsync: bool,
     /// Pause of the sink before each batch (a slow sink), e.g. `100ms`.
     #[arg(long, value_parser = parse_duration)]
     pub sink_delay: Option<Duration>,
@@ -427,7 +446,7 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
         BenchSink::Null => Arc::new(NullSink),
         BenchSink::File => {
             let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-            let s = FileSink::open(&dir, "bench", 64 * 1024 * 1024, false)
+            let s = FileSink::open(&dir, "bench", 64 * 1024 * 1024, args.fsync)
                 .map_err(|e| format!("file sink: {e}"))?;
             tmp_dir = Some(dir);
             Arc::new(s)
@@ -491,7 +510,6 @@ async fn drive(
             .unwrap_or_default()
     );
     let counters = Arc::new(lean::Counters::default());
-    let payload = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(
@@ -506,7 +524,7 @@ async fn drive(
     for (i, conn) in conns.into_iter().enumerate() {
         let cfg = lean::SourceConfig {
             source_id: format!("bench-{target}-{run_id}-{i}"),
-            payload: payload.clone(),
+            payload: payload(args.payload, args.record_bytes, i),
             batch: args.batch,
             records: per_source_records.as_ref().map(|v| v[i]),
             deadline: deadline.map(tokio::time::Instant::from_std),
@@ -607,6 +625,19 @@ async fn drive(
         count: hist.len(),
     };
     Ok(report)
+}
+
+/// The payload of source `i`'s records: `record_bytes` bytes (a JSON
+/// payload is never shorter than `{"id":N,"pad":""}`).
+fn payload(kind: BenchPayload, record_bytes: usize, i: usize) -> bytes::Bytes {
+    match kind {
+        BenchPayload::Bytes => vec![b'x'; record_bytes].into(),
+        BenchPayload::Json => {
+            let bare = format!("{{\"id\":{i},\"pad\":\"\"}}");
+            let pad = "x".repeat(record_bytes.saturating_sub(bare.len()));
+            format!("{{\"id\":{i},\"pad\":\"{pad}\"}}").into()
+        }
+    }
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -771,8 +802,21 @@ mod tests {
         let d = BenchArgs::default();
         assert_eq!((d.sources, d.record_bytes, d.batch), (4, 100, 512));
         assert_eq!(d.duration, Duration::from_secs(10));
-        assert!(matches!(d.sink, BenchSink::Null));
+        assert!(matches!(d.sink, BenchSink::Null) && !d.fsync);
+        assert_eq!(d.payload, BenchPayload::Bytes);
         assert_eq!((d.sink_batch, d.stages, d.rounds), (1000, 0, 1));
         assert!(d.quiet && !d.json && d.baseline.is_none() && d.addr.is_none());
+    }
+
+    #[test]
+    fn a_json_payload_is_a_json_object_of_record_bytes() {
+        for (n, i) in [(100, 0), (100, 12), (18, 3), (40, 7)] {
+            let p = payload(BenchPayload::Json, n, i);
+            assert_eq!(p.len(), n, "{p:?}");
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            assert_eq!(v["id"], i);
+        }
+        assert_eq!(payload(BenchPayload::Json, 1, 0).len(), 17);
+        assert_eq!(&payload(BenchPayload::Bytes, 3, 0)[..], b"xxx");
     }
 }

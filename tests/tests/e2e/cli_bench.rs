@@ -1,7 +1,7 @@
 //! `sluice bench` in-process: a tiny run loses nothing and reports valid JSON.
 //! No speed assertions.
 
-use sluice_cli::bench::{Baseline, BenchArgs, BenchReport, run_bench};
+use sluice_cli::bench::{Baseline, BenchArgs, BenchPayload, BenchReport, BenchSink, run_bench};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_loses_nothing_and_reports_json() {
@@ -27,4 +27,25 @@ async fn tiny_bench_loses_nothing_and_reports_json() {
         assert_eq!(run.latency.count, 4_000, "{run:?}");
     }
     assert!(parsed.ratio.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_of_json_payloads_into_the_fsynced_file_sink_loses_nothing() {
+    let args = BenchArgs {
+        sources: 2,
+        records: Some(2_000),
+        batch: 256,
+        sink: BenchSink::File,
+        fsync: true,
+        payload: BenchPayload::Json,
+        ..BenchArgs::default()
+    };
+    let report = run_bench(&args).await.expect("bench runs");
+    let run = report.sluice.expect("the sluice run");
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    assert_eq!(
+        (run.sent, run.acked, run.lost),
+        (2_000, 2_000, 0),
+        "{run:?}"
+    );
 }

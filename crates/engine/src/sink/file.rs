@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
 use super::contract::{Sink, SinkBatch, SinkError, SinkFuture, Written};
-use super::json::json_line;
+use super::json::write_json_line;
 
 /// JSON lines in `<dir>/<prefix>-<n>.jsonl`, a new file once the current one
 /// would pass `rotate_bytes` (a file holds at least one line). `n` starts
@@ -15,7 +15,7 @@ use super::json::json_line;
 ///
 /// Its failures are all sink-level (I/O: the directory, the disk, the
 /// file system); it refuses no record, since every record has a JSON line
-/// ([`json_line`] embeds what is not JSON as a string or base64). When its
+/// ([`write_json_line`] embeds what is not JSON as a string or base64). When its
 /// directory is gone it creates it again and carries on: a missing
 /// directory at the first write of a file is created then and there; a
 /// file removed under it (with its directory, or alone) is found at the
@@ -190,17 +190,20 @@ impl Sink for FileSink {
     fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
         Box::pin(async move {
             let mut st = self.state.lock().await;
-            let mut pending: Vec<u8> = Vec::new();
+            // The batch's lines, in one buffer.
+            let mut pending: Vec<u8> = Vec::with_capacity(batch.len() * 128);
             for r in batch.iter() {
-                let line = json_line(&r);
-                let size = st.size + pending.len() as u64;
-                if size > 0 && size + line.len() as u64 > self.rotate_bytes {
-                    let chunk = std::mem::take(&mut pending);
-                    self.append(&mut st, &chunk).await?;
+                let start = pending.len();
+                write_json_line(&mut pending, &r);
+                let line = (pending.len() - start) as u64;
+                let size = st.size + start as u64;
+                if size > 0 && size + line > self.rotate_bytes {
+                    // The lines before this one fill the current file.
+                    self.append(&mut st, &pending[..start]).await?;
                     self.finish_file(&mut st).await?;
                     st.size = 0;
+                    pending.drain(..start);
                 }
-                pending.extend(line);
             }
             self.append(&mut st, &pending).await?;
             Ok(Written::All)

@@ -11,7 +11,7 @@
 //! `Arc<dyn Sink>`, and tests may pass their own (see
 //! [`EngineBuilder::sink`](crate::EngineBuilder::sink)).
 //!
-//! Every record is written as one JSON line ([`json_line`]) carrying its
+//! Every record is written as one JSON line ([`write_json_line`]) carrying its
 //! `source_id` and `seq` (the idempotency key), its key, attributes and event
 //! time, and its payload: embedded as JSON when it parses as JSON, else as a
 //! string (valid UTF-8) or base64, named by `payload_encoding`. A dead letter
@@ -41,7 +41,7 @@ pub use contract::{
     DeadLetterInfo, RecordFailure, Sink, SinkBatch, SinkError, SinkFuture, SinkRecord, Written,
 };
 pub use file::FileSink;
-pub use json::{json_line, json_value};
+pub use json::{json_line, json_value, write_json_line};
 pub use knobs::{INJECTED_RECORD_FAILURE, Knobs, Outage, with_knobs};
 pub use null::NullSink;
 pub use stdout::StdoutSink;

@@ -3,7 +3,7 @@
 use tokio::io::AsyncWriteExt;
 
 use super::contract::{Sink, SinkBatch, SinkError, SinkFuture, Written};
-use super::json::json_line;
+use super::json::write_json_line;
 
 /// JSON lines on standard output.
 #[derive(Debug, Default)]
@@ -16,9 +16,9 @@ impl Sink for StdoutSink {
     /// Every failure is an I/O error on standard output: sink-level.
     fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written> {
         Box::pin(async move {
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(batch.len() * 128);
             for r in batch.iter() {
-                buf.extend(json_line(&r));
+                write_json_line(&mut buf, &r);
             }
             tokio::io::stdout()
                 .write_all(&buf)
