@@ -423,6 +423,13 @@ async fn run_collecting<T>(
         .expect("client ran")
 }
 
+/// The fake engine received exactly seqs 1..=n, in order.
+fn assert_received_in_order(state: &Mutex<State>, n: u64) {
+    let st = state.lock().unwrap();
+    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+}
+
 fn payload(i: u64) -> Vec<u8> {
     format!("{{\"n\":{i}}}").into_bytes()
 }
@@ -677,9 +684,7 @@ async fn a_first_connection_to_an_engine_not_listening_yet_is_retried() {
             .any(|e| matches!(e, ClientEvent::Connected { attempt, .. } if *attempt > 0)),
         "{seen:?}"
     );
-    let st = state.lock().unwrap();
-    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert_received_in_order(&state, 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,9 +759,7 @@ async fn a_second_run_of_a_source_continues_after_what_the_engine_admitted() {
             .unwrap();
         assert!(s.is_complete(), "{s:?}");
     }
-    let st = state.lock().unwrap();
-    let seqs: Vec<u64> = st.received.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert_received_in_order(&state, 20);
 }
 
 /// The engine's count of the stream's credit is the authority: after a

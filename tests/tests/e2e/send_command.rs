@@ -7,25 +7,15 @@ use std::time::Duration;
 
 use sluice_cli::send::{SendArgs, SendError, run};
 use sluice_client::{ClientOptions, Summary};
+use sluice_engine::EngineHandle;
 use sluice_tests::*;
 
 /// Runs `sluice send` of `input` to the engine at `addr` as `source_id`,
 /// without a progress bar, within 20 s; with a small unacked window and
 /// batches, so 300 lines take many round trips.
 async fn send(addr: &str, source_id: &str, input: PathBuf) -> Result<Summary, SendError> {
-    let args = SendArgs {
-        addr: addr.to_owned(),
-        source_id: source_id.into(),
-        input,
-        options: ClientOptions {
-            max_unacked: 64,
-            max_batch_records: 16,
-            linger: Duration::from_millis(1),
-            ..reconnecting(5, Duration::from_millis(20), Duration::from_millis(200))
-        },
-        progress: false,
-        ..SendArgs::default()
-    };
+    let reconnect = reconnecting(5, Duration::from_millis(20), Duration::from_millis(200));
+    let args = send_args(addr, source_id, input, reconnect);
     tokio::time::timeout(Duration::from_secs(20), run(args))
         .await
         .expect("send ends in time")
@@ -96,6 +86,21 @@ fn patient_send(addr: &str, dir: &std::path::Path, source_id: &str, n: u64) -> S
     let input = dir.join(format!("{source_id}.jsonl"));
     let text: String = (1..=n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
     std::fs::write(&input, text).unwrap();
+    let reconnect = reconnecting(100, Duration::from_millis(50), Duration::from_millis(250));
+    send_args(addr, source_id, input, reconnect)
+}
+
+/// A test engine under `dir` listening on `at`.
+async fn engine_at(dir: &std::path::Path, at: std::net::SocketAddr) -> EngineHandle {
+    let mut settings = test_settings(dir);
+    settings.server.listen = at;
+    start_engine(settings, |b| b).await
+}
+
+/// `sluice send` arguments for `input`, without a progress bar, with a small
+/// unacked window and batches (many round trips), reconnecting as
+/// `reconnect` says.
+fn send_args(addr: &str, source_id: &str, input: PathBuf, reconnect: ClientOptions) -> SendArgs {
     SendArgs {
         addr: addr.to_owned(),
         source_id: source_id.into(),
@@ -104,7 +109,7 @@ fn patient_send(addr: &str, dir: &std::path::Path, source_id: &str, n: u64) -> S
             max_unacked: 64,
             max_batch_records: 16,
             linger: Duration::from_millis(1),
-            ..reconnecting(100, Duration::from_millis(50), Duration::from_millis(250))
+            ..reconnect
         },
         progress: false,
         ..SendArgs::default()
@@ -132,9 +137,7 @@ async fn send_command_waits_for_an_engine_that_is_not_listening_yet() {
         let sending = tokio::spawn(run(patient_send(&addr, dir.path(), "late", 200)));
         // Not needed for correctness: the first attempts find nobody.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut settings = test_settings(dir.path());
-        settings.server.listen = at;
-        let engine = start_engine(settings, |b| b).await;
+        let engine = engine_at(dir.path(), at).await;
         let summary = sending.await.unwrap().expect("send reaches the engine");
         assert!(summary.is_complete(), "{summary:?}");
         assert_eq!(summary.acked, 200);
@@ -198,9 +201,7 @@ async fn send_command_tries_again_after_a_draining_engine() {
             !sending.is_finished(),
             "send must not give up on a draining engine"
         );
-        let mut settings = test_settings(new_dir.path());
-        settings.server.listen = at;
-        let new = start_engine(settings, |b| b).await;
+        let new = engine_at(new_dir.path(), at).await;
         let summary = sending.await.unwrap().expect("send reaches the new engine");
         assert!(summary.is_complete(), "{summary:?}");
         assert_eq!(summary.acked, 150);

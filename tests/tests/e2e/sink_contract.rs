@@ -110,15 +110,23 @@ async fn finish(client: Arc<SourceClient>) -> Summary {
         .await
 }
 
-/// A test engine's settings under `dir` with quick retries (2, 5–50 ms)
-/// and sink batches of 100 records.
-fn quick_retries(dir: &std::path::Path) -> sluice_config::Settings {
-    let mut s = test_settings(dir);
+/// Runs a test body within 50 s.
+async fn within(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(50), body)
+        .await
+        .expect("test timed out");
+}
+
+/// A temporary directory and a test engine's settings under it, with quick
+/// retries (2, 5–50 ms) and sink batches of 100 records.
+fn quick_retries() -> (tempfile::TempDir, sluice_config::Settings) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(dir.path());
     s.retry.max_retries = 2;
     s.retry.initial_backoff = Duration::from_millis(5);
     s.retry.max_backoff = Duration::from_millis(50);
     s.pipelines[0].batch.max_records = 100;
-    s
+    (dir, s)
 }
 
 /// The file sink's directory removed under a running engine, mid-stream:
@@ -128,11 +136,10 @@ fn quick_retries(dir: &std::path::Path) -> sluice_config::Settings {
 /// with the directory: every record acked after it must be in the new one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_sink_directory_removed_mid_stream_loses_nothing() {
-    tokio::time::timeout(Duration::from_secs(50), async {
+    within(async {
         const N: u64 = 4_000;
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, s) = quick_retries();
         let sink_dir = dir.path().join("sink");
-        let s = quick_retries(dir.path());
         let engine = start_engine(s, |b| b).await;
         let (c, _events) = client(&engine, "rm-src").await;
         let c = Arc::new(c);
@@ -185,8 +192,7 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
             "acked after the removal but not in the new directory: {missing:?}"
         );
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 /// A sink-level outage that lasts: sources are paused with reason SINK
@@ -195,11 +201,10 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
 /// acked, once, with no retry spent and nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
-    tokio::time::timeout(Duration::from_secs(50), async {
+    within(async {
         const N: u64 = 3_000;
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, s) = quick_retries();
         let sink_dir = dir.path().join("sink");
-        let s = quick_retries(dir.path());
         let file: Arc<dyn Sink> =
             Arc::new(FileSink::open(&sink_dir, "records", 1 << 26, false).unwrap());
         let outage = Outage::new(file);
@@ -270,8 +275,7 @@ async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
         );
         assert_exactly_once(&delivered_keys(&sink_dir), "outage-src", N);
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
 
 /// Records the sink refuses one by one are retried and then dead-lettered
@@ -280,14 +284,13 @@ async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
 /// episode, no ERROR spin), and the dead letters are written once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_records_are_dead_lettered_with_the_sinks_message() {
-    tokio::time::timeout(Duration::from_secs(50), async {
+    within(async {
         const N: u64 = 2_000;
         const BAD_EVERY: u64 = 50;
         const ERROR: &str = "column n: value out of range";
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, s) = quick_retries();
         let sink_dir = dir.path().join("sink");
         let dead_dir = dir.path().join("dead");
-        let s = quick_retries(dir.path());
         let max_retries = s.retry.max_retries;
         let file: Arc<dyn Sink> =
             Arc::new(FileSink::open(&sink_dir, "records", 1 << 26, false).unwrap());
@@ -382,6 +385,5 @@ async fn refused_records_are_dead_lettered_with_the_sinks_message() {
         let want: Vec<u64> = (1..=N).filter(|&i| !bad(i)).collect();
         assert_eq!(seqs, want, "the rest of every batch delivered once");
     })
-    .await
-    .expect("test timed out");
+    .await;
 }
