@@ -20,7 +20,7 @@
 //!   needs). Everything is re-exported at the root: tests say
 //!   `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
-//!   `flow`, `chaos`, `hostile`, `observe`, `security`, `smoke`, `sink_contract`,
+//!   `flow`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`, `sink_contract`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
