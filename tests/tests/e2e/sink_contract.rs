@@ -110,6 +110,16 @@ async fn finish(client: Arc<SourceClient>) -> Summary {
         .await
 }
 
+/// Every one of the `n` records was acked and delivered, none dead-lettered.
+fn assert_all_delivered(summary: &Summary, n: u64) {
+    assert!(summary.is_complete(), "{summary:?}");
+    assert_eq!(
+        (summary.acked, summary.delivered, summary.dead_lettered),
+        (n, n, 0),
+        "{summary:?}"
+    );
+}
+
 /// Runs a test body within 50 s.
 async fn within(body: impl std::future::Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(50), body)
@@ -156,13 +166,7 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
         first.await;
         send(c.clone(), N / 2 + 1..=N).await;
         let summary = finish(c).await;
-
-        assert!(summary.is_complete(), "{summary:?}");
-        assert_eq!(
-            (summary.acked, summary.delivered, summary.dead_lettered),
-            (N, N, 0),
-            "{summary:?}"
-        );
+        assert_all_delivered(&summary, N);
         assert_eq!(retried(&engine), 0, "no retry spent on the records");
         let p = pipeline(&engine);
         let h = p.sink_health.unwrap();
@@ -248,12 +252,7 @@ async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
         outage.set_down(false);
         sending.await;
         let summary = finish(c).await;
-        assert!(summary.is_complete(), "{summary:?}");
-        assert_eq!(
-            (summary.acked, summary.delivered, summary.dead_lettered),
-            (N, N, 0),
-            "{summary:?}"
-        );
+        assert_all_delivered(&summary, N);
         let resumes = signals(&events, SignalKind::Resume);
         assert!(
             resumes
