@@ -33,6 +33,7 @@ pub fn open_msg(source: &str, pipeline: &str) -> SourceMessage {
         body: Some(source_message::Body::Open(Open {
             source_id: source.into(),
             pipeline: pipeline.into(),
+            ..Open::default()
         })),
     }
 }
@@ -59,6 +60,7 @@ pub fn batch_of(first_seq: u64, payloads: impl IntoIterator<Item = bytes::Bytes>
                     ..Record::default()
                 })
                 .collect(),
+            ..Batch::default()
         })),
     }
 }

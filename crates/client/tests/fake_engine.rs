@@ -141,6 +141,7 @@ impl Fake {
             }),
             max_batch_records: 8,
             max_message_bytes: 4 << 20,
+            ..Opened::default()
         })));
         // Acks lag one tick behind admission.
         let ack_task = if self.b.never_ack {
@@ -263,6 +264,7 @@ impl Fake {
                     retry_after_ms: retry,
                     stage: "s0".into(),
                     sink: String::new(),
+                    ..Signal::default()
                 }))
             };
             match batches {

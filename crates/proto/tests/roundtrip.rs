@@ -18,6 +18,12 @@ fn source_message_roundtrip() {
         body: Some(source_message::Body::Open(Open {
             source_id: "src-1".into(),
             pipeline: "default".into(),
+            protocol_version: 2,
+            backlog: Some(sluice_proto::v1::Backlog {
+                records: 10,
+                bytes: 1000,
+            }),
+            first_unacked_seq: 7,
         })),
     };
     let batch = SourceMessage {
@@ -37,6 +43,7 @@ fn source_message_roundtrip() {
                     ..Default::default()
                 },
             ],
+            batch_id: 3,
         })),
     };
     for msg in [open, batch] {
@@ -59,6 +66,7 @@ fn engine_message_roundtrip() {
             }),
             max_batch_records: 512,
             max_message_bytes: 4 << 20,
+            ..Opened::default()
         })),
     };
     let decoded = EngineMessage::decode(msg.encode_to_vec().as_slice()).expect("decodes");

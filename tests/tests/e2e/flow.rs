@@ -272,6 +272,7 @@ async fn b_records_beyond_credit_are_rejected_even_with_free_capacity() {
                         ..Record::default()
                     },
                 ],
+                ..Batch::default()
             })),
         })
         .await;

@@ -225,6 +225,7 @@ fn build(step: &Step) -> SourceMessage {
         Step::Batch { first_seq, records } => Some(source_message::Body::Batch(Batch {
             first_seq: *first_seq,
             records: records.iter().map(build_record).collect(),
+            ..Batch::default()
         })),
         Step::Empty => None,
     };

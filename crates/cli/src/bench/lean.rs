@@ -144,6 +144,7 @@ async fn source_loop(
         body: Some(Out::Open(Open {
             source_id: cfg.source_id.clone(),
             pipeline: String::new(),
+            ..Open::default()
         })),
     };
     tx.send(Outgoing::Message(open))
@@ -311,7 +312,8 @@ async fn source_loop(
                         }
                         next_seq = next_seq.min(r.admitted_through_seq + 1);
                     }
-                    Some(In::Opened(_)) | None => {}
+                    // Version 2 only; this load generator speaks version 1.
+                    Some(In::Opened(_) | In::Outcome(_) | In::Revoke(_)) | None => {}
                 }
             }
             permit = reserve(&tx), if can_send && rate_ready => {
@@ -375,6 +377,7 @@ pub fn encode_records(payload: &Bytes, n: u64) -> Bytes {
                 event_time_ms: 0,
             })
             .collect(),
+        ..Batch::default()
     };
     Bytes::from(batch.encode_to_vec())
 }
@@ -475,6 +478,7 @@ mod tests {
                             ..Record::default()
                         })
                         .collect(),
+                    ..Batch::default()
                 })),
             };
             assert_eq!(out, want.encode_to_vec());

@@ -110,6 +110,7 @@ impl Ingest for RawIngest {
                 }),
                 max_batch_records: u32::MAX,
                 max_message_bytes: MAX_MESSAGE as u32,
+                ..Opened::default()
             })),
         };
         let _ = tx.send(Ok(opened)).await;
@@ -138,6 +139,7 @@ impl Ingest for RawIngest {
                             delivered,
                             dead_lettered: 0,
                             filtered: 0,
+                            ..Ack::default()
                         })),
                     };
                     if tx.send(Ok(ack)).await.is_err() {

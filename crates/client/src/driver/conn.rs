@@ -133,6 +133,7 @@ impl Driver {
             body: Some(source_message::Body::Open(Open {
                 source_id: self.source_id.clone(),
                 pipeline: self.pipeline.clone(),
+                ..Open::default()
             })),
         };
         tx.send(open)

@@ -36,6 +36,11 @@ impl Driver {
             return;
         };
         match body {
+            // Version-2 messages; this client speaks version 1 (it never
+            // sets `Open.protocol_version`), so the engine sends none.
+            engine_message::Body::Outcome(_) | engine_message::Body::Revoke(_) => {
+                warn!(source_id = %self.source_id, "version-2 message on a version-1 stream ignored");
+            }
             engine_message::Body::Opened(_) => {
                 warn!(source_id = %self.source_id, "second Opened from the engine ignored");
             }

@@ -119,7 +119,11 @@ impl Driver {
         }
         debug!(source_id = %self.source_id, first_seq, n, "batch sent");
         SourceMessage {
-            body: Some(source_message::Body::Batch(Batch { first_seq, records })),
+            body: Some(source_message::Body::Batch(Batch {
+                first_seq,
+                records,
+                ..Batch::default()
+            })),
         }
     }
 }

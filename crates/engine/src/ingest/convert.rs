@@ -38,6 +38,7 @@ pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
         utilization: s.utilization,
         retry_after_ms: u32::try_from(s.retry_after.as_millis()).unwrap_or(u32::MAX),
         stage: s.stage_name.as_deref().unwrap_or_default().to_owned(),
+        target_records_per_second: 0.0,
         sink: s.sink.as_deref().unwrap_or_default().to_owned(),
     }
 }

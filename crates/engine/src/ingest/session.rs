@@ -65,11 +65,9 @@ pub(crate) async fn open(
     };
     let open = match first.flatten() {
         Some(Body::Open(open)) => open,
-        Some(Body::Batch(_)) => {
-            return Err(Status::invalid_argument(
-                "the first message of a stream must be Open, got Batch",
-            ));
-        }
+        Some(Body::Batch(_)) => return Err(not_open("Batch")),
+        Some(Body::Backlog(_)) => return Err(not_open("Backlog")),
+        Some(Body::Release(_)) => return Err(not_open("Release")),
         None => {
             return Err(Status::invalid_argument(
                 "the first message of a stream must be Open, got an empty message or end of stream",
@@ -155,6 +153,7 @@ pub(crate) async fn open(
         credit: Some(credit_msg(credit)),
         max_batch_records: ctx.max_batch_records,
         max_message_bytes: u32::try_from(ctx.server.max_message_bytes).unwrap_or(u32::MAX),
+        ..v1::Opened::default()
     }));
     // The channel is new and has room: these cannot fail.
     let _ = tx.try_send(Ok(opened));
@@ -172,6 +171,7 @@ pub(crate) async fn open(
             delivered: acked.delivered,
             dead_lettered: acked.dead_lettered,
             filtered: acked.filtered,
+            completed: Vec::new(),
         }))));
     }
     let session = Session {
@@ -191,6 +191,13 @@ pub(crate) async fn open(
         span,
     ));
     Ok(rx)
+}
+
+/// The status for a first message that is not `Open`.
+fn not_open(got: &str) -> Status {
+    Status::invalid_argument(format!(
+        "the first message of a stream must be Open, got {got}"
+    ))
 }
 
 struct Session {
@@ -367,6 +374,7 @@ impl Session {
             delivered: p.delivered,
             dead_lettered: p.dead_lettered,
             filtered: p.filtered,
+            completed: Vec::new(),
         }))
         .await
     }
@@ -377,6 +385,8 @@ impl Session {
                 "Open was sent twice on one stream",
             )),
             Some(Body::Batch(b)) => self.on_batch(b),
+            // Version 2 (not served yet): nothing to do.
+            Some(Body::Backlog(_) | Body::Release(_)) => Ok(Vec::new()),
             None => Err(Status::invalid_argument("empty SourceMessage (no body)")),
         }
     }

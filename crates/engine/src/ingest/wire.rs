@@ -48,6 +48,10 @@ pub(crate) enum Body {
     Open(v1::Open),
     /// Records to admit.
     Batch(Batch),
+    /// Version 2: the source's backlog.
+    Backlog(v1::Backlog),
+    /// Version 2: credit the source gives back.
+    Release(v1::Release),
 }
 
 /// A decoded `Batch`.
@@ -55,6 +59,8 @@ pub(crate) enum Body {
 pub(crate) struct Batch {
     /// The sequence number of the first record.
     pub(crate) first_seq: u64,
+    /// Version 2: the batch's id (0 when not set).
+    pub(crate) batch_id: u64,
     /// The records, ready to admit: at most the decoder's `max_records`.
     pub(crate) records: Pending<EngineRecord>,
     /// Records past `max_records`: decoded (so a malformed one still fails
@@ -139,6 +145,24 @@ pub(crate) fn decode_source_message(
                 merge_batch(wire_type, &mut batch, buf, ctx.clone(), max_records)
                     .map_err(|e| at(e, "SourceMessage", "body"))?;
                 body = Some(Body::Batch(batch));
+            }
+            3 => {
+                let mut backlog = match body.take() {
+                    Some(Body::Backlog(backlog)) => backlog,
+                    _ => v1::Backlog::default(),
+                };
+                prost::encoding::message::merge(wire_type, &mut backlog, buf, ctx.clone())
+                    .map_err(|e| at(e, "SourceMessage", "body"))?;
+                body = Some(Body::Backlog(backlog));
+            }
+            4 => {
+                let mut release = match body.take() {
+                    Some(Body::Release(release)) => release,
+                    _ => v1::Release::default(),
+                };
+                prost::encoding::message::merge(wire_type, &mut release, buf, ctx.clone())
+                    .map_err(|e| at(e, "SourceMessage", "body"))?;
+                body = Some(Body::Release(release));
             }
             _ => skip_field(wire_type, tag, buf, ctx.clone())?,
         }
@@ -227,6 +251,8 @@ fn merge_batch_fields(
                 }
                 Ok(())
             }
+            3 => uint64::merge(wire_type, &mut batch.batch_id, buf, ctx)
+                .map_err(|e| at(e, "Batch", "batch_id")),
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     })
@@ -321,20 +347,33 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    /// A decoded message in a form both decoders can be compared in: the
-    /// Open, or the Batch's first_seq and records; `Err` when refused.
-    type Decoded = Result<Option<(Option<v1::Open>, u64, Vec<EngineRecord>)>, ()>;
+    /// A decoded message in a form both decoders can be compared in; `Err`
+    /// when refused.
+    type Decoded = Result<Option<Shape>, ()>;
+
+    /// The body: the Open, the Batch's first_seq, batch_id and records, the
+    /// Backlog or the Release.
+    #[derive(Debug, PartialEq)]
+    enum Shape {
+        Open(v1::Open),
+        Batch(u64, u64, Vec<EngineRecord>),
+        Backlog(v1::Backlog),
+        Release(v1::Release),
+    }
 
     /// What prost's generated decoder makes of `bytes`.
     fn with_prost(bytes: &[u8]) -> Decoded {
+        use v1::source_message::Body as B;
         let m = v1::SourceMessage::decode(bytes).map_err(|_| ())?;
         Ok(m.body.map(|b| match b {
-            v1::source_message::Body::Open(o) => (Some(o), 0, Vec::new()),
-            v1::source_message::Body::Batch(b) => (
-                None,
+            B::Open(o) => Shape::Open(o),
+            B::Batch(b) => Shape::Batch(
                 b.first_seq,
+                b.batch_id,
                 b.records.into_iter().map(EngineRecord::from).collect(),
             ),
+            B::Backlog(b) => Shape::Backlog(b),
+            B::Release(r) => Shape::Release(r),
         }))
     }
 
@@ -342,8 +381,10 @@ mod tests {
     fn with_ours(mut bytes: impl Buf) -> Decoded {
         let m = decode_source_message(&mut bytes, usize::MAX).map_err(|_| ())?;
         Ok(m.map(|b| match b {
-            Body::Open(o) => (Some(o), 0, Vec::new()),
-            Body::Batch(b) => (None, b.first_seq, b.records.into_payloads()),
+            Body::Open(o) => Shape::Open(o),
+            Body::Batch(b) => Shape::Batch(b.first_seq, b.batch_id, b.records.into_payloads()),
+            Body::Backlog(b) => Shape::Backlog(b),
+            Body::Release(r) => Shape::Release(r),
         }))
     }
 
@@ -366,17 +407,41 @@ mod tests {
         use v1::source_message::Body as B;
         prop_oneof![
             Just(v1::SourceMessage { body: None }),
-            ("[a-z]{0,4}", "[a-z]{0,4}").prop_map(|(source_id, pipeline)| v1::SourceMessage {
-                body: Some(B::Open(v1::Open {
-                    source_id,
-                    pipeline
-                }))
-            }),
-            (any::<u64>(), proptest::collection::vec(arb_record(), 0..6)).prop_map(
-                |(first_seq, records)| v1::SourceMessage {
-                    body: Some(B::Batch(v1::Batch { first_seq, records }))
+            ("[a-z]{0,4}", "[a-z]{0,4}", 0u32..3, any::<u64>()).prop_map(
+                |(source_id, pipeline, protocol_version, first_unacked_seq)| v1::SourceMessage {
+                    body: Some(B::Open(v1::Open {
+                        source_id,
+                        pipeline,
+                        protocol_version,
+                        backlog: None,
+                        first_unacked_seq,
+                    }))
                 }
             ),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_record(), 0..6),
+                any::<u64>()
+            )
+                .prop_map(|(first_seq, records, batch_id)| v1::SourceMessage {
+                    body: Some(B::Batch(v1::Batch {
+                        first_seq,
+                        records,
+                        batch_id
+                    }))
+                }),
+            (any::<u64>(), any::<u64>()).prop_map(|(records, bytes)| v1::SourceMessage {
+                body: Some(B::Backlog(v1::Backlog { records, bytes }))
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(revoke_id, records, bytes)| {
+                v1::SourceMessage {
+                    body: Some(B::Release(v1::Release {
+                        revoke_id,
+                        records,
+                        bytes,
+                    })),
+                }
+            }),
         ]
     }
 
@@ -462,6 +527,7 @@ mod tests {
                         ..Default::default()
                     })
                     .collect(),
+                batch_id: 0,
             })),
         }
         .encode_to_vec();
