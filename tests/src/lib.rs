@@ -38,12 +38,13 @@ pub mod sinks;
 
 pub use sluice_proto as proto;
 
-pub use client::reconnecting;
+pub use client::{reconnecting, send_all, signals};
 pub use external::{REQUIRE_EXTERNAL, external_program};
 pub use process::in_own_process;
 pub use proxy::Proxy;
 pub use raw::{
-    Raw, batch_msg, batch_of, channel, expect_status, open_msg, payload, raw_on, raw_stream,
+    Raw, backlog_msg, batch_msg, batch_of, batch_v2, channel, expect_status, open_msg, open_v2,
+    payload, raw_on, raw_stream, release_msg,
 };
 pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sluice_proto::v1::ingest_client::IngestClient;
 use sluice_proto::v1::{
-    Ack, Batch, EngineMessage, Open, Opened, Record, Reject, SourceMessage, engine_message,
-    source_message,
+    Ack, Backlog, Batch, EngineMessage, Open, Opened, Record, Reject, Release, SourceMessage,
+    engine_message, source_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,6 +61,56 @@ pub fn batch_of(first_seq: u64, payloads: impl IntoIterator<Item = bytes::Bytes>
                 })
                 .collect(),
             ..Batch::default()
+        })),
+    }
+}
+
+/// A protocol-version-2 `Open` for `source` on the default pipeline,
+/// announcing `backlog` records of `record_bytes` each and resuming at
+/// `first_unacked_seq` (0: not said).
+pub fn open_v2(
+    source: &str,
+    backlog: u64,
+    record_bytes: u64,
+    first_unacked_seq: u64,
+) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Open(Open {
+            source_id: source.into(),
+            pipeline: String::new(),
+            protocol_version: 2,
+            backlog: Some(Backlog {
+                records: backlog,
+                bytes: backlog * record_bytes,
+            }),
+            first_unacked_seq,
+        })),
+    }
+}
+
+/// [`batch_msg`] with a version-2 `batch_id`.
+pub fn batch_v2(batch_id: u64, first_seq: u64, n: u64, size: usize) -> SourceMessage {
+    let mut m = batch_msg(first_seq, n, size);
+    if let Some(source_message::Body::Batch(b)) = &mut m.body {
+        b.batch_id = batch_id;
+    }
+    m
+}
+
+/// A version-2 `Backlog` of `records` records holding `bytes` bytes.
+pub fn backlog_msg(records: u64, bytes: u64) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Backlog(Backlog { records, bytes })),
+    }
+}
+
+/// A version-2 `Release` answering revoke `revoke_id`.
+pub fn release_msg(revoke_id: u64, records: u64, bytes: u64) -> SourceMessage {
+    SourceMessage {
+        body: Some(source_message::Body::Release(Release {
+            revoke_id,
+            records,
+            bytes,
         })),
     }
 }

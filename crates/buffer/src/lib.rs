@@ -53,8 +53,9 @@ mod sync;
 
 pub use flow::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError, Coverage,
-    DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_WINDOW_RECORDS, SignalKind, SignalReason,
-    SignalReceiver, SourceHandle, SourceState, SourceStatus,
+    CreditMode, DEFAULT_CREDIT_LEASE, DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_GUARANTEED_RECORDS,
+    DEFAULT_WINDOW_RECORDS, FlowEvent, SignalKind, SignalReason, SignalReceiver, SourceHandle,
+    SourceState, SourceStatus,
 };
 pub use memory::{
     Gate, GateState, GateTransition, ManualProbe, Measured, MemoryError, MemoryMonitor,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use sluice_buffer::{
     BackpressureController, BackpressureSignal, BufferManager, ControllerConfig, ControllerError,
-    Credit, Limit, Limits, SignalKind, SignalReason, SignalReceiver, SourceId, SourceState,
-    StageId, Watermarks,
+    Credit, CreditMode, Limit, Limits, SignalKind, SignalReason, SignalReceiver, SourceHandle,
+    SourceId, SourceState, StageId, Watermarks,
 };
 
 type Manager = BufferManager<Vec<u8>>;
@@ -40,12 +40,43 @@ fn limits(global: u64, per_stage: u64, per_source: u64) -> Limits {
     }
 }
 
+/// A config with a window of `window_records` records of 10 bytes, whose
+/// guaranteed share is the whole window: every session is topped up to its
+/// window whether it claims floating credit or not, which isolates the
+/// window, refill and fair-share rules (the claims and leases are tested in
+/// `credit_leases.rs` and below).
 fn config(window_records: u64, high: f64, low: f64) -> ControllerConfig {
-    ControllerConfig {
+    let c = ControllerConfig {
         watermarks: Watermarks { high, low },
         ..ControllerConfig::default()
     }
+    .with_window_records(window_records, 10);
+    ControllerConfig {
+        guaranteed: c.window,
+        ..c
+    }
+}
+
+/// For the fair-share tests: watermarks out of the way (high 1.0, so paced
+/// credit may use the whole limits), a guaranteed share of one record, and
+/// sessions that claim floating credit by announcing a backlog.
+fn shares_config(window_records: u64) -> ControllerConfig {
+    ControllerConfig {
+        watermarks: Watermarks {
+            high: 1.0,
+            low: 0.9,
+        },
+        guaranteed: Credit::new(1, 10),
+        ..ControllerConfig::default()
+    }
     .with_window_records(window_records, 10)
+}
+
+/// A leased session of `id` that announces a large backlog (it claims).
+fn claiming(flow: &Arc<BackpressureController<Vec<u8>>>, id: SourceId) -> SourceHandle<Vec<u8>> {
+    let h = flow.open_source_with(id, CreditMode::Leased).unwrap();
+    h.announce_backlog(Credit::new(1_000_000, 1 << 30));
+    h
 }
 
 fn payloads(n: u64) -> Vec<Vec<u8>> {
@@ -175,12 +206,12 @@ fn dropped_handle_releases_its_credit_and_engine_admits_are_derived() {
 fn fair_share_is_max_min_over_usage() {
     let (m, ids, filler, _) = setup(limits(100, 100, 100), 3);
     // Watermarks out of the way: this test is about shares only.
-    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
-    let a = flow.open_source(ids[0]).unwrap();
+    let flow = BackpressureController::new(m.clone(), shares_config(40), None).unwrap();
+    let a = claiming(&flow, ids[0]);
     assert_eq!(a.grant().records, 40, "alone: a full window");
     let _ = a.admit(1, payloads(20)).unwrap(); // a uses 40: 20 unused credit + 20 in the engine
-    let b = flow.open_source(ids[1]).unwrap();
-    let c = flow.open_source(ids[2]).unwrap();
+    let b = claiming(&flow, ids[1]);
+    let c = claiming(&flow, ids[2]);
     fill(&m, filler, 0);
     assert_eq!(m.global_available().records, 60);
     // Claimants a (uses 40, wants 20 more), b and c (use 0, want 40): the
@@ -199,9 +230,9 @@ fn fair_share_is_max_min_over_usage() {
 #[test]
 fn a_source_with_more_in_the_engine_gets_less() {
     let (m, ids, filler, _) = setup(limits(140, 140, 100), 2);
-    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.9), None).unwrap();
-    let a = flow.open_source(ids[0]).unwrap();
-    let b = flow.open_source(ids[1]).unwrap();
+    let flow = BackpressureController::new(m.clone(), shares_config(40), None).unwrap();
+    let a = claiming(&flow, ids[0]);
+    let b = claiming(&flow, ids[1]);
     assert_eq!(a.grant().records, 40);
     assert_eq!(b.grant().records, 40);
     // a sends all of its credit, b only half: both want more.
@@ -215,30 +246,47 @@ fn a_source_with_more_in_the_engine_gets_less() {
     assert_eq!(b.grant().records, 10);
 }
 
-/// Only backlogged sessions (that asked recently) compete: one that stopped
-/// asking does not hold back capacity nobody else may use.
+/// Only claiming sessions compete: one that has nothing to send does not
+/// hold back capacity nobody else may use.
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_do_not_hold_back_capacity() {
     let (m, ids, _, _) = setup(limits(100, 100, 100), 2);
-    let flow = BackpressureController::new(m.clone(), config(80, 0.99, 0.9), None).unwrap();
-    let b = flow.open_source(ids[1]).unwrap();
-    let a = flow.open_source(ids[0]).unwrap();
-    // Both just opened (which counts as asking): a's share is half.
+    let flow = BackpressureController::new(m.clone(), shares_config(80), None).unwrap();
+    let b = claiming(&flow, ids[1]);
+    let a = claiming(&flow, ids[0]);
+    // Both claim: a's share is half.
     assert_eq!(a.grant().records, 50);
     a.close();
-    // b has not asked for a second: a fresh session of a is alone and may
-    // take a full window.
-    tokio::time::advance(Duration::from_secs(1)).await;
-    let a = flow.open_source(ids[0]).unwrap();
+    // b runs dry: a fresh session of a is alone and may take a full window.
+    b.announce_backlog(Credit::ZERO);
+    let a = claiming(&flow, ids[0]);
     assert_eq!(a.grant().records, 80);
-    // b asks now: it competes again, and gets what is left.
+    // b has records again: it competes again, and gets what is left.
+    b.announce_backlog(Credit::new(100, 1000));
     assert_eq!(b.grant().records, 20);
+}
+
+/// A non-expiring (version-1) session that only opened holds its guaranteed
+/// share; once it uses credit it claims the rest of its window.
+#[test]
+fn a_session_that_only_opened_holds_its_guaranteed_share() {
+    let (m, ids, _, _) = setup(limits(1000, 1000, 1000), 1);
+    let flow = BackpressureController::new(m.clone(), shares_config(100), None).unwrap();
+    let h = flow.open_source(ids[0]).unwrap();
+    assert_eq!(h.grant(), Credit::new(1, 10));
+    assert_eq!(
+        h.grant(),
+        Credit::ZERO,
+        "nothing more while it does not send"
+    );
+    let _ = h.admit(1, payloads(1)).unwrap();
+    assert_eq!(h.grant().records, 100, "sending: the whole window");
 }
 
 #[test]
 fn grant_never_exceeds_the_sources_free_room() {
     let (m, ids, _, stages) = setup(limits(1000, 1000, 100), 1);
-    let flow = BackpressureController::new(m.clone(), config(40, 0.99, 0.95), None).unwrap();
+    let flow = BackpressureController::new(m.clone(), config(40, 1.0, 0.95), None).unwrap();
     let h = flow.open_source(ids[0]).unwrap();
     // 90 records of this source already in the engine (admitted without credit).
     let _ = m.admit(ids[0], 1, payloads(90)).unwrap();
@@ -255,7 +303,7 @@ async fn slow_down_shrinks_the_window_and_pause_grants_nothing() {
     let h = flow.open_source(ids[0]).unwrap();
     let mut rx = h.subscribe();
 
-    fill(&m, filler, 80);
+    fill(&m, filler, 81); // above the high watermark (at it is not above)
     flow.evaluate();
     let sig = next_signal(
         &mut rx,
@@ -263,9 +311,17 @@ async fn slow_down_shrinks_the_window_and_pause_grants_nothing() {
         (SignalKind::SlowDown, SignalReason::Global),
     )
     .await;
-    assert!((sig.utilization - 0.8).abs() < 1e-9);
+    assert!((sig.utilization - 0.81).abs() < 1e-9);
     assert!(sig.retry_after > Duration::ZERO);
     assert_eq!(h.window().records, 10);
+    assert_eq!(
+        h.grant(),
+        Credit::ZERO,
+        "paced: no room below the high watermark"
+    );
+    fill(&m, filler, 60); // between the watermarks: still slowed, 20 of room
+    flow.evaluate();
+    assert!(!rx.has_changed());
     assert_eq!(
         h.grant().records,
         10,
@@ -454,7 +510,7 @@ async fn background_task_follows_completions() {
 #[tokio::test(start_paused = true)]
 async fn wait_credit_wakes_when_capacity_frees() {
     let (m, ids, filler, _) = setup(limits(100, 100, 100), 1);
-    let flow = BackpressureController::new(m.clone(), config(20, 0.99, 0.9), None).unwrap();
+    let flow = BackpressureController::new(m.clone(), config(20, 1.0, 0.9), None).unwrap();
     let _task = flow.spawn();
     let h = flow.open_source(ids[0]).unwrap();
     fill(&m, filler, 98);

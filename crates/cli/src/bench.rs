@@ -17,6 +17,7 @@
 //! that covers it, per record, in an HDR histogram. `lost` is
 //! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
 
+pub mod idle;
 pub mod lean;
 pub mod raw;
 
@@ -130,6 +131,11 @@ pub struct BenchArgs {
     /// byte window is this × `--record-bytes` × 2.
     #[arg(long)]
     pub window: Option<u64>,
+    /// Streams that open and never send, held during the sluice run (they
+    /// should cost the busy sources nothing: each holds only its guaranteed
+    /// share of credit).
+    #[arg(long, default_value_t = 0)]
+    pub idle_streams: usize,
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
@@ -465,7 +471,9 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
     }
     let rss = RssSampler::start();
     let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
+    let idle = idle::IdleStreams::open(engine.local_addr(), args.idle_streams).await?;
     let result = drive("sluice", engine.local_addr(), args, rate).await;
+    drop(idle);
     let peak = rss.stop();
     if let Err(e) = engine.shutdown().await {
         eprintln!("sluice bench: engine shutdown: {e}");
@@ -704,7 +712,7 @@ pub fn render_table(report: &BenchReport) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{:<22}{}", "", cols(&runs, |r| r.target.clone()));
-    let rows: [Row<'_>; 17] = [
+    let rows: [Row<'_>; 18] = [
         ("sources × batch", &|r| {
             format!("{} × {}", r.sources, r.batch)
         }),
@@ -739,6 +747,10 @@ pub fn render_table(report: &BenchReport) -> String {
                 "{}/{}/{}",
                 r.signals.slow_down, r.signals.pause, r.signals.resume
             )
+        }),
+        ("signals per minute", &|r| {
+            let all = r.signals.slow_down + r.signals.pause + r.signals.resume;
+            format!("{:.1}", all as f64 * 60.0 / r.elapsed_s.max(1e-9))
         }),
         ("rejects (records)", &|r| {
             format!("{} ({})", r.rejects, r.rejected_records)

@@ -405,6 +405,7 @@ mod tests {
             limit_records: 1_000_000,
             limit_bytes: 4 << 30,
             utilization: u,
+            ..LevelStats::default()
         })
     }
 

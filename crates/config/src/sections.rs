@@ -415,6 +415,17 @@ pub struct BufferSettings {
     /// `low_watermark × per_source`. Throughput per source is about
     /// window ÷ completion latency, so a small window idles the engine.
     pub credit_window_records: u64,
+    /// The guaranteed share of every open stream, in records (the bytes are
+    /// this × 1 KiB): credit it is given whether it sends or not, never
+    /// revoked. The rest of a window is floating: it goes to streams that
+    /// send (or, protocol version 2, announce a backlog), so idle streams
+    /// hold no more than this. Capped at the window.
+    pub guaranteed_credit_records: u64,
+    /// How long floating credit may stay unused: a protocol-version-2
+    /// stream is asked to give it back after it; a version-1 stream claims
+    /// floating credit for this long after it last sent.
+    #[serde(with = "humantime_serde")]
+    pub credit_lease: std::time::Duration,
 }
 
 impl Default for BufferSettings {
@@ -429,6 +440,8 @@ impl Default for BufferSettings {
             per_stage: limits.per_stage,
             per_source: limits.per_source,
             credit_window_records: sluice_buffer::DEFAULT_WINDOW_RECORDS,
+            guaranteed_credit_records: sluice_buffer::DEFAULT_GUARANTEED_RECORDS,
+            credit_lease: sluice_buffer::DEFAULT_CREDIT_LEASE,
         }
     }
 }

@@ -259,6 +259,17 @@ fn buffer(s: &Settings, e: &mut ValidationErrors) {
     // Limits: `global.records` is `buffer.global.records`.
     buffer_rules(e, b.limits().validate(), |f| format!("buffer.{f}"));
     positive(e, "buffer.credit_window_records", b.credit_window_records);
+    positive(
+        e,
+        "buffer.guaranteed_credit_records",
+        b.guaranteed_credit_records,
+    );
+    if b.credit_lease.is_zero() {
+        e.push(
+            "buffer.credit_lease",
+            "must be at least 1 ms (how long floating credit may stay unused)",
+        );
+    }
     // Watermarks: `low` is `buffer.low_watermark`.
     buffer_rules(e, b.watermarks().validate(), |f| {
         format!("buffer.{f}_watermark")

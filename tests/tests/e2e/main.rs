@@ -6,6 +6,7 @@
 mod chaos;
 mod cli_bench;
 mod cli_demo;
+mod credit;
 mod flow;
 mod health_reflection;
 mod hostile;

@@ -32,6 +32,37 @@ pub const DEFAULT_EXPECTED_RECORD_BYTES: u64 = 1024;
 /// engine idled at ~0.25 M records/s for 4 sources (BENCHMARKS.md).
 pub const DEFAULT_WINDOW_RECORDS: u64 = 16_384;
 
+/// The default guaranteed share of a session, in records (the bytes are
+/// this × [`DEFAULT_EXPECTED_RECORD_BYTES`]). Small on purpose: every open
+/// stream holds it whether it sends or not, so 1,000 idle streams hold 16,000
+/// records / 16 MiB of the default per-stage limit of 100,000 records / 64
+/// MiB, and a busy source still gets its whole window. A source that starts
+/// sending gets the rest of its window at its first batch (one round trip).
+pub const DEFAULT_GUARANTEED_RECORDS: u64 = 16;
+
+/// The default credit lease: how long floating credit of a leased
+/// ([`CreditMode::Leased`]) session may stay unused before it is revoked.
+/// Long against a round trip and a sink batch's linger (so a source that
+/// sends steadily never loses credit it is about to use), short against the
+/// time an idle stream would otherwise hold capacity others are waiting for.
+pub const DEFAULT_CREDIT_LEASE: Duration = Duration::from_secs(2);
+
+/// How a session's credit above its guaranteed share ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CreditMode {
+    /// It never expires: the session keeps it until it uses it or closes
+    /// (protocol version 1). Such a session claims floating credit while it
+    /// used credit within the last [`ControllerConfig::credit_lease`].
+    #[default]
+    NonExpiring,
+    /// Floating credit unused for [`ControllerConfig::credit_lease`] is
+    /// revoked ([`FlowEvent::Revoke`](super::FlowEvent)), and the session
+    /// claims floating credit only while its announced backlog
+    /// ([`SourceHandle::announce_backlog`](super::SourceHandle::announce_backlog))
+    /// is not zero (protocol version 2).
+    Leased,
+}
+
 /// Settings of a [`BackpressureController`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControllerConfig {
@@ -52,6 +83,16 @@ pub struct ControllerConfig {
     pub slow_down_retry_after: Duration,
     /// `retry_after` of PAUSE signals. Default 250 ms.
     pub pause_retry_after: Duration,
+    /// The guaranteed share of a session: every session is topped up to it
+    /// (when there is room) whether it claims credit or not, and it is never
+    /// revoked. At most the window. Default [`DEFAULT_GUARANTEED_RECORDS`]
+    /// records and that many × [`DEFAULT_EXPECTED_RECORD_BYTES`] bytes.
+    pub guaranteed: Credit,
+    /// How long floating credit may stay unused: a [`CreditMode::Leased`]
+    /// session's floating credit is revoked after it; a
+    /// [`CreditMode::NonExpiring`] session claims floating credit for this
+    /// long after it last used credit. Default [`DEFAULT_CREDIT_LEASE`].
+    pub credit_lease: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -66,6 +107,11 @@ impl Default for ControllerConfig {
             tick: Duration::from_millis(10),
             slow_down_retry_after: Duration::from_millis(50),
             pause_retry_after: Duration::from_millis(250),
+            guaranteed: Credit::new(
+                DEFAULT_GUARANTEED_RECORDS,
+                DEFAULT_GUARANTEED_RECORDS * DEFAULT_EXPECTED_RECORD_BYTES,
+            ),
+            credit_lease: DEFAULT_CREDIT_LEASE,
         }
     }
 }
@@ -97,6 +143,9 @@ impl ControllerConfig {
         }
         if self.tick.is_zero() {
             return bad("tick must be non-zero".into());
+        }
+        if self.credit_lease.is_zero() {
+            return bad("credit_lease must be non-zero".into());
         }
         Ok(())
     }
@@ -145,15 +194,50 @@ pub(super) struct SourceEntry {
 #[derive(Debug)]
 pub(super) struct StreamLease {
     pub(super) source: SourceId,
+    pub(super) mode: CreditMode,
     /// Credit granted to this session and not yet used, as far as the
     /// session reported usage; re-synchronised down to the manager's
-    /// reservation of the source at each grant.
+    /// reservation of the source at each grant. The part up to the
+    /// guaranteed share is guaranteed, the rest floating.
     pub(super) outstanding: Credit,
-    /// When the session last asked for credit (or opened). A session that
-    /// asked within the claim window is *backlogged*: it competes for the
-    /// fair share. A session parked in `wait_credit` asks again at every
-    /// evaluation, so it stays backlogged while it waits.
-    pub(super) last_ask: Instant,
+    /// [`CreditMode::Leased`]: the backlog the session announced, less what
+    /// it used since. The session claims floating credit while it is not
+    /// zero.
+    pub(super) backlog: Credit,
+    /// When the session last used credit; `None` before its first use.
+    pub(super) last_used: Option<Instant>,
+    /// When the session was last granted credit (or opened): a lease runs
+    /// from the later of this and `last_used`.
+    pub(super) last_granted: Instant,
+    /// A revoke of floating credit that is pending: nothing more is granted
+    /// and the credit stays reserved until the session releases it.
+    pub(super) revoke: Option<PendingRevoke>,
+}
+
+/// A revoke asked of a leased session ([`FlowEvent::Revoke`](super::FlowEvent)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PendingRevoke {
+    pub(super) id: u64,
+    /// The floating credit asked back.
+    pub(super) credit: Credit,
+    /// Whether the session was told (returned by `wait_flow`).
+    pub(super) told: bool,
+}
+
+impl StreamLease {
+    /// Whether the session claims floating credit (competes for the fair
+    /// share and may be topped up beyond its guaranteed share): a leased
+    /// session while its announced backlog is not zero, a non-expiring one
+    /// while it used credit within `lease`. A stream that only opened claims
+    /// nothing, so idle streams hold no more than their guaranteed share.
+    pub(super) fn claims(&self, now: Instant, lease: Duration) -> bool {
+        match self.mode {
+            CreditMode::Leased => self.backlog.records > 0,
+            CreditMode::NonExpiring => self
+                .last_used
+                .is_some_and(|t| now.saturating_duration_since(t) <= lease),
+        }
+    }
 }
 
 /// Everything behind the controller's lock (see `BackpressureController::inner`).
@@ -164,6 +248,8 @@ pub(super) struct Inner {
     pub(super) entries: Vec<Option<SourceEntry>>,
     pub(super) leases: HashMap<u64, StreamLease>,
     pub(super) next_lease: u64,
+    /// The id of the last revoke (ids start at 1).
+    pub(super) next_revoke: u64,
     pub(super) shut_down: bool,
     /// Stages whose sink is stalled ([`BackpressureController::set_stage_stalled`]):
     /// the stage, its pipeline, the sink's description.
@@ -184,7 +270,7 @@ pub(super) struct Inner {
 /// | from | when | to | signal |
 /// |---|---|---|---|
 /// | NORMAL | a level is full (utilization 1.0), the gate is closed or a sink of its pipeline is stalled | PAUSED | PAUSE |
-/// | NORMAL | a level is at or above the high watermark | SLOWED_DOWN | SLOW_DOWN |
+/// | NORMAL | a level is above the high watermark | SLOWED_DOWN | SLOW_DOWN |
 /// | SLOWED_DOWN | a level is full, the gate is closed or a sink is stalled | PAUSED | PAUSE |
 /// | SLOWED_DOWN | every level is at or below the low watermark | NORMAL | RESUME |
 /// | PAUSED | every level is at or below the low watermark, the gate is open and no sink of its pipeline is stalled | NORMAL | RESUME |
@@ -212,27 +298,41 @@ pub(super) struct Inner {
 ///   [`ControllerConfig::window`], capped at `low watermark × per-source
 ///   limit` so that a full window of unused credit can never by itself push
 ///   the source's own level past the low watermark.
+/// - **Guaranteed share, floating credit.** Every session is topped up to
+///   its guaranteed share ([`ControllerConfig::guaranteed`]) whatever it
+///   does; beyond it, up to the window, only while it *claims* credit: a
+///   [`CreditMode::Leased`] session while its announced backlog is not zero
+///   (and at most that much), a [`CreditMode::NonExpiring`] one for
+///   [`ControllerConfig::credit_lease`] after it last used credit. So a
+///   stream that only opened holds its guaranteed share and no more.
+/// - **Leases.** Floating credit of a leased session that stays unused for
+///   the lease is revoked ([`FlowEvent::Revoke`](super::FlowEvent)): nothing
+///   more is granted to it, and the credit stays reserved, until the session
+///   releases it ([`SourceHandle::release`]), so what it sent before it
+///   learned of the revoke is still covered.
 /// - **Refill at half.** A session is granted more only once it has used at
-///   least half of its window (in records or in bytes); then it is topped up
-///   towards a full window. Before that, `grant` returns zero.
+///   least half of what it may hold (in records or in bytes); then it is
+///   topped up. Before that, `grant` returns zero.
+/// - **Paced.** Only room below the high watermark of every level is granted
+///   ([`BufferManager::available_below`]), so a source within its credit
+///   never pushes a level past it: signals are for what credit cannot
+///   prevent.
 /// - **SLOW_DOWN shrinks the window** to `window / slow_down_divisor`
 ///   (default a quarter), so a slowed source really gets less, not just a
 ///   delay hint. **PAUSED gets nothing**, nor does anyone while the memory
 ///   gate is closed.
-/// - **Fair share.** The claimants are the sources with a *backlogged*
-///   session: one that asked for credit recently (a session waiting in
-///   [`SourceHandle::wait_credit`] asks again at every evaluation) and is
-///   not paused. The free global capacity plus what the claimants already
-///   use (unused credit and records in the engine) is shared max-min fairly
+/// - **Fair share.** The claimants are the sources with a session that
+///   claims floating credit (see above) and is not paused. The free
+///   global capacity plus what the claimants already use (unused credit and records in the engine) is shared max-min fairly
 ///   among them: equal shares, except that a claimant already using more
 ///   keeps what it uses (it cannot be taken back) and the others share the
 ///   rest. The grant is `min(window − unused credit, share − usage, the
-///   source's free room (global, entry stage, source))`, per dimension
+///   source's paced room (global, entry stage, source))`, per dimension
 ///   (records, bytes). Equal usage means equal throughput through FIFO
 ///   stages; the share does not depend on the order in which claimants ask
 ///   (a grant moves capacity from free to used, leaving the pool as it
 ///   was), so a source cannot run ahead by asking first or more often; and
-///   a session that stops asking leaves the claimants, so capacity nobody
+///   a session that stops claiming leaves the claimants, so capacity nobody
 ///   asks for is not held back.
 ///
 /// # Evaluation
@@ -258,10 +358,14 @@ pub(super) struct Inner {
 /// let flow = BackpressureController::new(buffer.clone(), ControllerConfig::default(), None).unwrap();
 /// let _task = flow.spawn(); // background evaluation
 /// let source = flow.open_source(id).unwrap();
+/// // A stream that has not sent yet gets its guaranteed share ...
 /// let credit = source.grant(); // reserved in the manager already
-/// assert_eq!(credit.records, sluice_buffer::DEFAULT_WINDOW_RECORDS);
-/// let admission = source.admit(1, vec![b"hello".to_vec()]).unwrap();
+/// assert_eq!(credit.records, sluice_buffer::DEFAULT_GUARANTEED_RECORDS);
+/// let admission = source.admit(1, vec![b"hello".to_vec(); 10]).unwrap();
 /// assert!(admission.rejected.is_none());
+/// // ... and, once it sends, the rest of its window (floating credit).
+/// let more = source.grant();
+/// assert_eq!(more.records + 6, sluice_buffer::DEFAULT_WINDOW_RECORDS);
 /// assert_eq!(source.status().state, SourceState::Normal);
 /// flow.shutdown();
 /// # });
@@ -271,6 +375,8 @@ pub struct BackpressureController<T> {
     pub(super) config: ControllerConfig,
     /// The full window after capping to the per-source limit.
     pub(super) window: Credit,
+    /// The guaranteed share after capping to the window.
+    pub(super) guaranteed: Credit,
     pub(super) gate: Option<watch::Receiver<GateState>>,
     /// All per-source state. INVARIANTS, each kept by making every change
     /// (and every call into the manager that a change depends on) inside one
@@ -336,10 +442,12 @@ impl<T> BackpressureController<T> {
             tracing::debug!(configured = ?config.window, ?window, "credit window capped to low watermark × per-source limit");
         }
         let (stop, _) = watch::channel(false);
+        let guaranteed = min_credit(config.guaranteed, window);
         Ok(Arc::new(Self {
             manager,
             config,
             window,
+            guaranteed,
             gate,
             inner: Mutex::new(Inner::default()),
             shut_down: AtomicBool::new(false),
@@ -371,13 +479,29 @@ impl<T> BackpressureController<T> {
         }
     }
 
-    /// Opens a session for `source` (a source registered with the manager):
-    /// the handle through which it is granted credit and observes its signals.
-    /// A source may have several sessions (e.g. a reconnect that overlaps the
-    /// old stream); they share the source's state and each has its own window.
+    /// The guaranteed share of a session ([`ControllerConfig::guaranteed`]
+    /// capped at the window).
+    pub fn guaranteed(&self) -> Credit {
+        self.guaranteed
+    }
+
+    /// Opens a [`CreditMode::NonExpiring`] session for `source` (a source
+    /// registered with the manager): the handle through which it is granted
+    /// credit and observes its signals. A source may have several sessions
+    /// (e.g. a reconnect that overlaps the old stream); they share the
+    /// source's state and each has its own window.
     pub fn open_source(
         self: &Arc<Self>,
         source: SourceId,
+    ) -> Result<SourceHandle<T>, ControllerError> {
+        self.open_source_with(source, CreditMode::NonExpiring)
+    }
+
+    /// Opens a session for `source` whose floating credit ends as `mode` says.
+    pub fn open_source_with(
+        self: &Arc<Self>,
+        source: SourceId,
+        mode: CreditMode,
     ) -> Result<SourceHandle<T>, ControllerError> {
         let (session, rx, any) = {
             let mut inner = self.inner.lock();
@@ -391,8 +515,14 @@ impl<T> BackpressureController<T> {
                 session,
                 StreamLease {
                     source,
+                    mode,
                     outstanding: Credit::ZERO,
-                    last_ask: Instant::now(),
+                    backlog: Credit::ZERO,
+                    // Opening is not using: a stream that only opened does
+                    // not claim floating credit.
+                    last_used: None,
+                    last_granted: Instant::now(),
+                    revoke: None,
                 },
             );
             // The new session starts from the source's current state.
@@ -482,7 +612,12 @@ impl<T> BackpressureController<T> {
     /// Recomputes every source's state from the buffer's pressures and the
     /// gate, publishes each transition, and returns the signals it made.
     pub fn evaluate(&self) -> Vec<(SourceId, BackpressureSignal)> {
-        let signals = self.evaluate_locked(&mut self.inner.lock());
+        let signals = {
+            let mut inner = self.inner.lock();
+            let signals = self.evaluate_locked(&mut inner);
+            self.expire_leases_locked(&mut inner, Instant::now());
+            signals
+        };
         self.credit.notify_waiters();
         signals
     }

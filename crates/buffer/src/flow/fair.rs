@@ -1,8 +1,6 @@
 //! The fair share: max-min fair levels of the global capacity among the
 //! backlogged sources, the refill-at-half rule, and small credit helpers.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use super::controller::{BackpressureController, Inner};
@@ -21,6 +19,11 @@ pub(super) fn sub_sat(a: Credit, b: Credit) -> Credit {
 #[inline]
 pub(super) fn min_credit(a: Credit, b: Credit) -> Credit {
     Credit::new(a.records.min(b.records), a.bytes.min(b.bytes))
+}
+
+#[inline]
+pub(super) fn max_credit(a: Credit, b: Credit) -> Credit {
+    Credit::new(a.records.max(b.records), a.bytes.max(b.bytes))
 }
 
 /// Whether a session holding `outstanding` of a `window` has used half of it
@@ -53,17 +56,12 @@ pub(crate) fn fair_level(pool: u64, floors: &[u64]) -> u64 {
 }
 
 impl<T> BackpressureController<T> {
-    /// How long after its last request a session still counts as backlogged.
-    fn claim_window(&self) -> Duration {
-        (self.config.tick * 4).max(Duration::from_millis(50))
-    }
-
     /// Caps `own` (what the session asks for) at its source's max-min fair
     /// share of the global capacity.
     ///
-    /// The claimants are the sources with a *backlogged* session: one that
-    /// asked for credit within the claim window (a session parked in
-    /// `wait_credit` asks again at every evaluation) and is not paused. The
+    /// The claimants are the sources with a session that *claims* floating
+    /// credit (`StreamLease::claims`: an announced backlog, or credit used
+    /// within the lease) and is not paused. The
     /// pool is the free global capacity plus what the claimants already use
     /// (unused credit and records in the engine); it is shared equally, each
     /// claimant's share being at least what it uses now (in use cannot be
@@ -71,7 +69,7 @@ impl<T> BackpressureController<T> {
     /// because it asks first or more often, and equal usage means equal
     /// throughput through FIFO stages. A grant moves capacity from free to
     /// used without changing the pool, so the level does not depend on the
-    /// order in which claimants ask. Sessions that stopped asking drop out
+    /// order in which claimants ask. Sessions that stop claiming drop out
     /// of the claimants, which keeps the policy work-conserving.
     pub(super) fn fair_grant(
         &self,
@@ -79,15 +77,15 @@ impl<T> BackpressureController<T> {
         session: u64,
         source: SourceId,
         own: Credit,
+        now: Instant,
     ) -> Credit {
-        let now = Instant::now();
-        let claim = self.claim_window();
+        let lease = self.config.credit_lease;
         let mut claimants: Vec<SourceId> = inner
             .leases
             .iter()
             .filter(|&(&id, s)| {
                 id == session
-                    || (now.saturating_duration_since(s.last_ask) <= claim
+                    || (s.claims(now, lease)
                         && inner
                             .entries
                             .get(s.source.index())

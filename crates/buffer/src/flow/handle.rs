@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::controller::BackpressureController;
+use super::grant::FlowEvent;
 use super::signal::SignalReceiver;
 use super::state::{SourceState, SourceStatus};
 use crate::error::BufferError;
@@ -84,8 +85,24 @@ impl<T> SourceHandle<T> {
     /// Waits until [`grant`](Self::grant) gives a non-zero credit and returns
     /// it; `None` once the controller is shut down. Wakes on every
     /// background evaluation, so run the controller's task. Cancel-safe:
-    /// nothing is reserved unless the credit is returned.
+    /// nothing is reserved unless the credit is returned. A
+    /// [`CreditMode::Leased`](super::CreditMode::Leased) session uses
+    /// [`wait_flow`](Self::wait_flow) instead, which also reports revokes.
     pub async fn wait_credit(&self) -> Option<Credit> {
+        loop {
+            match self.wait_flow().await? {
+                FlowEvent::Credit(c) => return Some(c),
+                FlowEvent::Revoke { .. } => continue,
+            }
+        }
+    }
+
+    /// Waits for the next thing flow control has for this session: a
+    /// credit ([`grant`](Self::grant) non-zero) or a revoke of its floating
+    /// credit (a revoke is reported once; answer it with
+    /// [`release`](Self::release)). `None` once the controller is shut
+    /// down. Wakes on every background evaluation. Cancel-safe.
+    pub async fn wait_flow(&self) -> Option<FlowEvent> {
         loop {
             let notified = self.controller.credit.notified();
             tokio::pin!(notified);
@@ -93,12 +110,31 @@ impl<T> SourceHandle<T> {
             if self.controller.is_shut_down() {
                 return None;
             }
+            if let Some(revoke) = self.controller.take_revoke(self.session) {
+                return Some(revoke);
+            }
             let credit = self.grant();
             if !credit.is_zero() {
-                return Some(credit);
+                return Some(FlowEvent::Credit(credit));
             }
             notified.await;
         }
+    }
+
+    /// Announces the session's backlog: records (and their bytes) it holds
+    /// and has not sent. A [`CreditMode::Leased`](super::CreditMode::Leased)
+    /// session claims floating credit while it is not zero, at most that
+    /// much; what it then uses is taken off it. Each announcement replaces
+    /// the last. (No effect on grants of a non-expiring session.)
+    pub fn announce_backlog(&self, backlog: Credit) {
+        self.controller.announce_backlog(self.session, backlog);
+    }
+
+    /// Gives back up to `credit` of the session's unused credit, in answer
+    /// to revoke `id` ([`FlowEvent::Revoke`]; this ends it) or on its own
+    /// (`id` 0); the reservation is released. Returns what was released.
+    pub fn release(&self, id: u64, credit: Credit) -> Credit {
+        self.controller.release_session(self.session, id, credit)
     }
 
     /// Reports credit used: `used.records` records carrying `used.bytes`

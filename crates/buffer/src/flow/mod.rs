@@ -15,7 +15,9 @@
 //! - `controller.rs`: the [`BackpressureController`] with its lock (the
 //!   invariants are stated there), its [`ControllerConfig`] and
 //!   [`ControllerError`]; evaluation, shutdown and the background task.
-//! - `grant.rs`: granting credit to a stream and accounting for its use.
+//! - `grant.rs`: granting credit to a stream, accounting for its use, its
+//!   announced backlog and what it gives back; revoking leased credit
+//!   ([`FlowEvent`]).
 //! - `handle.rs`: [`SourceHandle`], one stream's view of the controller.
 
 mod controller;
@@ -26,9 +28,10 @@ mod signal;
 mod state;
 
 pub use controller::{
-    BackpressureController, ControllerConfig, ControllerError, DEFAULT_EXPECTED_RECORD_BYTES,
-    DEFAULT_WINDOW_RECORDS,
+    BackpressureController, ControllerConfig, ControllerError, CreditMode, DEFAULT_CREDIT_LEASE,
+    DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_GUARANTEED_RECORDS, DEFAULT_WINDOW_RECORDS,
 };
+pub use grant::FlowEvent;
 pub use handle::{Coverage, SourceHandle};
 pub use signal::{BackpressureSignal, SignalKind, SignalReason, SignalReceiver};
 pub use state::{SourceState, SourceStatus};

@@ -90,7 +90,7 @@ pub(crate) fn step(
     match (state, pause) {
         (SourceState::Paused, Some(_)) => None,
         (_, Some(cause)) => t(SourceState::Paused, SignalKind::Pause, cause),
-        (SourceState::Normal, None) if util >= marks.high => t(
+        (SourceState::Normal, None) if util > marks.high => t(
             SourceState::SlowedDown,
             SignalKind::SlowDown,
             (reason, util),
@@ -179,12 +179,23 @@ mod tests {
             (t.kind, t.reason),
             (SignalKind::Pause, SignalReason::Source)
         );
-        let t = step(SourceState::Normal, &p(0.8, 0.8, 0.8), None, MARKS).unwrap();
+        let t = step(SourceState::Normal, &p(0.85, 0.85, 0.85), None, MARKS).unwrap();
         assert_eq!(
             t.reason,
             SignalReason::Global,
             "ties go to the widest level"
         );
+    }
+
+    #[test]
+    fn slow_down_only_above_the_high_watermark() {
+        // Paced credit fills a level up to the high watermark exactly: that
+        // is not "above" it (ingest.proto), so no signal.
+        assert_eq!(
+            step(SourceState::Normal, &p(0.8, 0.8, 0.8), None, MARKS),
+            None
+        );
+        assert!(step(SourceState::Normal, &p(0.0, 0.0, 0.8001), None, MARKS).is_some());
     }
 
     #[test]
@@ -246,7 +257,7 @@ mod tests {
     proptest! {
         /// Whatever the sequence of readings: signals alternate between an
         /// episode start (SLOW_DOWN/PAUSE) and its end (RESUME); a RESUME comes
-        /// only at or below low with the gate open; a SLOW_DOWN only at or above
+        /// only at or below low with the gate open; a SLOW_DOWN only above
         /// high; a PAUSE only when full or with the gate closed; and the state
         /// never leaves PAUSED except by RESUME.
         #[test]
@@ -266,7 +277,7 @@ mod tests {
                         }
                         SignalKind::SlowDown => {
                             prop_assert_eq!(before, SourceState::Normal);
-                            prop_assert!((MARKS.high..1.0).contains(&max) && mem.is_none());
+                            prop_assert!(max > MARKS.high && max < 1.0 && mem.is_none());
                         }
                         SignalKind::Pause => {
                             prop_assert!(before != SourceState::Paused);
@@ -277,7 +288,7 @@ mod tests {
                 } else {
                     // No transition: the state is consistent with the reading.
                     match state {
-                        SourceState::Normal => prop_assert!(max < MARKS.high && mem.is_none()),
+                        SourceState::Normal => prop_assert!(max <= MARKS.high && mem.is_none()),
                         SourceState::SlowedDown => prop_assert!(max > MARKS.low && max < 1.0 && mem.is_none()),
                         SourceState::Paused => prop_assert!(max > MARKS.low || mem.is_some()),
                     }

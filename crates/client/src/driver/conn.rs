@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::v1::ingest_client::IngestClient;
 use sluice_proto::v1::{EngineMessage, Open, SourceMessage, engine_message, source_message};
+
+/// The protocol version this client speaks (`Open.protocol_version`).
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -46,6 +49,19 @@ pub(super) struct Conn {
     pub(super) max_message_bytes: usize,
     /// When the client half-closed after everything was acked.
     pub(super) closing_since: Option<Instant>,
+    /// The protocol version the engine serves on this stream
+    /// (`Opened.protocol_version`; 1 for engines that predate it).
+    pub(super) version: u32,
+    /// The large-record rule's threshold (`Opened.large_record_bytes`), 0
+    /// when the engine does not say (then half the largest byte credit held
+    /// is used as a lower bound of half the window).
+    pub(super) large_record_bytes: u64,
+    /// Version 2: the id of the next batch.
+    pub(super) next_batch_id: u64,
+    /// Version 2: whether the last `Backlog` sent announced records.
+    pub(super) backlog_announced: bool,
+    /// Control messages (`Backlog`, `Release`) to send before the next batch.
+    pub(super) outbox: VecDeque<SourceMessage>,
 }
 
 /// Why [`Driver::open`] failed, and whether another attempt may succeed.
@@ -97,8 +113,12 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A batch as sent, for [`Driver::sync_credit`].
+/// A batch as sent (or a `Release`, which is charged like one until a
+/// later outcome shows the engine read it), for [`Driver::sync_credit`].
 pub(super) struct SentBatch {
+    /// Version 2: the batch's id; 0 for a `Release`.
+    pub(super) id: u64,
+    /// Sequence numbers of the batch (0 and 0 for a `Release`).
     pub(super) first: u64,
     pub(super) last: u64,
     /// Credit charged for it.
@@ -129,11 +149,18 @@ impl Driver {
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(4);
+        // Protocol version 2: the backlog comes with `Open` (so the first
+        // floating credit comes with `Opened`), and where the resend starts,
+        // so that an engine that completed nothing of it in flight (a
+        // restarted one, or another replica) continues there without a gap.
+        let backlog = self.backlog_from(self.front_seq());
         let open = SourceMessage {
             body: Some(source_message::Body::Open(Open {
                 source_id: self.source_id.clone(),
                 pipeline: self.pipeline.clone(),
-                ..Open::default()
+                protocol_version: PROTOCOL_VERSION,
+                backlog: Some(backlog),
+                first_unacked_seq: self.front_seq(),
             })),
         };
         tx.send(open)
@@ -195,6 +222,8 @@ impl Driver {
         }
         let cursor = (opened.admitted_through_seq + 1).clamp(front, self.next_assign);
         let admitted = opened.admitted_through_seq;
+        let version = opened.protocol_version.max(1);
+        let large_record_bytes = opened.large_record_bytes;
         self.emit(ClientEvent::Connected { attempt, opened });
         Ok(Conn {
             opened_admitted: admitted,
@@ -214,6 +243,11 @@ impl Driver {
             max_batch,
             max_message_bytes,
             closing_since: None,
+            version,
+            large_record_bytes,
+            next_batch_id: 1,
+            backlog_announced: version >= 2 && !self.pending.is_empty(),
+            outbox: VecDeque::new(),
         })
     }
 }

@@ -5,11 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_proto::v1::{EngineMessage, Reject, RejectReason, SignalKind, engine_message};
+use sluice_proto::v1::{
+    BatchOutcome, EngineMessage, Reject, RejectReason, Release, Revoke, SignalKind, SourceMessage,
+    engine_message, source_message,
+};
 use tracing::{debug, warn};
 
 use super::Driver;
-use super::conn::Conn;
+use super::conn::{Conn, SentBatch};
 use crate::event::ClientEvent;
 
 /// Pause between batches under `SLOW_DOWN` when the signal suggests none.
@@ -36,11 +39,8 @@ impl Driver {
             return;
         };
         match body {
-            // Version-2 messages; this client speaks version 1 (it never
-            // sets `Open.protocol_version`), so the engine sends none.
-            engine_message::Body::Outcome(_) | engine_message::Body::Revoke(_) => {
-                warn!(source_id = %self.source_id, "version-2 message on a version-1 stream ignored");
-            }
+            engine_message::Body::Outcome(o) => self.on_outcome(conn, o),
+            engine_message::Body::Revoke(r) => self.on_revoke(conn, r),
             engine_message::Body::Opened(_) => {
                 warn!(source_id = %self.source_id, "second Opened from the engine ignored");
             }
@@ -48,6 +48,7 @@ impl Driver {
                 conn.credit_records = conn.credit_records.saturating_add(c.records);
                 conn.credit_bytes = conn.credit_bytes.saturating_add(c.bytes);
                 conn.max_credit_bytes = conn.max_credit_bytes.max(conn.credit_bytes);
+                conn.backlog_announced = false;
                 conn.paused = false;
                 self.emit(ClientEvent::Credit(c));
             }
@@ -96,34 +97,106 @@ impl Driver {
         }
     }
 
+    /// Version 2: the outcome of one batch. The engine answers batches in
+    /// order, so every batch sent before it is answered too; its credit is
+    /// the engine's count after the batch, less what this client charged
+    /// itself since (batches and releases the engine had not read yet).
+    fn on_outcome(&mut self, conn: &mut Conn, o: BatchOutcome) {
+        let found = conn.in_flight.iter().position(|b| b.id == o.batch_id);
+        if let Some(i) = found {
+            conn.in_flight.drain(..=i);
+        }
+        if let Some(credit) = o.credit {
+            let (records, bytes) = conn
+                .in_flight
+                .iter()
+                .fold((0, 0), |(r, b), s| (r + s.records, b + s.bytes));
+            conn.credit_records = credit.records.saturating_sub(records);
+            conn.credit_bytes = credit.bytes.saturating_sub(bytes);
+            conn.max_credit_bytes = conn.max_credit_bytes.max(credit.bytes);
+        }
+        let Some(r) = o.reject else {
+            return;
+        };
+        let reason = RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified);
+        self.p.rejected += r.count;
+        if reason == RejectReason::FollowsReject {
+            // Sent before this client read the reject it follows; it has
+            // rewound for that one already.
+            debug!(source_id = %self.source_id, batch_id = o.batch_id, "batch followed a rejected one");
+            return;
+        }
+        debug!(source_id = %self.source_id, batch_id = o.batch_id, first_seq = r.first_seq, count = r.count, ?reason, message = %r.message, "batch rejected");
+        self.rewind_for(conn, &r, reason);
+        self.emit(ClientEvent::Reject(r));
+    }
+
+    /// Version 2: floating credit stayed unused for the lease; give back
+    /// what this client does not hold for a batch about to go out.
+    fn on_revoke(&mut self, conn: &mut Conn, r: Revoke) {
+        let records = r.records.min(conn.credit_records);
+        let bytes = r.bytes.min(conn.credit_bytes);
+        conn.credit_records -= records;
+        conn.credit_bytes -= bytes;
+        // Charged like a batch until a later outcome shows the engine read it.
+        conn.in_flight.push_back(SentBatch {
+            id: 0,
+            first: 0,
+            last: 0,
+            records,
+            bytes,
+        });
+        debug!(source_id = %self.source_id, id = r.revoke_id, records, bytes, "credit released");
+        conn.outbox.push_back(SourceMessage {
+            body: Some(source_message::Body::Release(Release {
+                revoke_id: r.revoke_id,
+                records,
+                bytes,
+            })),
+        });
+    }
+
     /// Handles a `Reject`: the records it names are resent after its
     /// `retry_after_ms`, or, rejected as too large, taken out of the stream.
     fn on_reject(&mut self, conn: &mut Conn, r: Reject) {
         self.p.rejected += r.count;
         let reason = RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified);
         debug!(source_id = %self.source_id, first_seq = r.first_seq, count = r.count, ?reason, message = %r.message, "reject");
-        let front = self.front_seq();
         self.sync_credit(conn, &r);
-        let primary = r.first_seq == r.admitted_through_seq.saturating_add(1);
-        if primary && r.first_seq >= front && r.first_seq < self.next_assign {
-            if reason == RejectReason::RecordTooLarge {
-                let idx = (r.first_seq - front) as usize;
-                if let Some(h) = self.take_out(idx) {
-                    self.p.too_large += 1;
-                    warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
-                    self.emit(ClientEvent::RecordTooLarge {
-                        seq: h.seq,
-                        record: h.record,
-                    });
-                }
-            } else {
-                let wait = retry_after(r.retry_after_ms, DEFAULT_REJECT_DELAY);
-                conn.not_before = Some(Instant::now() + wait);
-                conn.in_backoff = true;
-            }
-            conn.cursor = r.first_seq;
+        // Version 1: only the reject of the batch right after the admitted
+        // sequence number rewinds; the gap rejects of the batches sent after
+        // it follow from it.
+        if r.first_seq == r.admitted_through_seq.saturating_add(1) {
+            self.rewind_for(conn, &r, reason);
         }
         self.emit(ClientEvent::Reject(r));
+    }
+
+    /// Rewinds the cursor to where `r` says to resend from (after its
+    /// `retry_after_ms`), or, for a record that can never be admitted,
+    /// takes that record out of the stream.
+    fn rewind_for(&mut self, conn: &mut Conn, r: &Reject, reason: RejectReason) {
+        let front = self.front_seq();
+        let from = r.admitted_through_seq.saturating_add(1);
+        if from < front || from >= self.next_assign {
+            return;
+        }
+        if reason == RejectReason::RecordTooLarge && r.first_seq == from {
+            let idx = (r.first_seq - front) as usize;
+            if let Some(h) = self.take_out(idx) {
+                self.p.too_large += 1;
+                warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
+                self.emit(ClientEvent::RecordTooLarge {
+                    seq: h.seq,
+                    record: h.record,
+                });
+            }
+        } else {
+            let wait = retry_after(r.retry_after_ms, DEFAULT_REJECT_DELAY);
+            conn.not_before = Some(Instant::now() + wait);
+            conn.in_backoff = true;
+        }
+        conn.cursor = from;
     }
 
     /// Aligns the client's credit with the engine's after a reject.

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use sluice_proto::v1::{Batch, SourceMessage, source_message};
+use sluice_proto::v1::{Backlog, Batch, SourceMessage, source_message};
 use tracing::debug;
 
 use super::Driver;
@@ -19,6 +19,8 @@ pub(super) enum Plan {
     WaitUntil(Instant),
     /// Nothing to send until something arrives (records, credit, a signal).
     Idle,
+    /// Records wait, but the credit does not cover the next one.
+    NoCredit,
     /// The next record can never be sent.
     Fatal(ClientError),
 }
@@ -73,11 +75,14 @@ impl Driver {
                 // A record larger than half the byte window may never be
                 // covered by byte credit (refills come at half a window):
                 // the engine admits it alone on one record credit. The
-                // largest byte credit held is a lower bound of the window.
-                if n == 0
-                    && conn.credit_records > 0
-                    && h.size > conn.credit_bytes
-                    && h.size > conn.max_credit_bytes / 2
+                // engine states the threshold (`Opened.large_record_bytes`);
+                // older ones do not, and the largest byte credit held is a
+                // lower bound of the window.
+                let large = match conn.large_record_bytes {
+                    0 => conn.max_credit_bytes / 2,
+                    t => t,
+                };
+                if n == 0 && conn.credit_records > 0 && h.size > conn.credit_bytes && h.size > large
                 {
                     n = 1;
                 }
@@ -87,7 +92,46 @@ impl Driver {
             bytes += h.size;
             enc += h.encoded;
         }
-        if n == 0 { Plan::Idle } else { Plan::Send(n) }
+        if n == 0 {
+            Plan::NoCredit
+        } else {
+            Plan::Send(n)
+        }
+    }
+
+    /// The records held from `seq` on (not sent yet, or to be resent), as a
+    /// version-2 backlog.
+    pub(super) fn backlog_from(&self, seq: u64) -> Backlog {
+        let front = self.front_seq();
+        let skip = seq.saturating_sub(front) as usize;
+        let (records, bytes) = self
+            .pending
+            .range(skip.min(self.pending.len())..)
+            .fold((0u64, 0u64), |(r, b), h| (r + 1, b + h.size));
+        Backlog { records, bytes }
+    }
+
+    /// Version 2: queues a `Backlog` when the stream has records to send and
+    /// no credit for the next one (and did not say so since its last
+    /// credit), or `Backlog{0, 0}` once it has nothing left to send, so
+    /// that floating credit goes where it is used.
+    pub(super) fn announce_backlog(&self, conn: &mut Conn, blocked_on_credit: bool) {
+        if conn.version < 2 || conn.tx.is_none() {
+            return;
+        }
+        let backlog = self.backlog_from(conn.cursor);
+        let announce = if backlog.records == 0 {
+            conn.backlog_announced
+        } else {
+            blocked_on_credit && !conn.backlog_announced
+        };
+        if announce {
+            conn.backlog_announced = backlog.records > 0;
+            debug!(source_id = %self.source_id, records = backlog.records, bytes = backlog.bytes, "backlog");
+            conn.outbox.push_back(SourceMessage {
+                body: Some(source_message::Body::Backlog(backlog)),
+            });
+        }
     }
 
     /// The batch of the next `n` records at the cursor of `conn`; charges
@@ -103,7 +147,14 @@ impl Driver {
         }
         let first_seq = conn.cursor;
         let last = first_seq + n as u64 - 1;
+        let batch_id = if conn.version >= 2 {
+            conn.next_batch_id += 1;
+            conn.next_batch_id - 1
+        } else {
+            0
+        };
         conn.in_flight.push_back(SentBatch {
+            id: batch_id,
             first: first_seq,
             last,
             records: before.0 - conn.credit_records,
@@ -122,7 +173,7 @@ impl Driver {
             body: Some(source_message::Body::Batch(Batch {
                 first_seq,
                 records,
-                ..Batch::default()
+                batch_id,
             })),
         }
     }

@@ -31,13 +31,12 @@ impl Driver {
                 Plan::Send(n) => send = Some(n),
                 Plan::WaitUntil(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
                 Plan::Idle => {}
+                Plan::NoCredit => {}
                 Plan::Fatal(e) => return ConnEnd::Fatal(e),
             }
-            let tx = if send.is_some() {
-                conn.tx.clone()
-            } else {
-                None
-            };
+            self.announce_backlog(conn, matches!(plan, Plan::NoCredit));
+            let ready = send.is_some() || !conn.outbox.is_empty();
+            let tx = if ready { conn.tx.clone() } else { None };
             tokio::select! {
                 msg = conn.inbound.message() => match msg {
                     Ok(Some(m)) => self.handle(conn, m),
@@ -46,12 +45,21 @@ impl Driver {
                     Err(_) if self.input_closed && self.pending.is_empty() => return ConnEnd::Done,
                     Err(status) => return classify(&status),
                 },
-                permit = reserve(tx), if send.is_some() => match (permit, send) {
-                    (Some(permit), Some(n)) => {
-                        let msg = self.build(conn, n);
-                        permit.send(msg);
-                    }
-                    _ => return ConnEnd::Retry("request stream closed".into()),
+                permit = reserve(tx), if ready => match permit {
+                    // Control messages first: a `Release` must reach the
+                    // engine before batches that no longer count on it.
+                    Some(permit) => match conn.outbox.pop_front() {
+                        Some(control) => {
+                            permit.send(control);
+                        }
+                        None => {
+                            if let Some(n) = send {
+                                let msg = self.build(conn, n);
+                                permit.send(msg);
+                            }
+                        }
+                    },
+                    None => return ConnEnd::Retry("request stream closed".into()),
                 },
                 record = self.input.recv(), if !self.input_closed => match record {
                     Some(r) => self.push(r),

@@ -53,3 +53,46 @@ pub(crate) fn reject_reason(r: &BufReject) -> RejectReason {
         BufReject::TooLarge { .. } => RejectReason::RecordTooLarge,
     }
 }
+
+/// The text of a buffer's reject for a source: the level named the way the
+/// settings name it (the stage by its name, the source by its id, and the
+/// setting that sets the limit), never by an internal number.
+pub(crate) fn reject_text(
+    r: &BufReject,
+    source_id: &str,
+    stage_name: impl Fn(sluice_buffer::StageId) -> Option<String>,
+) -> String {
+    let level = |level: &Level| match level {
+        Level::Global => "the global limit (buffer.global)".to_owned(),
+        Level::Stage(s) => format!(
+            "the limit of stage {:?} (buffer.per_stage)",
+            stage_name(*s).unwrap_or_else(|| s.to_string())
+        ),
+        Level::Source(_) => format!("the limit of source {source_id:?} (buffer.per_source)"),
+    };
+    match r {
+        BufReject::Limit {
+            level: l,
+            unit,
+            limit,
+            used,
+        } => {
+            let unit = match unit {
+                sluice_buffer::Unit::Records => "records",
+                sluice_buffer::Unit::Bytes => "bytes",
+            };
+            format!(
+                "{} is reached in {unit}: {used} of {limit} in use",
+                level(l)
+            )
+        }
+        BufReject::TooLarge {
+            level: l,
+            size,
+            limit,
+        } => format!(
+            "a record of {size} bytes is larger than {} of {limit} bytes: it can never be admitted",
+            level(l)
+        ),
+    }
+}

@@ -19,7 +19,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sluice_buffer::{BufferError, ByteSize, Credit, SourceHandle, SourceId, SourceState};
+use sluice_buffer::{
+    BufferError, ByteSize, Credit, CreditMode, FlowEvent, SourceHandle, SourceId, SourceState,
+};
 use sluice_proto::v1::{self, EngineMessage, RejectReason, engine_message};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -27,13 +29,16 @@ use tonic::{Status, Streaming};
 
 use super::admission;
 use super::context::IngestContext;
-use super::convert::{credit_msg, msg, reject_reason, signal_msg};
+use super::convert::{credit_msg, msg, reject_reason, reject_text, signal_msg};
 use super::wire::{self, Body, Inbound};
 use crate::record::EngineRecord;
 use crate::runtime::AckProgress;
 
 /// The longest source id or pipeline name accepted in `Open`, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
+
+/// The highest protocol version the engine serves (`Open.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What the response stream carries.
 pub(crate) type Outbound = Result<EngineMessage, Status>;
@@ -124,11 +129,25 @@ pub(crate) async fn open(
             BufferError::Closed => Status::unavailable("the engine is shutting down"),
             other => Status::internal(other.to_string()),
         })?;
+    let version = open.protocol_version.clamp(1, PROTOCOL_VERSION);
+    let mode = if version >= 2 {
+        CreditMode::Leased
+    } else {
+        CreditMode::NonExpiring
+    };
     let handle = ctx
         .runtime
         .controller
-        .open_source(source)
+        .open_source_with(source, mode)
         .map_err(|_| Status::unavailable("the engine is shutting down"))?;
+    if version >= 2 {
+        if let Some(b) = &open.backlog {
+            handle.announce_backlog(Credit::new(b.records, b.bytes));
+        }
+        if open.first_unacked_seq > 1 {
+            resume_at(&ctx, source, &open.source_id, open.first_unacked_seq - 1);
+        }
+    }
     let super::streams::Registration {
         id: stream_id,
         takeover,
@@ -147,24 +166,32 @@ pub(crate) async fn open(
     tracing::info!(source = %open.source_id, pipeline = %pipeline.name, stream = stream_id,
         admitted_through = admitted, acked_through = acked.through_seq, ?credit, "source opened");
     let (tx, rx) = mpsc::channel(64);
+    let controller = &ctx.runtime.controller;
+    let window = controller.window(SourceState::Normal);
     let opened = msg(engine_message::Body::Opened(v1::Opened {
         admitted_through_seq: admitted,
         acked_through_seq: acked.through_seq,
         credit: Some(credit_msg(credit)),
         max_batch_records: ctx.max_batch_records,
         max_message_bytes: u32::try_from(ctx.server.max_message_bytes).unwrap_or(u32::MAX),
-        ..v1::Opened::default()
+        protocol_version: version,
+        window: Some(credit_msg(window)),
+        guaranteed: Some(credit_msg(controller.guaranteed())),
+        credit_lease_ms: if version >= 2 {
+            u32::try_from(controller.config().credit_lease.as_millis()).unwrap_or(u32::MAX)
+        } else {
+            0
+        },
+        max_unacked_records: ctx.server.max_unacked_per_session,
+        max_record_bytes: buffer.limits().max_record_bytes(),
+        large_record_bytes: window.bytes / 2,
     }));
     // The channel is new and has room: these cannot fail.
     let _ = tx.try_send(Ok(opened));
-    if status.state != SourceState::Normal
-        && let Some(s) = &status.signal
-    {
-        let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s)))));
-    }
-    // A source that reconnects learns its cumulative counts at once:
-    // `Opened` carries only the ack position, and records completed while it
-    // was away would otherwise never be reported in an `Ack`.
+    // A source that reconnects learns its cumulative counts at once, right
+    // after `Opened` (the contract's catch-up Ack comes first): `Opened`
+    // carries only the ack position, and records completed while it was
+    // away would otherwise never be reported in an `Ack`.
     if acked.through_seq > 0 {
         let _ = tx.try_send(Ok(msg(engine_message::Body::Ack(v1::Ack {
             through_seq: acked.through_seq,
@@ -173,6 +200,11 @@ pub(crate) async fn open(
             filtered: acked.filtered,
             completed: Vec::new(),
         }))));
+    }
+    if status.state != SourceState::Normal
+        && let Some(s) = &status.signal
+    {
+        let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s)))));
     }
     let session = Session {
         ctx: ctx.clone(),
@@ -184,6 +216,10 @@ pub(crate) async fn open(
         takeover,
         half_closed,
         last_ack: acked,
+        version,
+        rewind: None,
+        batches: 0,
+        last_signal: status.seq,
     };
     let span = tracing::info_span!("source", source = %session.name, pipeline = %pipeline.name);
     tokio::spawn(tracing::Instrument::instrument(
@@ -210,6 +246,44 @@ struct Session {
     takeover: CancellationToken,
     half_closed: Arc<AtomicBool>,
     last_ack: AckProgress,
+    /// The protocol version served (`Opened.protocol_version`).
+    version: u32,
+    /// Version 2: the sequence number the source was last told to resend
+    /// from, until a batch starts there: later batches that start after a
+    /// gap were sent before the source read that reject, and are told they
+    /// follow it (`FOLLOWS_REJECT`) instead of being told to rewind again.
+    rewind: Option<u64>,
+    /// Batches received on this stream.
+    batches: u64,
+    /// The `seq` of the last source status whose signal was sent (or that
+    /// was current at open).
+    last_signal: u64,
+}
+
+/// Moves `source`'s sequence up to `through` when the engine holds nothing
+/// of it in flight ([`BufferManager::resume_at`](sluice_buffer::BufferManager::resume_at)),
+/// and its ack position with it.
+fn resume_at(ctx: &IngestContext, source: SourceId, name: &str, through: u64) -> bool {
+    match ctx.runtime.buffer.resume_at(source, through) {
+        Ok(true) => {
+            ctx.runtime.hub.advance(source, through);
+            tracing::info!(source = %name, through,
+                "source resumes after records completed elsewhere: its sequence moved up");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// What happened to one batch.
+#[derive(Debug, Default)]
+struct Handled {
+    /// Leading records admitted before (a resend).
+    duplicates: u64,
+    /// Records admitted now.
+    admitted: u64,
+    /// The tail that was not admitted.
+    reject: Option<v1::Reject>,
 }
 
 /// Why the loop ended.
@@ -274,9 +348,7 @@ impl Session {
                 },
                 s = signals.changed(), if signals_open => match s {
                     Some(status) => {
-                        if let Some(sig) = &status.signal
-                            && self.send(engine_message::Body::Signal(signal_msg(sig))).await.is_err()
-                        {
+                        if self.send_signal(&status).await.is_err() {
                             break StreamEnd::Gone;
                         }
                     }
@@ -290,9 +362,16 @@ impl Session {
                     }
                     Err(_) => acks_open = false,
                 },
-                c = async { match handle { Some(h) => h.wait_credit().await, None => None } }, if credits_open && admission::may_take_credit(&self.ctx, self.source) => match c {
-                    Some(c) => {
-                        if self.send(engine_message::Body::Credit(credit_msg(c))).await.is_err() {
+                c = async { match handle { Some(h) => h.wait_flow().await, None => None } }, if credits_open && admission::may_take_credit(&self.ctx, self.source) => match c {
+                    Some(FlowEvent::Credit(c)) => {
+                        if self.send_credit(c).await.is_err() {
+                            break StreamEnd::Gone;
+                        }
+                    }
+                    Some(FlowEvent::Revoke { id, credit }) => {
+                        let revoke = v1::Revoke { revoke_id: id, records: credit.records, bytes: credit.bytes };
+                        tracing::debug!(source = %self.name, id, ?credit, "floating credit unused for the lease: revoke");
+                        if self.send(engine_message::Body::Revoke(revoke)).await.is_err() {
                             break StreamEnd::Gone;
                         }
                     }
@@ -355,11 +434,49 @@ impl Session {
         self.tx.send(Ok(msg(body))).await.map_err(|_| ())
     }
 
-    async fn send_all(&self, out: Vec<engine_message::Body>) -> Result<(), ()> {
+    async fn send_all(&mut self, out: Vec<engine_message::Body>) -> Result<(), ()> {
         for body in out {
-            self.send(body).await?;
+            match body {
+                engine_message::Body::Credit(c) => {
+                    self.send_credit(Credit::new(c.records, c.bytes)).await?
+                }
+                body => self.send(body).await?,
+            }
         }
         Ok(())
+    }
+
+    /// Sends the signal of `status` unless it was sent already.
+    async fn send_signal(&mut self, status: &sluice_buffer::SourceStatus) -> Result<(), ()> {
+        if status.seq <= self.last_signal {
+            return Ok(());
+        }
+        self.last_signal = status.seq;
+        match &status.signal {
+            Some(sig) => {
+                self.send(engine_message::Body::Signal(signal_msg(sig)))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a credit, after any signal the source was not told yet, so a
+    /// source never sees a `Credit` between PAUSE and RESUME: if the source
+    /// is paused by then, the credit goes back instead.
+    async fn send_credit(&mut self, credit: Credit) -> Result<(), ()> {
+        let Some(status) = self.handle.as_ref().map(SourceHandle::status) else {
+            return Ok(());
+        };
+        self.send_signal(&status).await?;
+        if status.state == SourceState::Paused {
+            if let Some(h) = &self.handle {
+                h.release(0, credit);
+            }
+            return Ok(());
+        }
+        self.send(engine_message::Body::Credit(credit_msg(credit)))
+            .await
     }
 
     /// Sends an Ack when the progress moved since the last one sent.
@@ -385,12 +502,19 @@ impl Session {
                 "Open was sent twice on one stream",
             )),
             Some(Body::Batch(b)) => self.on_batch(b),
-            // Version 2 (not served yet): nothing to do.
-            Some(Body::Backlog(_) | Body::Release(_)) => Ok(Vec::new()),
+            Some(Body::Backlog(b)) => Ok(self.on_backlog(Credit::new(b.records, b.bytes))),
+            Some(Body::Release(r)) => {
+                if let Some(h) = &self.handle {
+                    let released = h.release(r.revoke_id, Credit::new(r.records, r.bytes));
+                    tracing::debug!(source = %self.name, id = r.revoke_id, ?released, "credit released by the source");
+                }
+                Ok(Vec::new())
+            }
             None => Err(Status::invalid_argument("empty SourceMessage (no body)")),
         }
     }
 
+    /// A reject of `count` records from `first_seq`, counted and logged.
     fn reject(
         &self,
         first_seq: u64,
@@ -398,7 +522,7 @@ impl Session {
         reason: RejectReason,
         message: String,
         retry_after_ms: u32,
-    ) -> engine_message::Body {
+    ) -> v1::Reject {
         self.ctx.runtime.hub.add_rejected(self.source, count);
         let admitted = self.admitted();
         let credit = self
@@ -408,7 +532,7 @@ impl Session {
         tracing::debug!(source = %self.name, first_seq, count, ?reason, %message, ?credit, "records rejected");
         self.ctx
             .rejected(&self.name, count, reason.as_str_name(), &message);
-        engine_message::Body::Reject(v1::Reject {
+        v1::Reject {
             first_seq,
             count,
             reason: reason as i32,
@@ -416,24 +540,90 @@ impl Session {
             retry_after_ms,
             admitted_through_seq: admitted,
             credit: Some(credit_msg(credit)),
-        })
+        }
+    }
+
+    /// Credit for this stream if it may take some now.
+    fn grant(&self) -> Option<engine_message::Body> {
+        let handle = self.handle.as_ref()?;
+        if !admission::may_take_credit(&self.ctx, self.source) {
+            return None;
+        }
+        let credit = handle.grant();
+        (!credit.is_zero()).then(|| engine_message::Body::Credit(credit_msg(credit)))
+    }
+
+    /// Version 2: the source's backlog; credit follows at once if it may
+    /// take some.
+    fn on_backlog(&mut self, backlog: Credit) -> Vec<engine_message::Body> {
+        let Some(handle) = self.handle.as_ref() else {
+            return Vec::new();
+        };
+        handle.announce_backlog(backlog);
+        self.grant().into_iter().collect()
     }
 
     fn on_batch(&mut self, batch: wire::Batch) -> Result<Vec<engine_message::Body>, Status> {
+        let batch_id = batch.batch_id;
+        if self.version >= 2 && batch_id == 0 {
+            return Err(Status::invalid_argument(format!(
+                "Batch.batch_id must be at least 1 on a protocol-version-2 stream (source {:?})",
+                self.name
+            )));
+        }
+        let first = batch.first_seq;
+        let first_of_stream = self.batches == 0;
+        self.batches += 1;
+        let outcome = self.admit_batch(batch, first_of_stream)?;
+        let mut out = Vec::new();
+        if self.version >= 2 {
+            if let Some(r) = &outcome.reject {
+                if r.reason != RejectReason::FollowsReject as i32 {
+                    self.rewind = Some(r.admitted_through_seq + 1);
+                }
+            }
+            let credit = self
+                .handle
+                .as_ref()
+                .map_or(Credit::ZERO, SourceHandle::credit);
+            out.push(engine_message::Body::Outcome(v1::BatchOutcome {
+                batch_id,
+                first_seq: first,
+                duplicates: outcome.duplicates,
+                admitted: outcome.admitted,
+                reject: outcome.reject,
+                credit: Some(credit_msg(credit)),
+            }));
+        } else if let Some(r) = outcome.reject {
+            out.push(engine_message::Body::Reject(r));
+        }
+        out.extend(self.grant());
+        Ok(out)
+    }
+
+    /// Admits what the stream's credit covers of `batch`, and says what
+    /// happened to the rest.
+    fn admit_batch(
+        &mut self,
+        batch: wire::Batch,
+        first_of_stream: bool,
+    ) -> Result<Handled, Status> {
         // The decoder kept at most `max_batch_records` and counted the rest.
         let n = batch.records.len() + batch.beyond;
         let first = batch.first_seq;
         if first == 0 {
-            return Err(Status::invalid_argument(
-                "Batch.first_seq must be at least 1 (0 is never a sequence number)",
-            ));
+            return Err(Status::invalid_argument(format!(
+                "Batch.first_seq must be at least 1 (0 is never a sequence number; source {:?})",
+                self.name
+            )));
         }
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Handled::default());
         }
         let last = first.checked_add(n as u64 - 1).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "sequence numbers overflow u64 (first_seq {first}, {n} records)"
+                "sequence numbers overflow u64 (first_seq {first}, {n} records; source {:?})",
+                self.name
             ))
         })?;
         self.ctx.runtime.hub.add_received(self.source, n as u64);
@@ -446,18 +636,47 @@ impl Session {
                 .as_millis(),
         )
         .unwrap_or(u32::MAX);
-        if self.ctx.draining.is_cancelled() {
-            return Ok(vec![self.reject(
-                first,
-                n as u64,
-                RejectReason::ShuttingDown,
-                "the engine is shutting down and admits nothing more".into(),
-                0,
-            )]);
-        }
-        let Some(handle) = self.handle.as_ref() else {
-            return Err(Status::failed_precondition("batch after end of input"));
+        let rejected = |this: &Self, reason, message: String, retry| Handled {
+            reject: Some(this.reject(first, n as u64, reason, message, retry)),
+            ..Handled::default()
         };
+        // While draining, what the stream's credit covers is still admitted
+        // (and drained): the source was told PAUSE (SHUTDOWN), and a source
+        // that stays within its credit is never rejected; the rest is
+        // rejected SHUTTING_DOWN.
+        let draining = self.ctx.draining.is_cancelled();
+        let Some(handle) = self.handle.as_ref() else {
+            return Err(Status::failed_precondition(format!(
+                "batch after end of input (source {:?})",
+                self.name
+            )));
+        };
+        let admitted_before = self.admitted();
+        if first > admitted_before.saturating_add(1) && admitted_before > 0 {
+            // After a gap. Version 2: a batch sent before the source read an
+            // earlier reject is told so (once rewound, it resends from there).
+            if self.version >= 2 && self.rewind.is_some() {
+                return Ok(rejected(
+                    self,
+                    RejectReason::FollowsReject,
+                    format!(
+                        "this batch follows a rejected one: resend from {} (source {:?})",
+                        admitted_before + 1,
+                        self.name
+                    ),
+                    0,
+                ));
+            }
+            // The first batch of a stream may start further on when
+            // everything admitted here is completed: the records between
+            // were completed elsewhere (another replica), or the source
+            // would not have forgotten them.
+            if first_of_stream {
+                resume_at(&self.ctx, self.source, &self.name, first - 1);
+            }
+        } else {
+            self.rewind = None;
+        }
         let mut records = batch.records;
         // The tail this session refuses itself, before the buffer sees it.
         let mut tail: Option<(RejectReason, String, u32)> = None;
@@ -466,7 +685,11 @@ impl Session {
             records.truncate(max);
             tail = Some((
                 RejectReason::BatchTooLarge,
-                format!("a batch holds at most {max} records (Opened.max_batch_records); got {n}"),
+                format!(
+                    "a batch holds at most {max} records (Opened.max_batch_records); got {n} \
+                     (source {:?})",
+                    self.name
+                ),
                 0,
             ));
         }
@@ -481,7 +704,13 @@ impl Session {
                 .map(|r| r.byte_size() as u64)
                 .sum();
             let gate = self.ctx.runtime.gate.borrow().clone();
-            let (reason, why) = if gate.closed {
+            let (reason, why) = if draining {
+                (
+                    RejectReason::ShuttingDown,
+                    "the engine is shutting down: it admits only what the stream's credit covers"
+                        .to_owned(),
+                )
+            } else if gate.closed {
                 (
                     RejectReason::Memory,
                     format!(
@@ -492,12 +721,15 @@ impl Session {
             } else {
                 (
                     RejectReason::NoCredit,
-                    "records beyond the stream's credit are not admitted".to_owned(),
+                    "records beyond the stream's credit are not admitted (the source sent more \
+                     than it was granted)"
+                        .to_owned(),
                 )
             };
             let message = format!(
-                "{why}: outstanding credit {} records / {} bytes, sent {} new records / {} bytes; \
-                 the first {} admitted, the rest rejected (not charged)",
+                "source {:?}: {why}: outstanding credit {} records / {} bytes, sent {} new \
+                 records / {} bytes; the first {} admitted, the rest rejected (not charged)",
+                self.name,
                 plan.credit.records,
                 plan.credit.bytes,
                 sent,
@@ -514,68 +746,78 @@ impl Session {
         if (records.len() - dupes) as u64 > room {
             let keep = dupes + room as usize;
             let message = format!(
-                "the session has {} records admitted and not acked; at most {cap} may be \
-                 (server.max_unacked_per_session): the first {room} new records admitted, the \
-                 rest rejected (not charged)",
+                "source {:?}: the session has {} records admitted and not completed; at most \
+                 {cap} may be (server.max_unacked_per_session): the first {room} new records \
+                 admitted, the rest rejected (not charged)",
+                self.name,
                 cap - room
             );
             records.truncate(keep);
             tail = Some((RejectReason::SourceLimit, message, pause_ms));
         }
         let kept = records.len() as u64;
-        let mut out = Vec::new();
+        let mut handled = Handled::default();
         match handle.admit(first, records) {
             Ok(admission) => {
+                handled.duplicates = admission.duplicates as u64;
+                handled.admitted = admission.admitted as u64;
+                if admitted_before == 0 && admission.admitted > 0 && first > 1 {
+                    // The source's first records here start further on (a
+                    // resend to a restarted engine): everything below counts
+                    // as acked at once, or the records below would count as
+                    // unacked (`server.max_unacked_per_session`).
+                    self.ctx.runtime.hub.advance(self.source, first - 1);
+                }
                 if let Some(rej) = admission.rejected {
                     let retry = if rej.reason.is_transient() {
                         pause_ms
                     } else {
                         0
                     };
-                    out.push(self.reject(
+                    let buffer = &self.ctx.runtime.buffer;
+                    let text = reject_text(&rej.reason, &self.name, |s| {
+                        buffer.stage(s).map(|i| i.name.to_string())
+                    });
+                    handled.reject = Some(self.reject(
                         rej.first_seq,
                         last - rej.first_seq + 1,
                         reject_reason(&rej.reason),
-                        rej.reason.to_string(),
+                        text,
                         retry,
                     ));
                 } else if let Some((reason, message, retry)) = tail {
-                    out.push(self.reject(first + kept, n as u64 - kept, reason, message, retry));
+                    handled.reject =
+                        Some(self.reject(first + kept, n as u64 - kept, reason, message, retry));
                 }
             }
             Err(BufferError::SequenceGap { expected, .. }) => {
-                out.push(self.reject(
-                    first,
-                    n as u64,
+                return Ok(rejected(
+                    self,
                     RejectReason::SequenceGap,
                     format!(
-                        "expected seq {expected}, got {first}; resend from admitted_through_seq + 1"
+                        "source {:?}: expected seq {expected}, got {first}; resend from \
+                         admitted_through_seq + 1",
+                        self.name
                     ),
                     0,
                 ));
             }
             Err(BufferError::Closed) => {
-                out.push(self.reject(
-                    first,
-                    n as u64,
+                return Ok(rejected(
+                    self,
                     RejectReason::ShuttingDown,
                     "the engine is shutting down and admits nothing more".into(),
                     0,
                 ));
             }
             Err(e @ (BufferError::ZeroSequence | BufferError::SequenceOverflow { .. })) => {
-                return Err(Status::invalid_argument(e.to_string()));
+                return Err(Status::invalid_argument(format!(
+                    "{e} (source {:?})",
+                    self.name
+                )));
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         }
-        let credit = if admission::may_take_credit(&self.ctx, self.source) {
-            handle.grant()
-        } else {
-            Credit::ZERO
-        };
-        if !credit.is_zero() {
-            out.push(engine_message::Body::Credit(credit_msg(credit)));
-        }
-        Ok(out)
+        Ok(handled)
     }
 }

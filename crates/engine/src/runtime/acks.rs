@@ -98,6 +98,17 @@ impl AckHub {
         )
     }
 
+    /// Moves `source`'s ack position up to `through` (after
+    /// [`BufferManager::resume_at`](sluice_buffer::BufferManager::resume_at)
+    /// moved its sequence: everything up to it counts as completed).
+    pub fn advance(&self, source: SourceId, through: u64) {
+        self.entry(source).tx.send_if_modified(|cur| {
+            let changed = through > cur.through_seq;
+            cur.through_seq = cur.through_seq.max(through);
+            changed
+        });
+    }
+
     /// Publishes what a completion changed.
     pub fn publish(&self, completion: &Completion) {
         for p in &completion.sources {

@@ -50,6 +50,8 @@ impl EngineState {
             limit_records: l.limit.records,
             limit_bytes: l.limit.bytes,
             utilization: l.utilization(),
+            reserved_records: l.reserved_records,
+            reserved_bytes: l.reserved_bytes,
         };
         let uptime = self.started.elapsed();
         let pipeline_name = |id: sluice_buffer::PipelineId| {

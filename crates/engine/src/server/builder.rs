@@ -156,6 +156,16 @@ impl EngineBuilder {
             )
         });
         ccfg.watermarks = settings.buffer.watermarks();
+        if controller.is_none() {
+            ccfg.guaranteed = sluice_buffer::Credit::new(
+                settings.buffer.guaranteed_credit_records,
+                settings
+                    .buffer
+                    .guaranteed_credit_records
+                    .saturating_mul(sluice_buffer::DEFAULT_EXPECTED_RECORD_BYTES),
+            );
+            ccfg.credit_lease = settings.buffer.credit_lease;
+        }
         // A session never holds more credit than it may have unacked.
         ccfg.window.records = ccfg
             .window
