@@ -133,6 +133,9 @@ impl Driver {
             body: Some(source_message::Body::Open(Open {
                 source_id: self.source_id.clone(),
                 pipeline: self.pipeline.clone(),
+                // Records below it are completed (acked, or covered by a
+                // range): an engine that holds none of them starts there.
+                first_unacked_seq: self.front_seq(),
                 ..Open::default()
             })),
         };
@@ -193,7 +196,14 @@ impl Driver {
                 "engine admitted sequence numbers this client never sent"
             );
         }
-        let cursor = (opened.admitted_through_seq + 1).clamp(front, self.next_assign);
+        // Where the engine expects the next batch. Below the oldest held
+        // record only when an earlier engine completed the records in
+        // between (a gap the plan reopens at); an engine that admitted
+        // nothing takes any start.
+        let cursor = match opened.admitted_through_seq {
+            0 => front,
+            admitted => (admitted + 1).min(self.next_assign),
+        };
         let admitted = opened.admitted_through_seq;
         self.emit(ClientEvent::Connected { attempt, opened });
         Ok(Conn {

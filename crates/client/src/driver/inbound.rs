@@ -1,5 +1,6 @@
 //! The engine's answers on a stream: `Credit` adds credit, signals pause or
-//! slow the sending, `Ack` forgets held records, `Reject` rewinds the cursor
+//! slow the sending, `Ack` forgets held records (up to its frontier and in
+//! its completed ranges), `Reject` rewinds the cursor
 //! (or takes a record that can never be admitted out of the stream) and
 //! aligns the client's credit with the engine's count.
 
@@ -78,6 +79,7 @@ impl Driver {
             }
             engine_message::Body::Ack(a) => {
                 self.absorb_ack(a.through_seq);
+                self.absorb_ranges(&a.completed);
                 // Batches wholly acked were processed by the engine.
                 while conn
                     .in_flight
@@ -107,8 +109,9 @@ impl Driver {
         let primary = r.first_seq == r.admitted_through_seq.saturating_add(1);
         if primary && r.first_seq >= front && r.first_seq < self.next_assign {
             if reason == RejectReason::RecordTooLarge {
-                let idx = (r.first_seq - front) as usize;
-                if let Some(h) = self.take_out(idx) {
+                let idx = self.index_of(r.first_seq);
+                let held = self.pending.get(idx).is_some_and(|h| h.seq == r.first_seq);
+                if let Some(h) = held.then(|| self.take_out(idx)).flatten() {
                     self.p.too_large += 1;
                     warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
                     self.emit(ClientEvent::RecordTooLarge {

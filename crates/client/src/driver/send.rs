@@ -21,6 +21,11 @@ pub(super) enum Plan {
     Idle,
     /// The next record can never be sent.
     Fatal(ClientError),
+    /// The records at the cursor were completed by an engine that no
+    /// longer holds them (a range covered them before the engine
+    /// restarted): the engine wants contiguous sequence numbers, so the
+    /// client reopens with `Open.first_unacked_seq` at this record.
+    Reopen(u64),
 }
 
 impl Driver {
@@ -32,11 +37,18 @@ impl Driver {
         if let Some(t) = conn.paused_until.filter(|&t| conn.paused && now < t) {
             return Plan::WaitUntil(t);
         }
-        let front = self.front_seq();
-        conn.cursor = conn.cursor.max(front);
-        let idx = (conn.cursor - front) as usize;
-        if idx >= self.pending.len() {
+        conn.cursor = conn.cursor.max(self.acked_through + 1);
+        let idx = self.index_of(conn.cursor);
+        let Some(at) = self.pending.get(idx).map(|h| h.seq) else {
             return Plan::Idle;
+        };
+        if at != conn.cursor {
+            // A gap: wait until what was sent before it is acked.
+            return if idx == 0 {
+                Plan::Reopen(at)
+            } else {
+                Plan::Idle
+            };
         }
         if let Some(t) = conn.not_before {
             if now < t {
@@ -60,6 +72,10 @@ impl Driver {
         let budget = (conn.max_message_bytes / 10 * 9).saturating_sub(64);
         let (mut n, mut bytes, mut enc) = (0usize, 0u64, 0usize);
         for h in self.pending.range(idx..).take(target) {
+            // A batch is contiguous: it ends at a gap.
+            if h.seq != conn.cursor + n as u64 {
+                break;
+            }
             if enc + h.encoded > budget {
                 if n == 0 {
                     return Plan::Fatal(ClientError::RecordTooLarge {
@@ -93,7 +109,7 @@ impl Driver {
     /// The batch of the next `n` records at the cursor of `conn`; charges
     /// its credit and moves the cursor past it.
     pub(super) fn build(&mut self, conn: &mut Conn, n: usize) -> SourceMessage {
-        let idx = (conn.cursor - self.front_seq()) as usize;
+        let idx = self.index_of(conn.cursor);
         let mut records = Vec::with_capacity(n);
         let before = (conn.credit_records, conn.credit_bytes);
         for h in self.pending.range(idx..idx + n) {

@@ -32,6 +32,12 @@ impl Driver {
                 Plan::WaitUntil(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
                 Plan::Idle => {}
                 Plan::Fatal(e) => return ConnEnd::Fatal(e),
+                Plan::Reopen(seq) => {
+                    return ConnEnd::Retry(format!(
+                        "the engine has not admitted records before seq {seq}, which an earlier \
+                         engine completed; reopening at seq {seq}"
+                    ));
+                }
             }
             let tx = if send.is_some() {
                 conn.tx.clone()
