@@ -245,8 +245,8 @@ pub struct RunReport {
     pub record_bytes: usize,
     /// Records per batch.
     pub batch: usize,
-    /// Identity stages in front of the sink stage (`--stages`; 0 for the
-    /// raw baseline).
+    /// Transform stages in front of the sink stage (`--stages`, plus the
+    /// `fail` stage with `--fail-rate`; 0 for the raw baseline).
     pub stages: usize,
     /// Offered rate cap in records/s (0 = none).
     pub rate_cap: f64,
@@ -617,7 +617,12 @@ async fn drive(
         sources: n,
         record_bytes: args.record_bytes,
         batch: args.batch,
-        stages: if target == "raw" { 0 } else { args.stages },
+        // The `fail` stage of `--fail-rate` counts (the baseline has it too).
+        stages: if target == "raw" {
+            0
+        } else {
+            args.stages + usize::from(args.fail_rate > 0.0)
+        },
         rate_cap: rate,
         elapsed_s: 0.0,
         sent: 0,

@@ -30,7 +30,7 @@ async fn engine_refusing_seven(dir: &std::path::Path) -> EngineHandle {
     s.server.max_unacked_per_session = MAX_UNACKED;
     s.pipelines[0].batch.max_records = 200;
     let file: Arc<dyn Sink> =
-        Arc::new(FileSink::open(&dir.join("sink"), "records", 1 << 26, false).unwrap());
+        Arc::new(FileSink::open(dir.join("sink"), "records", 1 << 26, false).unwrap());
     let refuse = Refuse::new(file, "{\"n\":7,", "refused on purpose");
     start_engine(s, |b| b.sink("default", refuse)).await
 }

@@ -46,6 +46,9 @@ pub(super) struct Conn {
     pub(super) max_message_bytes: usize,
     /// When the client half-closed after everything was acked.
     pub(super) closing_since: Option<Instant>,
+    /// The engine asked for records the client no longer holds (see
+    /// [`Plan::Reopen`](super::send::Plan::Reopen)).
+    pub(super) reopen: bool,
 }
 
 /// Why [`Driver::open`] failed, and whether another attempt may succeed.
@@ -196,14 +199,7 @@ impl Driver {
                 "engine admitted sequence numbers this client never sent"
             );
         }
-        // Where the engine expects the next batch. Below the oldest held
-        // record only when an earlier engine completed the records in
-        // between (a gap the plan reopens at); an engine that admitted
-        // nothing takes any start.
-        let cursor = match opened.admitted_through_seq {
-            0 => front,
-            admitted => (admitted + 1).min(self.next_assign),
-        };
+        let cursor = (opened.admitted_through_seq + 1).clamp(front, self.next_assign);
         let admitted = opened.admitted_through_seq;
         self.emit(ClientEvent::Connected { attempt, opened });
         Ok(Conn {
@@ -224,6 +220,7 @@ impl Driver {
             max_batch,
             max_message_bytes,
             closing_since: None,
+            reopen: false,
         })
     }
 }

@@ -107,6 +107,16 @@ impl Driver {
         let front = self.front_seq();
         self.sync_credit(conn, &r);
         let primary = r.first_seq == r.admitted_through_seq.saturating_add(1);
+        // A gap the client cannot fill: the engine wants a record a range
+        // let it forget (an engine that restarted since it was completed).
+        let wanted = r.admitted_through_seq.saturating_add(1);
+        if reason == RejectReason::SequenceGap && wanted < self.next_assign {
+            let idx = self.index_of(wanted);
+            if self.pending.get(idx).is_none_or(|h| h.seq != wanted) {
+                warn!(source_id = %self.source_id, wanted, "the engine wants records an earlier engine completed; reopening");
+                conn.reopen = true;
+            }
+        }
         if primary && r.first_seq >= front && r.first_seq < self.next_assign {
             if reason == RejectReason::RecordTooLarge {
                 let idx = self.index_of(r.first_seq);

@@ -21,10 +21,11 @@ pub(super) enum Plan {
     Idle,
     /// The next record can never be sent.
     Fatal(ClientError),
-    /// The records at the cursor were completed by an engine that no
-    /// longer holds them (a range covered them before the engine
-    /// restarted): the engine wants contiguous sequence numbers, so the
-    /// client reopens with `Open.first_unacked_seq` at this record.
+    /// The engine wants records the client no longer holds (an earlier
+    /// engine completed them, a range covered them, and this one
+    /// restarted since): it takes only contiguous sequence numbers, so the
+    /// client reopens with `Open.first_unacked_seq` (its oldest held
+    /// record; this one is the next it would send).
     Reopen(u64),
 }
 
@@ -42,13 +43,15 @@ impl Driver {
         let Some(at) = self.pending.get(idx).map(|h| h.seq) else {
             return Plan::Idle;
         };
+        if conn.reopen {
+            return Plan::Reopen(at);
+        }
         if at != conn.cursor {
-            // A gap: wait until what was sent before it is acked.
-            return if idx == 0 {
-                Plan::Reopen(at)
-            } else {
-                Plan::Idle
-            };
+            // The records from the cursor to the next held one are
+            // completed (ranges covered them), so the engine admitted them:
+            // carry on after them. (An engine that restarted since answers
+            // SEQUENCE_GAP, and the client reopens: see `on_reject`.)
+            conn.cursor = at;
         }
         if let Some(t) = conn.not_before {
             if now < t {
