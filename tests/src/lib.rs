@@ -20,7 +20,7 @@
 //!   needs). Everything is re-exported at the root: tests say
 //!   `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
-//!   `flow`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`, `sink_contract`,
+//!   `flow`, `acks`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`, `sink_contract`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
@@ -43,8 +43,8 @@ pub use external::{REQUIRE_EXTERNAL, external_program};
 pub use process::in_own_process;
 pub use proxy::Proxy;
 pub use raw::{
-    Raw, backlog_msg, batch_msg, batch_of, batch_v2, channel, expect_status, open_msg, open_v2,
-    payload, raw_on, raw_stream, release_msg,
+    Raw, backlog_msg, batch_msg, batch_of, batch_v2, channel, covers, expect_status, open_msg,
+    open_v2, payload, raw_on, raw_stream, release_msg,
 };
 pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};

@@ -238,6 +238,16 @@ impl Raw {
     }
 }
 
+/// Whether `ack` says `seq` is completed: at or below its frontier, or in
+/// one of its completed ranges (selective acks).
+pub fn covers(ack: &Ack, seq: u64) -> bool {
+    seq <= ack.through_seq
+        || ack
+            .completed
+            .iter()
+            .any(|r| r.first <= seq && seq <= r.last)
+}
+
 /// The status that ends a stream: the refusal of its opening, or the status
 /// it ends with after any messages. Panics if it ends OK instead.
 pub async fn expect_status(result: Result<Raw, tonic::Status>) -> tonic::Status {

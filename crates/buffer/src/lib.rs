@@ -67,8 +67,8 @@ pub use limits::{
     FieldError, FieldErrors, FieldRule, Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks,
 };
 pub use manager::{
-    Admission, BatchSize, BufferManager, BufferManagerBuilder, Completion, Credit, PipelineInfo,
-    Rejected, SourceProgress, StageInfo,
+    AckState, Admission, BatchSize, BufferManager, BufferManagerBuilder, Completion, Credit,
+    PipelineInfo, Rejected, SeqRange, SourceProgress, StageInfo,
 };
 pub use pending::Pending;
 pub use record::{BufferedRecord, ByteSize, DeadLetter, PipelineId, SourceId, StageId};

@@ -62,6 +62,11 @@ pub enum BenchPayload {
 pub enum Baseline {
     /// A bare tonic `Ingest` server that counts and acks: the transport's ceiling.
     Raw,
+    /// The same sluice run without failures (`--fail-rate 0`, the same
+    /// stages): what failing records cost. Compared by the rate records
+    /// complete while the sources send (`completed_per_s_while_sending`),
+    /// since a failing record's retries outlast the sending by design.
+    NoFailures,
 }
 
 /// `sluice bench`: drive an engine with N sources and report throughput,
@@ -136,6 +141,20 @@ pub struct BenchArgs {
     /// share of credit).
     #[arg(long, default_value_t = 0)]
     pub idle_streams: usize,
+    /// Fail this fraction of the records (0–1) in a transform stage in
+    /// front of the sink of the in-process engine (the `fail` transform:
+    /// the same records fail at every attempt, so each is retried
+    /// `--max-retries` times and then dead-lettered).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// With `--fail-rate`: the backoff before a failed record's first retry
+    /// (`retry.initial_backoff`; doubled per retry, at most 5 s or this).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub fail_backoff: Duration,
+    /// With `--fail-rate`: retries before a failed record is dead-lettered
+    /// (`retry.max_retries`).
+    #[arg(long, default_value_t = 3)]
+    pub max_retries: u32,
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
@@ -224,7 +243,7 @@ pub struct Signals {
 /// The outcome of one run (one target).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct RunReport {
-    /// `raw` or `sluice`.
+    /// `raw`, `baseline` (the run without failures) or `sluice`.
     pub target: String,
     /// Sources (connections).
     pub sources: usize,
@@ -232,8 +251,8 @@ pub struct RunReport {
     pub record_bytes: usize,
     /// Records per batch.
     pub batch: usize,
-    /// Identity stages in front of the sink stage (`--stages`; 0 for the
-    /// raw baseline).
+    /// Transform stages in front of the sink stage (`--stages`, plus the
+    /// `fail` stage with `--fail-rate`; 0 for the raw baseline).
     pub stages: usize,
     /// Offered rate cap in records/s (0 = none).
     pub rate_cap: f64,
@@ -259,6 +278,12 @@ pub struct RunReport {
     pub signals: Signals,
     /// Acked records per second.
     pub records_per_s: f64,
+    /// Records the engine completed (delivered, dead-lettered or filtered)
+    /// by the time the sources stopped sending, per second of sending: the
+    /// pipeline's rate under load, without the drain after it.
+    pub completed_per_s_while_sending: f64,
+    /// `--fail-rate` of the run (0 for a baseline).
+    pub fail_rate: f64,
     /// Acked payload megabytes (10^6) per second.
     pub mb_per_s: f64,
     /// Ack latency.
@@ -275,11 +300,13 @@ pub struct RunReport {
 /// Everything `sluice bench` measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BenchReport {
-    /// The raw-transport baseline, when asked for.
+    /// The baseline run, when asked for (the raw transport, or with
+    /// `--baseline no-failures` the same sluice run without failures).
     pub raw: Option<RunReport>,
     /// The sluice run (absent with `--raw-only`).
     pub sluice: Option<RunReport>,
-    /// sluice records/s ÷ raw records/s; with `--rounds`, the median of
+    /// sluice ÷ baseline (records/s against the raw transport; completed
+    /// records/s while sending against no failures); with `--rounds`, the median of
     /// the rounds' ratios (and `raw`/`sluice` are that round's runs).
     pub ratio: Option<f64>,
     /// Every round of a `--rounds` comparison, in order.
@@ -289,9 +316,9 @@ pub struct BenchReport {
 /// One baseline-then-sluice round of a comparison.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Round {
-    /// Raw-transport records/s.
+    /// The baseline's figure (see [`BenchReport::ratio`]).
     pub raw_records_per_s: f64,
-    /// sluice records/s.
+    /// The sluice run's figure.
     pub sluice_records_per_s: f64,
     /// sluice ÷ raw.
     pub ratio: f64,
@@ -346,18 +373,21 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         if rounds > 1 && !args.quiet {
             eprintln!("[round {round}/{rounds}]");
         }
-        let raw = if args.baseline.is_some() || args.raw_only {
-            Some(run_raw(args).await?)
-        } else {
-            None
+        let raw = match args.baseline {
+            _ if args.raw_only => Some(run_raw(args).await?),
+            Some(Baseline::Raw) => Some(run_raw(args).await?),
+            Some(Baseline::NoFailures) => Some(run_sluice(args, "baseline", 0.0).await?),
+            None => None,
         };
         let sluice = if args.raw_only {
             None
         } else {
-            Some(run_sluice(args).await?)
+            Some(run_sluice(args, "sluice", args.fail_rate).await?)
         };
         let ratio = match (&raw, &sluice) {
-            (Some(r), Some(s)) if r.records_per_s > 0.0 => Some(s.records_per_s / r.records_per_s),
+            (Some(r), Some(s)) if measure(args, r) > 0.0 => {
+                Some(measure(args, s) / measure(args, r))
+            }
             _ => None,
         };
         runs.push((raw, sluice, ratio));
@@ -367,8 +397,8 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             .filter_map(|(r, s, ratio)| {
                 let (r, s) = (r.as_ref()?, s.as_ref()?);
                 Some(Round {
-                    raw_records_per_s: r.records_per_s,
-                    sluice_records_per_s: s.records_per_s,
+                    raw_records_per_s: measure(args, r),
+                    sluice_records_per_s: measure(args, s),
                     ratio: (*ratio)?,
                     lost: r.lost + s.lost,
                 })
@@ -393,6 +423,16 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     })
 }
 
+/// The figure a comparison divides: acked records/s against the raw
+/// transport; against the run without failures, records completed per
+/// second while sending (a failing record's last retries come after it).
+fn measure(args: &BenchArgs, r: &RunReport) -> f64 {
+    match args.baseline {
+        Some(Baseline::NoFailures) => r.completed_per_s_while_sending,
+        _ => r.records_per_s,
+    }
+}
+
 async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
     let server = raw::RawServer::start()
         .await
@@ -407,7 +447,8 @@ async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
     Ok(report)
 }
 
-async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
+/// A sluice run labelled `target`, failing `fail_rate` of the records.
+async fn run_sluice(args: &BenchArgs, target: &str, fail_rate: f64) -> Result<RunReport, String> {
     let rate = match (args.flood, args.sink_delay) {
         (Some(f), Some(d)) if !d.is_zero() => f * args.sink_batch as f64 / d.as_secs_f64(),
         (Some(_), _) => return Err("--flood needs a non-zero --sink-delay".into()),
@@ -418,7 +459,7 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
             .trim_start_matches("http://")
             .parse()
             .map_err(|e| format!("--addr {addr}: {e}"))?;
-        return drive("sluice", addr, args, rate).await;
+        return drive(target, addr, args, rate).await;
     }
     let mut settings = Settings::default();
     settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -434,6 +475,14 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
         cap(&mut settings.buffer.per_stage, Some(r), None);
         cap(&mut settings.buffer.per_source, Some(r), None);
     }
+    let failing = args.fail_rate > 0.0;
+    if failing {
+        settings.retry = sluice_config::RetryPolicy {
+            max_retries: args.max_retries,
+            initial_backoff: args.fail_backoff,
+            max_backoff: args.fail_backoff.max(Duration::from_secs(5)),
+        };
+    }
     if let Some(p) = settings.pipelines.first_mut() {
         p.batch.max_records = args.sink_batch.max(1);
         p.stages = (1..=args.stages)
@@ -442,6 +491,13 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
                 transform: sluice_config::TransformSpec::Identity,
             })
             .collect();
+        // The baseline of a failing run has the same stage, failing nothing.
+        if failing {
+            p.stages.push(sluice_config::StageSpec {
+                name: "fail".into(),
+                transform: sluice_config::TransformSpec::Fail { rate: fail_rate },
+            });
+        }
         if let Some(l) = args.linger {
             p.batch.linger = l;
         }
@@ -472,7 +528,7 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
     let rss = RssSampler::start();
     let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
     let idle = idle::IdleStreams::open(engine.local_addr(), args.idle_streams).await?;
-    let result = drive("sluice", engine.local_addr(), args, rate).await;
+    let result = drive(target, engine.local_addr(), args, rate).await;
     drop(idle);
     let peak = rss.stop();
     if let Err(e) = engine.shutdown().await {
@@ -484,6 +540,7 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
     let mut report = result?;
     report.peak_rss_bytes = Some(peak);
     report.buffer_bytes = Some(budget);
+    report.fail_rate = fail_rate;
     Ok(report)
 }
 
@@ -568,7 +625,12 @@ async fn drive(
         sources: n,
         record_bytes: args.record_bytes,
         batch: args.batch,
-        stages: if target == "raw" { 0 } else { args.stages },
+        // The `fail` stage of `--fail-rate` counts (the baseline has it too).
+        stages: if target == "raw" {
+            0
+        } else {
+            args.stages + usize::from(args.fail_rate > 0.0)
+        },
         rate_cap: rate,
         elapsed_s: 0.0,
         sent: 0,
@@ -581,6 +643,8 @@ async fn drive(
         rejected_records: 0,
         signals: Signals::default(),
         records_per_s: 0.0,
+        completed_per_s_while_sending: 0.0,
+        fail_rate: 0.0,
         mb_per_s: 0.0,
         latency: Latency::default(),
         peak_rss_bytes: None,
@@ -588,6 +652,7 @@ async fn drive(
         errors: Vec::new(),
     };
     let mut last_ack_at = start;
+    let (mut done_sending_at, mut completed_while_sending) = (start, 0u64);
     for t in tasks {
         let r = match t.await {
             Ok(r) => r,
@@ -610,6 +675,10 @@ async fn drive(
         if let Some(at) = r.last_ack_at {
             last_ack_at = last_ack_at.max(at.into_std());
         }
+        if let Some((at, completed)) = r.done_sending {
+            done_sending_at = done_sending_at.max(at.into_std());
+            completed_while_sending += completed;
+        }
         if let Some(e) = r.error {
             report.errors.push(e);
         }
@@ -624,6 +693,11 @@ async fn drive(
         - report.filtered as i64
         - report.dead_lettered as i64;
     report.records_per_s = report.acked as f64 / elapsed;
+    let sending = done_sending_at
+        .duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
+    report.completed_per_s_while_sending = completed_while_sending as f64 / sending;
     report.mb_per_s = report.acked as f64 * args.record_bytes as f64 / elapsed / 1e6;
     report.latency = Latency {
         p50_us: hist.value_at_quantile(0.5),
@@ -712,7 +786,7 @@ pub fn render_table(report: &BenchReport) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{:<22}{}", "", cols(&runs, |r| r.target.clone()));
-    let rows: [Row<'_>; 18] = [
+    let rows: [Row<'_>; 20] = [
         ("sources × batch", &|r| {
             format!("{} × {}", r.sources, r.batch)
         }),
@@ -727,6 +801,10 @@ pub fn render_table(report: &BenchReport) -> String {
         }),
         ("elapsed (s)", &|r| format!("{:.2}", r.elapsed_s)),
         ("records/s", &|r| format!("{:.0}", r.records_per_s)),
+        ("completed/s sending", &|r| {
+            format!("{:.0}", r.completed_per_s_while_sending)
+        }),
+        ("fail rate", &|r| format!("{}", r.fail_rate)),
         ("MB/s", &|r| format!("{:.1}", r.mb_per_s)),
         ("ack p50 (ms)", &|r| ms(r.latency.p50_us)),
         ("ack p99 (ms)", &|r| ms(r.latency.p99_us)),
@@ -774,7 +852,7 @@ pub fn render_table(report: &BenchReport) -> String {
     for (i, r) in report.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
-            "round {}: raw {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
+            "round {}: baseline {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
             i + 1,
             r.raw_records_per_s,
             r.sluice_records_per_s,
@@ -787,7 +865,7 @@ pub fn render_table(report: &BenchReport) -> String {
         } else {
             " (median round, shown above)"
         };
-        let _ = writeln!(out, "sluice / raw records/s: {ratio:.3}{which}");
+        let _ = writeln!(out, "sluice / baseline records/s: {ratio:.3}{which}");
     }
     out
 }

@@ -60,11 +60,14 @@ pub struct Progress {
     pub sent: u64,
     /// Records sent again (after a reject or a reconnect).
     pub resent: u64,
-    /// Highest sequence number acked by the engine.
+    /// Highest sequence number acked by the engine (cumulatively: records
+    /// above it may be acked too, by a range of `Ack.completed`).
     pub acked_through: u64,
-    /// Records acked (and forgotten by the client).
+    /// Records acked (and forgotten by the client), cumulatively or by a
+    /// completed range.
     pub acked: u64,
-    /// Records held: sent or queued, not acked yet.
+    /// Records held: sent or queued, not acked yet (neither cumulatively
+    /// nor by a range): what counts against `max_unacked`.
     pub unacked: u64,
     /// Records committed by the sink (from the last `Ack`; per engine process).
     pub delivered: u64,

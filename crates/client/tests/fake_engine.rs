@@ -13,7 +13,7 @@ use sluice_client::{
 };
 use sluice_proto::v1::ingest_server::{Ingest, IngestServer};
 use sluice_proto::v1::{
-    Ack, Credit, EngineMessage, Opened, Record, Reject, RejectReason, Signal, SignalKind,
+    Ack, Credit, EngineMessage, Opened, Record, Reject, RejectReason, SeqRange, Signal, SignalKind,
     SignalReason, SourceMessage, engine_message, source_message,
 };
 use tokio::sync::mpsc;
@@ -41,6 +41,10 @@ struct Behavior {
     byte_drift: u64,
     /// Answer this many `Open`s with UNAVAILABLE, as a draining engine does.
     unavailable_opens: u32,
+    /// `(seq, until)`: the record `seq` stays uncompleted (a record in its
+    /// retry backoff) until `until` records are admitted; the acks stop
+    /// before it and list what is admitted above it as a completed range.
+    hold_back: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -148,6 +152,7 @@ impl Fake {
             None
         } else {
             let (state, source, tx) = (self.state.clone(), source.clone(), tx.clone());
+            let hold_back = self.b.hold_back;
             Some(tokio::spawn(async move {
                 let mut seen = admitted0;
                 loop {
@@ -162,10 +167,24 @@ impl Fake {
                         let now = st.admitted.get(&source).copied().unwrap_or(0);
                         (through, now)
                     };
-                    let ack = Ack {
-                        through_seq: now.0,
-                        delivered: now.0,
-                        ..Ack::default()
+                    let ack = match hold_back {
+                        Some((held, until)) if now.1 < until && now.0 >= held => Ack {
+                            through_seq: held - 1,
+                            delivered: now.0 - 1,
+                            completed: (now.0 > held)
+                                .then_some(SeqRange {
+                                    first: held + 1,
+                                    last: now.0,
+                                })
+                                .into_iter()
+                                .collect(),
+                            ..Ack::default()
+                        },
+                        _ => Ack {
+                            through_seq: now.0,
+                            delivered: now.0,
+                            ..Ack::default()
+                        },
                     };
                     if tx.send(msg(engine_message::Body::Ack(ack))).is_err() {
                         return;
@@ -517,6 +536,50 @@ async fn send_waits_while_max_unacked_records_are_held() {
     let p = client.snapshot();
     assert_eq!(p.unacked, 10);
     assert_eq!(p.sent, 10);
+}
+
+/// One record stays uncompleted (as in its retry backoff) while the engine
+/// completes the rest: the ranges of the acks free the client's window, so
+/// a window of 10 sends all 300 records; with cumulative acks only, it
+/// would stop at the 12th and never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_ranges_free_the_window_behind_an_uncompleted_record() {
+    const N: u64 = 300;
+    let (addr, state) = start(Behavior {
+        window: 1_000,
+        hold_back: Some((3, N)),
+        ..Behavior::default()
+    })
+    .await;
+    let opts = ClientOptions {
+        max_unacked: 10,
+        ..options()
+    };
+    let (client, mut events) = SourceClient::connect(&addr, "src-ranges", "", opts)
+        .await
+        .unwrap();
+    let send = async {
+        for i in 1..=N {
+            client.send_payload(payload(i)).await.unwrap();
+        }
+        client.finish().await
+    };
+    let summary = tokio::time::timeout(Duration::from_secs(20), send)
+        .await
+        .expect("the held-back record does not hold the window");
+    assert!(summary.is_complete(), "{summary:?}");
+    assert_eq!((summary.acked, summary.sent, summary.resent), (N, N, 0));
+    assert_received_in_order(&state, N);
+    let mut ranged = 0;
+    while let Ok(e) = events.try_recv() {
+        if let ClientEvent::Ack(a) = e
+            && !a.completed.is_empty()
+        {
+            assert_eq!(a.through_seq, 2, "{a:?}");
+            ranged += 1;
+        }
+    }
+    assert!(ranged > 0, "acks with completed ranges arrived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

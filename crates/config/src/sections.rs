@@ -68,7 +68,9 @@ pub struct ServerSettings {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces, which
     /// covers every RPC on the connection). Default 100.
     pub max_sessions_per_connection: u32,
-    /// Most records one session may have admitted and not yet acked. The
+    /// Most records one session may have admitted and not yet completed
+    /// (records completed above a gap, which a selective ack lets the
+    /// source forget, do not count; `Opened.max_unacked_records`). The
     /// engine grants a session credit only while its unacked records plus a
     /// full credit window fit under this (and the credit window is capped at
     /// it), so a source that obeys its credit is never rejected for it;

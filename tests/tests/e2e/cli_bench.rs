@@ -49,3 +49,33 @@ async fn tiny_bench_of_json_payloads_into_the_fsynced_file_sink_loses_nothing() 
         "{run:?}"
     );
 }
+
+/// `--fail-rate` against `--baseline no-failures`: the failing records are
+/// dead-lettered after their retries, every record is counted once in the
+/// ack latency (by a range or by the frontier), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_with_failing_records_loses_nothing() {
+    let args = BenchArgs {
+        sources: 1,
+        records: Some(4_000),
+        batch: 256,
+        fail_rate: 0.01,
+        fail_backoff: std::time::Duration::from_millis(200),
+        max_retries: 1,
+        baseline: Some(Baseline::NoFailures),
+        ..BenchArgs::default()
+    };
+    let report = run_bench(&args).await.expect("bench runs");
+    let (base, run) = (report.raw.expect("baseline"), report.sluice.expect("run"));
+    for r in [&base, &run] {
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            (r.sent, r.acked, r.lost, r.rejects),
+            (4_000, 4_000, 0, 0),
+            "{r:?}"
+        );
+        assert_eq!(r.latency.count, 4_000, "{r:?}");
+    }
+    assert_eq!(base.dead_lettered, 0);
+    assert!(run.dead_lettered > 0 && run.dead_lettered < 100, "{run:?}");
+}

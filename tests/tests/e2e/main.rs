@@ -3,6 +3,7 @@
 //! clients and the `sluice` commands in process. The helpers are in the
 //! `sluice_tests` library (`tests/src/`).
 
+mod acks;
 mod chaos;
 mod cli_bench;
 mod cli_demo;

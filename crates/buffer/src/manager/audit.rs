@@ -1,12 +1,14 @@
 //! The invariant check: [`audit`](BufferManager::audit) reads the state once
 //! and reports every violation of invariants 1 (limits) and 2
-//! (conservation), as stated at the lock (`BufferManager::state`).
+//! (conservation), and the shape of 4 (acks), as stated at the lock
+//! (`BufferManager::state`).
 
 use super::{BufferManager, Credit};
 use crate::limits::Limit;
 
 impl<T> BufferManager<T> {
-    /// Checks invariants 1 (limits) and 2 (conservation) in one consistent
+    /// Checks invariants 1 (limits), 2 (conservation) and the shape of 4
+    /// (the completed ranges) in one consistent
     /// reading and describes every violation. Meant for tests and debugging;
     /// it walks every queue, so do not call it on a hot path.
     pub fn audit(&self) -> Result<(), String> {
@@ -47,6 +49,19 @@ impl<T> BufferManager<T> {
             sum_sources.add(s.usage.used);
             sum_reserved.add(s.reserved);
             let in_engine = s.usage.used.records - s.reserved.records;
+            // Invariant 4's shape: ranges ascending, disjoint, not adjacent
+            // to each other nor to the frontier, none above what was admitted.
+            let mut below = s.acks.through;
+            for (&first, &last) in &s.acks.pending {
+                if first <= below.saturating_add(1) || last < first || last > s.admitted_through {
+                    problems.push(format!(
+                        "source {i}: completed range {first}..={last} after {below} \
+                         (frontier {}, admitted through {})",
+                        s.acks.through, s.admitted_through
+                    ));
+                }
+                below = last;
+            }
             if s.admitted != in_engine + s.delivered + s.filtered + s.dead_lettered {
                 problems.push(format!(
                     "source {i}: admitted {} != in engine {in_engine} + delivered {} + filtered {} + dead-lettered {}",

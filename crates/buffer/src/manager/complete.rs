@@ -120,6 +120,8 @@ impl<T> BufferManager<T> {
                         delivered: s.delivered,
                         filtered: s.filtered,
                         dead_lettered: s.dead_lettered,
+                        outstanding: s.outstanding(),
+                        ranges: s.acks.pending.len(),
                     }
                 })
                 .collect()

@@ -11,6 +11,9 @@
 //! - `admit.rs`: capacity in: credits (`reserve`/`release`) and `admit`.
 //! - `forward.rs`: records out of a stage: `next_batch`, `try_batch`, `forward`.
 //! - `complete.rs`: records that reached their end: `complete*`.
+//! - `acks.rs`: what a source may forget: [`ack_state`](BufferManager::ack_state)
+//!   (the frontier and the completed ranges above it) and
+//!   [`outstanding`](BufferManager::outstanding).
 //! - `retry.rs`: failed records back to their queue, or dead letters.
 //! - `observe.rs`: consistent readings: `pressures`, `snapshot`.
 //! - `audit.rs`: the invariant check, `audit`.
@@ -24,6 +27,7 @@ use crate::limits::{Limits, RetryPolicy};
 use crate::record::{PipelineId, SourceId, StageId};
 use crate::sync::Mutex;
 
+mod acks;
 mod admit;
 mod audit;
 mod builder;
@@ -149,6 +153,45 @@ pub struct SourceProgress {
     pub filtered: u64,
     /// Cumulative records dead-lettered.
     pub dead_lettered: u64,
+    /// Records of the source admitted and not completed yet (what a
+    /// per-source unacked limit counts: not `admitted_through −
+    /// acked_through`, which also counts completed records above a gap).
+    pub outstanding: u64,
+    /// Completed ranges above `acked_through`, as many as there are
+    /// (read them with [`BufferManager::ack_state`]); 0 in the common case
+    /// of completions in order, so reporting progress allocates nothing.
+    pub ranges: usize,
+}
+
+/// Sequence numbers `first` to `last` of one source, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqRange {
+    /// First sequence number of the range.
+    pub first: u64,
+    /// Last sequence number of the range (at least `first`).
+    pub last: u64,
+}
+
+/// One consistent reading of a source's completion, from
+/// [`BufferManager::ack_state`]: what a selective ack tells the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckState {
+    /// Every record of the source up to this sequence number is completed.
+    pub acked_through: u64,
+    /// Completed ranges above `acked_through` (and above the `after` asked
+    /// for), ascending, disjoint, not adjacent to each other nor to
+    /// `acked_through + 1`; at most the `max` asked for, the lowest first.
+    pub ranges: Vec<SeqRange>,
+    /// Completed ranges above `acked_through` in all (listed or not).
+    pub ranges_total: usize,
+    /// Records of the source admitted and not completed.
+    pub outstanding: u64,
+    /// Cumulative records delivered (committed by the sink).
+    pub delivered: u64,
+    /// Cumulative records filtered out by a stage.
+    pub filtered: u64,
+    /// Cumulative records dead-lettered.
+    pub dead_lettered: u64,
 }
 
 /// What a [`complete`](BufferManager::complete) call changed, per source touched.
@@ -241,7 +284,17 @@ pub struct BufferManager<T> {
     ///    `complete`/`complete_dead_letters`, which take it by value; every
     ///    other operation either keeps it counted or hands it back.
     ///
-    /// [`audit`](Self::audit) checks 1 and 2; the tests in `tests/` drive it.
+    /// 4. *Acks*: a source's `acks.through` and every range of
+    ///    `acks.pending` hold only sequence numbers of records completed by
+    ///    `complete*` (each record is completed once, by value, so a range
+    ///    never overlaps another or the frontier); the ranges are disjoint,
+    ///    ascending, not adjacent to each other nor to `through + 1`
+    ///    (`AckFrontier::complete` merges them in the same section), and
+    ///    `through` only grows. Acks are read only here, under the lock, so
+    ///    a source is never told a record is completed before it was.
+    ///
+    /// [`audit`](Self::audit) checks 1, 2 and the shape of 4; the tests in
+    /// `tests/` drive it (`tests/acks.rs` checks 4 against a model).
     ///
     /// LOCK ORDER (see `crate::sync`): a leaf. It may be taken while the
     /// controller's lock is held (the controller calls into the manager),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{BatchSize, Credit};
+use super::{BatchSize, Credit, SeqRange};
 use crate::limits::Limit;
 use crate::queue::RecordQueue;
 use crate::record::{BufferedRecord, PipelineId, SourceId, StageId};
@@ -89,14 +89,20 @@ impl<T> Default for StageState<T> {
 
 /// Cumulative acknowledgement: the highest `through` such that every
 /// sequence number up to it is completed, plus completed ranges above it.
+///
+/// Kept maximal: `pending` holds disjoint ranges, none adjacent to another
+/// nor to `through + 1` (such a range is merged at once), so its length is
+/// the number of completed runs above the frontier and a reading of the
+/// lowest ranges is the sources' selective ack as it is.
 #[derive(Debug, Default)]
 pub(super) struct AckFrontier {
     pub(super) through: u64,
-    /// Completed, disjoint ranges `start..=end` above `through + 1`.
+    /// Completed, disjoint, non-adjacent ranges `start..=end` above `through + 1`.
     pub(super) pending: BTreeMap<u64, u64>,
 }
 
 impl AckFrontier {
+    /// Records `start..=end` (none of it completed before) as completed.
     pub(super) fn complete(&mut self, start: u64, end: u64) {
         if start <= self.through.saturating_add(1) {
             self.through = self.through.max(end);
@@ -107,9 +113,49 @@ impl AckFrontier {
                 self.through = self.through.max(*e.get());
                 e.remove();
             }
-        } else {
-            self.pending.insert(start, end);
+            return;
         }
+        // Merge with the range just below and the one just above, so that
+        // completing a batch record by record does not leave one entry per
+        // run behind.
+        let mut start = start;
+        let mut end = end;
+        if let Some((&s, &e)) = self.pending.range(..start).next_back()
+            && e.checked_add(1) == Some(start)
+        {
+            self.pending.remove(&s);
+            start = s;
+        }
+        if let Some(next) = end.checked_add(1)
+            && let Some(e) = self.pending.remove(&next)
+        {
+            end = e;
+        }
+        self.pending.insert(start, end);
+    }
+
+    /// Appends to `out` the completed ranges above `max(through, after)`,
+    /// lowest first, clipped to start after it, at most `max` of them.
+    pub(super) fn ranges_above(&self, after: u64, max: usize, out: &mut Vec<SeqRange>) {
+        let floor = self.through.max(after);
+        let Some(from) = floor.checked_add(1) else {
+            return;
+        };
+        // A range that starts at or below the floor may reach above it.
+        let straddling = self
+            .pending
+            .range(..from)
+            .next_back()
+            .filter(|&(_, &e)| e >= from)
+            .map(|(_, &e)| (from, e));
+        let above = self.pending.range(from..).map(|(&s, &e)| (s, e));
+        out.extend(
+            straddling
+                .into_iter()
+                .chain(above)
+                .take(max)
+                .map(|(first, last)| SeqRange { first, last }),
+        );
     }
 }
 
@@ -134,6 +180,14 @@ pub(super) struct SourceAccount {
     /// Records `admit` handed back.
     pub(super) refused: u64,
     pub(super) retried: u64,
+}
+
+impl SourceAccount {
+    /// Records admitted and not completed yet (invariant 2: `admitted ==
+    /// in_engine + delivered + filtered + dead_lettered`).
+    pub(super) fn outstanding(&self) -> u64 {
+        self.admitted - self.delivered - self.filtered - self.dead_lettered
+    }
 }
 
 /// Everything behind the manager's lock.

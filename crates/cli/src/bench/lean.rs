@@ -82,6 +82,11 @@ pub struct SourceResult {
     pub signals: Signals,
     /// When the last ack arrived.
     pub last_ack_at: Option<Instant>,
+    /// When the source stopped sending new records, and the records the
+    /// engine had completed by then (`delivered + dead_lettered +
+    /// filtered` of the last Ack): the pipeline's rate while under load,
+    /// without the drain (a failing record's last retries) after it.
+    pub done_sending: Option<(Instant, u64)>,
     /// Why the stream failed, if it did.
     pub error: Option<String>,
 }
@@ -121,6 +126,7 @@ pub async fn run_source(
         rejected_records: 0,
         signals: Signals::default(),
         last_ack_at: None,
+        done_sending: None,
         error: None,
     };
     if let Err(e) = source_loop(channel, &cfg, &counters, &mut res).await {
@@ -200,6 +206,7 @@ async fn source_loop(
         }
         if done_sending && drain_deadline.is_none() {
             drain_deadline = Some(now + DRAIN_TIMEOUT);
+            res.done_sending = Some((now, res.delivered + res.dead_lettered + res.filtered));
         }
         if drain_deadline.is_some_and(|d| now >= d) {
             return Err(format!(
@@ -282,6 +289,15 @@ async fn source_loop(
                                 break;
                             }
                         }
+                        // Selective acks: records completed above the
+                        // frontier are done too (a range may repeat what an
+                        // earlier one covered; nothing is counted twice).
+                        for r in &a.completed {
+                            take_covered(&mut pending, r.first, r.last, |n, sent_at| {
+                                let us = at.duration_since(sent_at).as_micros() as u64;
+                                let _ = res.hist.record_n(us.max(1), n);
+                            });
+                        }
                         if a.through_seq > res.acked {
                             counters.acked.fetch_add(a.through_seq - res.acked, Ordering::Relaxed);
                             res.acked = a.through_seq;
@@ -344,6 +360,53 @@ async fn source_loop(
             _ = tokio::time::sleep_until(send_at), if can_send && !rate_ready => {}
             _ = tokio::time::sleep_until(wake_at) => {}
         }
+    }
+}
+
+/// Takes the records `first..=last` out of the pending batches, splitting a
+/// batch the range covers only in part; `done(n, sent_at)` is told of each
+/// covered part. Pending batches are in sequence order (a compliant run is
+/// never rejected; a reject only shortens or removes batches), so the first
+/// one reaching `first` is found by bisection: an Ack costs O(ranges × log
+/// batches), not a scan of every batch.
+fn take_covered(
+    pending: &mut VecDeque<InFlight>,
+    first: u64,
+    last: u64,
+    mut done: impl FnMut(u64, Instant),
+) {
+    let mut i = pending.partition_point(|p| p.first_seq + p.count <= first);
+    while let Some(p) = pending.get_mut(i) {
+        if p.first_seq > last || p.count == 0 {
+            break;
+        }
+        let end = p.first_seq + p.count - 1;
+        let (lo, hi) = (p.first_seq.max(first), end.min(last));
+        done(hi - lo + 1, p.sent_at);
+        match (p.first_seq < lo, hi < end) {
+            (false, false) => {
+                pending.remove(i);
+                continue;
+            }
+            (true, false) => p.count = lo - p.first_seq,
+            (false, true) => {
+                p.first_seq = hi + 1;
+                p.count = end - hi;
+            }
+            (true, true) => {
+                let sent_at = p.sent_at;
+                p.count = lo - p.first_seq;
+                pending.insert(
+                    i + 1,
+                    InFlight {
+                        first_seq: hi + 1,
+                        count: end - hi,
+                        sent_at,
+                    },
+                );
+            }
+        }
+        i += 1;
     }
 }
 
@@ -462,6 +525,24 @@ async fn reserve(tx: &Option<mpsc::Sender<Outgoing>>) -> Option<mpsc::Permit<'_,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covered_records_leave_the_pending_batches_once() {
+        let t = Instant::now();
+        let batch = |first_seq, count| InFlight {
+            first_seq,
+            count,
+            sent_at: t,
+        };
+        let mut pending: VecDeque<InFlight> = [batch(1, 10), batch(11, 10)].into();
+        let mut taken = 0;
+        for (first, last) in [(3, 4), (3, 4), (8, 12), (20, 25), (1, 1)] {
+            take_covered(&mut pending, first, last, |n, _| taken += n);
+        }
+        assert_eq!(taken, 2 + 5 + 1 + 1);
+        let left: Vec<(u64, u64)> = pending.iter().map(|p| (p.first_seq, p.count)).collect();
+        assert_eq!(left, [(2, 1), (5, 3), (13, 7)]);
+    }
 
     #[test]
     fn pre_encoded_batch_is_what_prost_encodes() {

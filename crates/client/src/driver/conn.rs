@@ -62,6 +62,9 @@ pub(super) struct Conn {
     pub(super) backlog_announced: bool,
     /// Control messages (`Backlog`, `Release`) to send before the next batch.
     pub(super) outbox: VecDeque<SourceMessage>,
+    /// The engine asked for records the client no longer holds (see
+    /// [`Plan::Reopen`](super::send::Plan::Reopen)).
+    pub(super) reopen: bool,
 }
 
 /// Why [`Driver::open`] failed, and whether another attempt may succeed.
@@ -160,6 +163,8 @@ impl Driver {
                 pipeline: self.pipeline.clone(),
                 protocol_version: PROTOCOL_VERSION,
                 backlog: Some(backlog),
+                // Records below it are completed (acked, or covered by a
+                // range): an engine that holds none of them starts there.
                 first_unacked_seq: self.front_seq(),
             })),
         };
@@ -248,6 +253,7 @@ impl Driver {
             next_batch_id: 1,
             backlog_announced: version >= 2 && !self.pending.is_empty(),
             outbox: VecDeque::new(),
+            reopen: false,
         })
     }
 }

@@ -1,10 +1,13 @@
 //! The records a client holds until an `Ack` covers them ([`Held`]), in
 //! sequence order: numbering them as they arrive, taking in the input, and
-//! forgetting what is acked.
+//! forgetting what is acked, cumulatively (`through_seq`) or selectively
+//! (a range of `Ack.completed`). The held records are ascending but not
+//! always contiguous: a record a range covered leaves a gap behind it, so
+//! they are found by sequence number ([`Driver::index_of`]), never by offset.
 
 use std::time::Instant;
 
-use sluice_proto::v1::Record;
+use sluice_proto::v1::{Record, SeqRange};
 use tokio::sync::mpsc;
 
 use super::Driver;
@@ -70,6 +73,38 @@ impl Driver {
         self.permits.add_permits(n);
         self.p.acked += n as u64;
         self.acked_through = through.min(self.next_assign - 1).max(self.acked_through);
+    }
+
+    /// Forgets every held record that one of `ranges` covers (completed
+    /// above the frontier: a selective ack), so that it no longer counts
+    /// against `max_unacked`. Ranges over records never sent are a broken
+    /// engine's; they are ignored, since forgetting an unsent record would
+    /// lose it. `ranges` come from the peer: unsorted ones only forget less.
+    pub(super) fn absorb_ranges(&mut self, ranges: &[SeqRange]) {
+        if ranges.is_empty() {
+            return;
+        }
+        let sent = self.highest_sent;
+        let mut next = ranges.iter().peekable();
+        let mut n = 0usize;
+        self.pending.retain(|h| {
+            while next.peek().is_some_and(|r| r.last < h.seq) {
+                next.next();
+            }
+            let covered = h.seq <= sent && next.peek().is_some_and(|r| r.first <= h.seq);
+            n += usize::from(covered);
+            !covered
+        });
+        if n > 0 {
+            self.permits.add_permits(n);
+            self.p.acked += n as u64;
+        }
+    }
+
+    /// The index of the held record numbered `seq`, or of the first one
+    /// after it when it is not held.
+    pub(super) fn index_of(&self, seq: u64) -> usize {
+        self.pending.partition_point(|h| h.seq < seq)
     }
 
     /// Takes the held record at `idx` out of the stream and renumbers the

@@ -1,5 +1,6 @@
 //! The engine's answers on a stream: `Credit` adds credit, signals pause or
-//! slow the sending, `Ack` forgets held records, `Reject` rewinds the cursor
+//! slow the sending, `Ack` forgets held records (up to its frontier and in
+//! its completed ranges), `Reject` rewinds the cursor
 //! (or takes a record that can never be admitted out of the stream) and
 //! aligns the client's credit with the engine's count.
 
@@ -79,6 +80,7 @@ impl Driver {
             }
             engine_message::Body::Ack(a) => {
                 self.absorb_ack(a.through_seq);
+                self.absorb_ranges(&a.completed);
                 // Batches wholly acked were processed by the engine.
                 while conn
                     .in_flight
@@ -163,6 +165,7 @@ impl Driver {
         let reason = RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified);
         debug!(source_id = %self.source_id, first_seq = r.first_seq, count = r.count, ?reason, message = %r.message, "reject");
         self.sync_credit(conn, &r);
+        self.reopen_if_forgotten(conn, &r, reason);
         // Version 1: only the reject of the batch right after the admitted
         // sequence number rewinds; the gap rejects of the batches sent after
         // it follow from it.
@@ -170,6 +173,20 @@ impl Driver {
             self.rewind_for(conn, &r, reason);
         }
         self.emit(ClientEvent::Reject(r));
+    }
+
+    /// A gap the client cannot fill: the engine wants a record a range let
+    /// it forget (an engine that restarted since it was completed); the
+    /// stream is reopened (with `Open.first_unacked_seq`).
+    fn reopen_if_forgotten(&mut self, conn: &mut Conn, r: &Reject, reason: RejectReason) {
+        let wanted = r.admitted_through_seq.saturating_add(1);
+        if reason == RejectReason::SequenceGap && wanted < self.next_assign {
+            let idx = self.index_of(wanted);
+            if self.pending.get(idx).is_none_or(|h| h.seq != wanted) {
+                warn!(source_id = %self.source_id, wanted, "the engine wants records an earlier engine completed; reopening");
+                conn.reopen = true;
+            }
+        }
     }
 
     /// Rewinds the cursor to where `r` says to resend from (after its
@@ -182,8 +199,9 @@ impl Driver {
             return;
         }
         if reason == RejectReason::RecordTooLarge && r.first_seq == from {
-            let idx = (r.first_seq - front) as usize;
-            if let Some(h) = self.take_out(idx) {
+            let idx = self.index_of(r.first_seq);
+            let held = self.pending.get(idx).is_some_and(|h| h.seq == r.first_seq);
+            if let Some(h) = held.then(|| self.take_out(idx)).flatten() {
                 self.p.too_large += 1;
                 warn!(source_id = %self.source_id, seq = h.seq, size = h.size, "record can never be admitted; taken out of the stream");
                 self.emit(ClientEvent::RecordTooLarge {

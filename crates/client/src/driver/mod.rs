@@ -228,9 +228,10 @@ impl Driver {
         let mut attempts = 0u32;
         let error = loop {
             self.publish(Some(&conn));
-            let acked_before = self.acked_through;
+            // Progress is any record acked, by the frontier or by a range.
+            let acked_before = self.p.acked;
             let end = self.serve(&mut conn).await;
-            if self.acked_through > acked_before {
+            if self.p.acked > acked_before {
                 attempts = 0;
             }
             let reason = match end {

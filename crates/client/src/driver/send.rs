@@ -23,6 +23,12 @@ pub(super) enum Plan {
     NoCredit,
     /// The next record can never be sent.
     Fatal(ClientError),
+    /// The engine wants records the client no longer holds (an earlier
+    /// engine completed them, a range covered them, and this one
+    /// restarted since): it takes only contiguous sequence numbers, so the
+    /// client reopens with `Open.first_unacked_seq` (its oldest held
+    /// record; this one is the next it would send).
+    Reopen(u64),
 }
 
 impl Driver {
@@ -34,11 +40,20 @@ impl Driver {
         if let Some(t) = conn.paused_until.filter(|&t| conn.paused && now < t) {
             return Plan::WaitUntil(t);
         }
-        let front = self.front_seq();
-        conn.cursor = conn.cursor.max(front);
-        let idx = (conn.cursor - front) as usize;
-        if idx >= self.pending.len() {
+        conn.cursor = conn.cursor.max(self.acked_through + 1);
+        let idx = self.index_of(conn.cursor);
+        let Some(at) = self.pending.get(idx).map(|h| h.seq) else {
             return Plan::Idle;
+        };
+        if conn.reopen {
+            return Plan::Reopen(at);
+        }
+        if at != conn.cursor {
+            // The records from the cursor to the next held one are
+            // completed (ranges covered them), so the engine admitted them:
+            // carry on after them. (An engine that restarted since answers
+            // SEQUENCE_GAP, and the client reopens: see `on_reject`.)
+            conn.cursor = at;
         }
         if let Some(t) = conn.not_before {
             if now < t {
@@ -62,6 +77,10 @@ impl Driver {
         let budget = (conn.max_message_bytes / 10 * 9).saturating_sub(64);
         let (mut n, mut bytes, mut enc) = (0usize, 0u64, 0usize);
         for h in self.pending.range(idx..).take(target) {
+            // A batch is contiguous: it ends at a gap.
+            if h.seq != conn.cursor + n as u64 {
+                break;
+            }
             if enc + h.encoded > budget {
                 if n == 0 {
                     return Plan::Fatal(ClientError::RecordTooLarge {
@@ -137,7 +156,7 @@ impl Driver {
     /// The batch of the next `n` records at the cursor of `conn`; charges
     /// its credit and moves the cursor past it.
     pub(super) fn build(&mut self, conn: &mut Conn, n: usize) -> SourceMessage {
-        let idx = (conn.cursor - self.front_seq()) as usize;
+        let idx = self.index_of(conn.cursor);
         let mut records = Vec::with_capacity(n);
         let before = (conn.credit_records, conn.credit_bytes);
         for h in self.pending.range(idx..idx + n) {

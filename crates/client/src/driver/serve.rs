@@ -33,6 +33,12 @@ impl Driver {
                 Plan::Idle => {}
                 Plan::NoCredit => {}
                 Plan::Fatal(e) => return ConnEnd::Fatal(e),
+                Plan::Reopen(seq) => {
+                    return ConnEnd::Retry(format!(
+                        "the engine has not admitted records before seq {seq}, which an earlier \
+                         engine completed; reopening at seq {seq}"
+                    ));
+                }
             }
             self.announce_backlog(conn, matches!(plan, Plan::NoCredit));
             let ready = send.is_some() || !conn.outbox.is_empty();

@@ -11,10 +11,13 @@ use sluice_buffer::{SourceId, SourceState};
 
 use super::context::IngestContext;
 
-/// Records of `source` admitted and not yet acked.
+/// Records of `source` admitted and not yet completed: what
+/// `server.max_unacked_per_session` counts. Not `admitted_through −
+/// acked_through`: with selective acks a source forgets completed records
+/// above a gap (one record waiting out its retry backoff), so counting them
+/// would stall it behind that one record.
 pub(crate) fn unacked(ctx: &IngestContext, source: SourceId) -> u64 {
-    let admitted = ctx.runtime.buffer.admitted_through(source).unwrap_or(0);
-    admitted.saturating_sub(ctx.runtime.hub.progress(source).through_seq)
+    ctx.runtime.buffer.outstanding(source).unwrap_or(0)
 }
 
 /// Whether a session of `source` may be granted credit under

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice_buffer::{
-    BufferError, ByteSize, Credit, CreditMode, FlowEvent, SourceHandle, SourceId, SourceState,
+    AckState, BufferError, ByteSize, Credit, CreditMode, FlowEvent, SourceHandle, SourceId,
+    SourceState,
 };
 use sluice_proto::v1::{self, EngineMessage, RejectReason, engine_message};
 use tokio::sync::{mpsc, watch};
@@ -32,7 +33,7 @@ use super::context::IngestContext;
 use super::convert::{credit_msg, msg, reject_reason, reject_text, signal_msg};
 use super::wire::{self, Body, Inbound};
 use crate::record::EngineRecord;
-use crate::runtime::AckProgress;
+use crate::runtime::{AckProgress, MAX_ACK_RANGES};
 
 /// The longest source id or pipeline name accepted in `Open`, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -189,17 +190,17 @@ pub(crate) async fn open(
     // The channel is new and has room: these cannot fail.
     let _ = tx.try_send(Ok(opened));
     // A source that reconnects learns its cumulative counts at once, right
-    // after `Opened` (the contract's catch-up Ack comes first): `Opened`
-    // carries only the ack position, and records completed while it was
-    // away would otherwise never be reported in an `Ack`.
-    if acked.through_seq > 0 {
-        let _ = tx.try_send(Ok(msg(engine_message::Body::Ack(v1::Ack {
-            through_seq: acked.through_seq,
-            delivered: acked.delivered,
-            dead_lettered: acked.dead_lettered,
-            filtered: acked.filtered,
-            completed: Vec::new(),
-        }))));
+    // after `Opened` and before any signal (the contract's catch-up Ack):
+    // `Opened` carries only the ack position, and records completed while it
+    // was away would otherwise never be reported in an `Ack`. (The first
+    // page of ranges; the run loop sends the rest at once.)
+    let mut last_ack = AckCursor::default();
+    if let Some(ack) = last_ack.next(&ctx, source) {
+        let _ = tx.try_send(Ok(msg(engine_message::Body::Ack(ack))));
+    }
+    let mut acks = acks;
+    if last_ack.more {
+        acks.mark_changed();
     }
     if status.state != SourceState::Normal
         && let Some(s) = &status.signal
@@ -215,7 +216,7 @@ pub(crate) async fn open(
         stream_id,
         takeover,
         half_closed,
-        last_ack: acked,
+        last_ack,
         version,
         rewind: None,
         batches: 0,
@@ -227,6 +228,74 @@ pub(crate) async fn open(
         span,
     ));
     Ok(rx)
+}
+
+/// What the stream's Acks have told the source, and where the reporting of
+/// completed ranges stands.
+///
+/// Ranges are reported once each, lowest first, from a cursor: an Ack
+/// lists the completed ranges above the frontier and above the last range
+/// reported (at most [`MAX_ACK_RANGES`]; `more` when the page was full).
+/// Completions arrive mostly in sequence order, so the new ranges are above
+/// the cursor and reach the source in the next Ack; a record completed below
+/// the cursor (a retried record, a hole filled late) is reported when the
+/// frontier passes it. A new stream starts from the frontier, so a source
+/// that reconnects learns every range again. The buffer is read, not the
+/// hub's merged progress, so that one Ack is one consistent reading
+/// (ranges above its own `through_seq`).
+#[derive(Debug, Default)]
+struct AckCursor {
+    /// The last Ack's reading (ranges aside).
+    sent: AckState,
+    /// Highest sequence number reported in a range on this stream.
+    ranges_through: u64,
+    /// The last Ack listed a full page: ranges may remain above it.
+    more: bool,
+}
+
+impl AckCursor {
+    /// The next Ack to send, if anything changed since the last one.
+    fn next(&mut self, ctx: &IngestContext, source: SourceId) -> Option<v1::Ack> {
+        let buffer = &ctx.runtime.buffer;
+        let now = buffer
+            .ack_state(source, self.ranges_through, MAX_ACK_RANGES)
+            .ok()?;
+        let moved = now.acked_through > self.sent.acked_through
+            || (now.delivered, now.dead_lettered, now.filtered)
+                != (
+                    self.sent.delivered,
+                    self.sent.dead_lettered,
+                    self.sent.filtered,
+                );
+        if !moved && now.ranges.is_empty() {
+            self.more = false;
+            return None;
+        }
+        self.more = now.ranges.len() == MAX_ACK_RANGES;
+        if let Some(last) = now.ranges.last() {
+            self.ranges_through = last.last;
+        }
+        let completed = now
+            .ranges
+            .iter()
+            .map(|r| v1::SeqRange {
+                first: r.first,
+                last: r.last,
+            })
+            .collect();
+        let ack = v1::Ack {
+            through_seq: now.acked_through,
+            delivered: now.delivered,
+            dead_lettered: now.dead_lettered,
+            filtered: now.filtered,
+            completed,
+        };
+        self.sent = AckState {
+            ranges: Vec::new(),
+            ..now
+        };
+        Some(ack)
+    }
 }
 
 /// The status for a first message that is not `Open`.
@@ -245,7 +314,7 @@ struct Session {
     stream_id: u64,
     takeover: CancellationToken,
     half_closed: Arc<AtomicBool>,
-    last_ack: AckProgress,
+    last_ack: AckCursor,
     /// The protocol version served (`Opened.protocol_version`).
     version: u32,
     /// Version 2: the sequence number the source was last told to resend
@@ -385,7 +454,7 @@ impl Session {
         self.ctx.streams.unregister(self.source, self.stream_id);
         match end {
             StreamEnd::Status(None) => {
-                tracing::info!(source = %self.name, acked_through = self.last_ack.through_seq, "source stream completed");
+                tracing::info!(source = %self.name, acked_through = self.last_ack.sent.acked_through, "source stream completed");
             }
             StreamEnd::Status(Some(status)) => {
                 tracing::info!(source = %self.name, code = ?status.code(), message = status.message(), "source stream ended");
@@ -479,21 +548,17 @@ impl Session {
             .await
     }
 
-    /// Sends an Ack when the progress moved since the last one sent.
+    /// Sends an Ack when the progress moved or ranges completed since the
+    /// last one sent; more Acks right after while ranges remain unreported
+    /// (an Ack carries at most [`MAX_ACK_RANGES`]).
     async fn send_ack(&mut self) -> Result<(), ()> {
-        let p = self.ctx.runtime.hub.progress(self.source);
-        if p == self.last_ack || p.through_seq < self.last_ack.through_seq {
-            return Ok(());
+        while let Some(ack) = self.last_ack.next(&self.ctx, self.source) {
+            self.send(engine_message::Body::Ack(ack)).await?;
+            if !self.last_ack.more {
+                break;
+            }
         }
-        self.last_ack = p;
-        self.send(engine_message::Body::Ack(v1::Ack {
-            through_seq: p.through_seq,
-            delivered: p.delivered,
-            dead_lettered: p.dead_lettered,
-            filtered: p.filtered,
-            completed: Vec::new(),
-        }))
-        .await
+        Ok(())
     }
 
     fn on_message(&mut self, m: Inbound) -> Result<Vec<engine_message::Body>, Status> {

@@ -6,6 +6,17 @@
 //! letter); a session waits on the channel and sends an `Ack` when the
 //! position advanced. Every field only moves forward (publications from
 //! concurrent workers are merged by maximum), so acks stay monotonic.
+//!
+//! The completed ranges above the frontier (selective acks) are not merged
+//! here: two workers' lists cannot be merged by maximum, and copying them at
+//! every completion would cost the common case (no ranges) for the rare one.
+//! Every completion changes a cumulative count, so the channel wakes the
+//! session for every new range too, and the session reads the ranges from
+//! the buffer, the one authority ([`BufferManager::ack_state`]), at most
+//! [`MAX_ACK_RANGES`] at a time. [`AckProgress::ranges`] says whether there
+//! are any (as of the latest publication).
+//!
+//! [`BufferManager::ack_state`]: sluice_buffer::BufferManager::ack_state
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use sluice_buffer::{Completion, SourceId};
 use tokio::sync::watch;
+
+/// Most completed ranges one `Ack` carries (`Ack.completed` in
+/// `ingest.proto`); more are sent in the Acks that follow.
+pub const MAX_ACK_RANGES: usize = 64;
 
 /// A source's cumulative completion progress.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +40,12 @@ pub struct AckProgress {
     pub dead_lettered: u64,
     /// Records filtered out by a transform.
     pub filtered: u64,
+    /// Completed ranges above `through_seq` at the latest publication (not
+    /// merged by maximum: the latest one wins; read them with
+    /// [`BufferManager::ack_state`](sluice_buffer::BufferManager::ack_state)).
+    pub ranges: usize,
+    /// Records admitted and not completed at the latest publication.
+    pub outstanding: u64,
 }
 
 #[derive(Debug)]
@@ -118,13 +139,28 @@ impl AckHub {
                 delivered: p.delivered,
                 dead_lettered: p.dead_lettered,
                 filtered: p.filtered,
+                ranges: p.ranges,
+                outstanding: p.outstanding,
             };
             e.tx.send_if_modified(|cur| {
+                // A publication older than the current one (a worker that
+                // completed first but published last) moved no count: its
+                // readings of ranges and outstanding records are stale.
+                let newer = new.delivered >= cur.delivered
+                    && new.dead_lettered >= cur.dead_lettered
+                    && new.filtered >= cur.filtered;
+                let (ranges, outstanding) = if newer {
+                    (new.ranges, new.outstanding)
+                } else {
+                    (cur.ranges, cur.outstanding)
+                };
                 let merged = AckProgress {
                     through_seq: cur.through_seq.max(new.through_seq),
                     delivered: cur.delivered.max(new.delivered),
                     dead_lettered: cur.dead_lettered.max(new.dead_lettered),
                     filtered: cur.filtered.max(new.filtered),
+                    ranges,
+                    outstanding,
                 };
                 let changed = merged != *cur;
                 *cur = merged;

@@ -54,7 +54,7 @@ mod shared;
 mod timing;
 mod worker;
 
-pub use acks::{AckHub, AckProgress};
+pub use acks::{AckHub, AckProgress, MAX_ACK_RANGES};
 pub(crate) use health::HealthView;
 pub(crate) use pipeline::{Buffer, PipelineRuntime, SINK_STAGE, StageWork};
 pub(crate) use shared::Runtime;
