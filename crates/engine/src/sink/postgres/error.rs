@@ -6,7 +6,7 @@
 use deadpool_postgres::PoolError;
 use sluice_config::PostgresSinkSpec;
 
-use crate::sink::SinkError;
+use crate::sink::contract::SinkError;
 
 /// A sink-level failure of the postgres sink: `sink.<setting>: <message>`.
 #[derive(Debug, Clone, thiserror::Error)]
