@@ -48,7 +48,7 @@ async fn envelope_mode_writes_each_record_once_with_its_envelope() {
         let (client, _events) = events_client(&engine, "env-src").await;
         for i in 1..N {
             // Every other payload is not JSON: it goes to `payload_bytes`.
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 client.send_payload(payload(i, 60)).await.unwrap();
             } else {
                 client.send_payload(format!("plain {i}")).await.unwrap();
@@ -118,8 +118,8 @@ async fn columns_mode_dead_letters_bad_records_and_writes_the_rest() {
     };
     within(async {
         const N: u64 = 1_500;
-        let refused_by_db = |i: u64| i % 50 == 0;
-        let not_a_number = |i: u64| i % 77 == 0 && !refused_by_db(i);
+        let refused_by_db = |i: u64| i.is_multiple_of(50);
+        let not_a_number = |i: u64| i.is_multiple_of(77) && !refused_by_db(i);
         pg.execute(
             "CREATE TABLE orders (source_id text NOT NULL, seq bigint NOT NULL, id bigint, \
              status text, total double precision CHECK (total >= 0), at timestamptz, doc jsonb, \
