@@ -24,8 +24,7 @@ impl Postgres {
     /// A server for `test`, or `None` after a `SKIPPED` line when
     /// PostgreSQL is not installed (a panic with `SLUICE_REQUIRE_EXTERNAL`).
     pub fn start(test: &str) -> Option<Self> {
-        if sluice_pgtemp::find_bin_dir().is_none() {
-            missing(test, "PostgreSQL (initdb, pg_ctl)");
+        if !Self::installed(test) {
             return None;
         }
         let server = PgServer::start(Durability::Off).expect("PostgreSQL starts");
@@ -33,6 +32,21 @@ impl Postgres {
         std::fs::write(secrets.path().join("password"), sluice_pgtemp::PASSWORD)
             .expect("password file");
         Some(Self { server, secrets })
+    }
+
+    /// Whether PostgreSQL is installed; if not, says so for `test` (a
+    /// `SKIPPED` line, or a panic with `SLUICE_REQUIRE_EXTERNAL`).
+    pub fn installed(test: &str) -> bool {
+        let found = sluice_pgtemp::find_bin_dir().is_some();
+        if !found {
+            missing(test, "PostgreSQL (initdb, pg_ctl)");
+        }
+        found
+    }
+
+    /// The server's URL (no password in it).
+    pub fn url(&self) -> String {
+        self.server.url()
     }
 
     /// The file holding the server's password.

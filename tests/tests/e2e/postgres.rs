@@ -402,3 +402,69 @@ async fn wrong_settings_are_named_and_a_database_down_at_start_up_is_waited_for(
     })
     .await;
 }
+
+/// The ```` ```toml ```` block between the two `marker` lines of the README.
+fn readme_block(marker: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme.find(marker).expect("the opening marker") + marker.len();
+    let section = &readme[start..start + readme[start..].find(marker).expect("the closing marker")];
+    let body = section.find("```toml").expect("a toml block") + "```toml".len();
+    section[body..body + section[body..].find("```").expect("the block's end")].to_owned()
+}
+
+/// The README's PostgreSQL example as written, pointed at a throwaway
+/// server by two environment overrides (how a deployment would), loads,
+/// validates, creates its table and writes typed rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_loads_and_writes_rows() {
+    let Some(pg) = blocking(|| Postgres::start("postgres::the_readme_example")) else {
+        return;
+    };
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, readme_block("<!-- postgres-example -->")).unwrap();
+        let env = [
+            ("SLUICE__PIPELINES__0__SINK__URL".to_owned(), pg.url()),
+            (
+                "SLUICE__PIPELINES__0__SINK__PASSWORD_FILE".to_owned(),
+                pg.password_file().display().to_string(),
+            ),
+        ];
+        let readme = Settings::load_with_env(Some(&path), env).expect("the README example loads");
+        let mut s = test_settings(dir.path());
+        s.pipelines = readme.pipelines;
+        s.pipelines[0].dead_letter = file_sink(&dir.path().join("dead"), Duration::ZERO, 0.0);
+        let engine = start_engine(s, |b| b).await;
+        let (c, _events) = SourceClient::connect(&url(&engine), "shop", "orders", ClientOptions::default())
+            .await
+            .unwrap();
+        for i in 1..=10 {
+            c.send_payload(format!(
+                r#"{{"order_id":{i},"status":"paid","total":{i}.25,"placed_at":"2026-12-01T09:00:00Z","items":[{{"sku":"a"}}]}}"#
+            ))
+            .await
+            .unwrap();
+        }
+        assert_all_delivered(&c.finish().await, 10);
+        engine.shutdown().await.unwrap();
+        assert_exactly_once(&pg.keys("public.orders").await, "shop", 10);
+        let row = pg
+            .client()
+            .await
+            .query_one(
+                "SELECT order_id, status, total, extract(epoch FROM placed_at)::bigint, items->0->>'sku' \
+                 FROM public.orders WHERE seq = 3",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 3);
+        assert_eq!(row.get::<_, String>(1), "paid");
+        assert_eq!(row.get::<_, f64>(2), 3.25);
+        assert_eq!(row.get::<_, i64>(3), 1_796_115_600);
+        assert_eq!(row.get::<_, String>(4), "a");
+    })
+    .await;
+}
