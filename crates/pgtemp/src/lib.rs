@@ -17,6 +17,8 @@
 //! # Ok::<(), sluice_pgtemp::PgError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;

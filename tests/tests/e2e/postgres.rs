@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_client::{ClientOptions, SourceClient};
-use sluice_config::{ColumnType, PostgresMode, PostgresSinkSpec, Settings, SinkSpec};
+use sluice_config::{ColumnType, PostgresMode, PostgresSinkSpec, Settings, SinkSpec, Staging};
 use sluice_engine::EngineBuilder;
+use sluice_engine::record::EngineRecord;
+use sluice_engine::sink::{PostgresSink, Sink, SinkRecord, Written};
 use sluice_proto::v1::{Record, SignalKind, SignalReason};
 use sluice_tests::*;
 
@@ -288,7 +290,11 @@ async fn a_database_outage_stalls_the_sink_and_loses_nothing() {
     within(async {
         const N: u64 = 6_000;
         let dir = tempfile::tempdir().unwrap();
-        let mut s = pg_settings(dir.path(), pg.sink("events"));
+        // Every batch through the staging table here (the other tests take
+        // the default path), so that both paths live through an outage.
+        let mut spec = pg.sink("events");
+        spec.staging = Staging::Always;
+        let mut s = pg_settings(dir.path(), spec);
         s.retry.max_backoff = Duration::from_millis(300);
         let engine = start_engine(s, |b| b).await;
         let (c, events) = events_client(&engine, "outage-pg").await;
@@ -465,6 +471,40 @@ async fn the_readme_example_loads_and_writes_rows() {
         assert_eq!(row.get::<_, f64>(2), 3.25);
         assert_eq!(row.get::<_, i64>(3), 1_796_115_600);
         assert_eq!(row.get::<_, String>(4), "a");
+    })
+    .await;
+}
+
+/// A batch written again (its first `COMMIT` went through but the engine
+/// never learnt it, or a source resent it) leaves each row once, by either
+/// insert path, and a batch that overlaps it writes only its new rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_again_is_in_the_table_once() {
+    let Some(pg) = blocking(|| Postgres::start("postgres::a_batch_written_again")) else {
+        return;
+    };
+    within(async {
+        let records: Vec<EngineRecord> = (1..=300)
+            .map(|i| EngineRecord::from_payload(payload(i, 40)))
+            .collect();
+        let batch: Vec<SinkRecord<'_>> = (records.iter().zip(1..))
+            .map(|(record, seq)| SinkRecord {
+                source: "again",
+                seq,
+                record,
+                dead_letter: None,
+            })
+            .collect();
+        for (staging, table) in [(Staging::Fallback, "fallback"), (Staging::Always, "always")] {
+            let mut spec = pg.sink(table);
+            spec.staging = staging;
+            let sink = PostgresSink::connect(&spec).await.expect("sink");
+            for part in [&batch[..200], &batch[..200], &batch[100..]] {
+                assert_eq!(sink.write(part.into()).await.unwrap(), Written::All);
+                sink.commit().await.unwrap();
+            }
+            assert_exactly_once(&pg.keys(table).await, "again", 300);
+        }
     })
     .await;
 }
