@@ -16,7 +16,8 @@
 //!   the engine's outage wrapper), [`raw`] (the raw protocol, without the
 //!   Rust client), [`proxy`] (a TCP proxy whose connections can be cut),
 //!   [`process`] (a test alone in its own process, engines in
-//!   child processes), [`client`] (the Rust
+//!   child processes), [`certs`] (a test CA and its
+//!   certificates), [`client`] (the Rust
 //!   source client: options, collected events, sending), [`wait`]
 //!   (waiting for conditions, an engine's stats), [`external`] (servers and tools a test
 //!   needs) and [`postgres`] (a throwaway PostgreSQL server). Everything is re-exported at the root: tests say
@@ -29,6 +30,7 @@
 //! it lives in the package that builds it; it uses this library as a
 //! dev-dependency. Unit tests of one crate belong in that crate, not here.
 
+pub mod certs;
 pub mod client;
 pub mod external;
 pub mod postgres;
@@ -42,6 +44,7 @@ pub mod wait;
 
 pub use sluice_proto as proto;
 
+pub use certs::TestCa;
 pub use client::{assert_all_delivered, events_client, finish, reconnecting, send_range, signals};
 pub use external::{REQUIRE_EXTERNAL, external_program, missing};
 pub use postgres::Postgres;

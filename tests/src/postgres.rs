@@ -76,6 +76,14 @@ impl Postgres {
         self.server.start_again().expect("PostgreSQL starts again");
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM); restarts the
+    /// server.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) {
+        self.server
+            .enable_tls(cert_pem, key_pem)
+            .expect("PostgreSQL with TLS");
+    }
+
     /// A client of the test's own (its connection runs in a task).
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) =

@@ -98,6 +98,8 @@ pub struct PgServer {
     /// The unprivileged user (uid, gid) the server runs as, when we are root.
     run_as: Option<(u32, u32)>,
     durability: Durability,
+    /// Server options for TLS, once [`enable_tls`](PgServer::enable_tls)d.
+    tls: Option<String>,
     running: bool,
 }
 
@@ -127,6 +129,7 @@ impl PgServer {
             port: 0,
             run_as,
             durability,
+            tls: None,
             running: false,
         };
         let mut initdb = server.command("initdb");
@@ -157,9 +160,10 @@ impl PgServer {
             Durability::On => "",
         };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40 {fsync}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=40 {fsync} {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.tls.as_deref().unwrap_or_default()
         );
         let log = self.dir.path().join("server.log");
         let mut pg_ctl = self.command("pg_ctl");
@@ -205,6 +209,35 @@ impl PgServer {
             .args(["-m", mode, "-w", "stop"]);
         run(&mut pg_ctl, "pg_ctl stop")?;
         self.running = false;
+        Ok(())
+    }
+
+    /// Turns TLS on with this certificate chain and key (PEM), restarting
+    /// the server if it runs. Clients may still connect in plaintext.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) -> Result<(), PgError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        std::fs::write(&cert, cert_pem).map_err(io("write the certificate"))?;
+        std::fs::write(&key, key_pem).map_err(io("write the key"))?;
+        // The server refuses a key that others can read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("protect the key"))?;
+        if let Some((uid, gid)) = self.run_as {
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                    .map_err(io("hand the certificate to the server's user"))?;
+            }
+        }
+        self.tls = Some(format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        ));
+        if self.running {
+            self.stop()?;
+            self.start_again()?;
+        }
         Ok(())
     }
 

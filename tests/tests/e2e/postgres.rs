@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_client::{ClientOptions, SourceClient};
-use sluice_config::{ColumnType, PostgresMode, PostgresSinkSpec, Settings, SinkSpec, Staging};
+use sluice_config::{
+    ColumnType, PostgresMode, PostgresSinkSpec, PostgresTls, Settings, SinkSpec, Staging,
+};
 use sluice_engine::EngineBuilder;
 use sluice_engine::record::EngineRecord;
 use sluice_engine::sink::{PostgresSink, Sink, SinkRecord, Written};
@@ -505,6 +507,58 @@ async fn a_batch_written_again_is_in_the_table_once() {
             }
             assert_exactly_once(&pg.keys(table).await, "again", 300);
         }
+    })
+    .await;
+}
+
+/// TLS to the database (rustls): a server whose certificate the configured
+/// CA signed is written to; one signed by another CA stops start-up with a
+/// message naming `sink.tls.ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified_against_the_ca() {
+    let Some(mut pg) = blocking(|| Postgres::start("postgres::tls")) else {
+        return;
+    };
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("sluice test PostgreSQL CA");
+        let (cert, key) = ca.leaf(&["127.0.0.1"], false);
+        blocking(|| pg.enable_tls(&cert, &key));
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let mut spec = pg.sink("secure");
+        spec.tls = Some(PostgresTls { ca_file });
+        let sink = PostgresSink::connect(&spec)
+            .await
+            .expect("a TLS connection");
+        let record = EngineRecord::from_payload(payload(1, 20));
+        let batch = [SinkRecord {
+            source: "tls",
+            seq: 1,
+            record: &record,
+            dead_letter: None,
+        }];
+        assert_eq!(sink.write(batch[..].into()).await.unwrap(), Written::All);
+        sink.commit().await.unwrap();
+        assert_exactly_once(&pg.keys("secure").await, "tls", 1);
+        let ssl: bool = pg
+            .client()
+            .await
+            .query_one(
+                "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE application_name = 'sluice'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "the sink's sessions use TLS");
+
+        let other = dir.path().join("other-ca.pem");
+        std::fs::write(&other, TestCa::new("another CA").pem).unwrap();
+        spec.tls = Some(PostgresTls { ca_file: other });
+        let e = PostgresSink::connect(&spec).await.unwrap_err().to_string();
+        assert!(e.starts_with("sink.tls.ca_file: "), "{e}");
     })
     .await;
 }

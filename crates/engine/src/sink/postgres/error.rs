@@ -84,6 +84,13 @@ impl Keys {
     /// What `e` means for the sink.
     pub(super) fn classify(&self, e: &tokio_postgres::Error) -> Fault {
         let Some(db) = e.as_db_error() else {
+            let text = chain(e);
+            // A certificate the CA does not vouch for, or a server without
+            // TLS, does not pass by itself (tokio-postgres has no public
+            // error kind: its message is the one sign).
+            if text.contains("TLS") {
+                return Fault::Sink(self.failure("tls.ca_file", text, false));
+            }
             // No answer from the server: the connection failed or was lost.
             return Fault::Sink(self.failure(
                 self.server,
