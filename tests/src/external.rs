@@ -19,13 +19,18 @@ pub fn external_program(test: &str, name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(
-            std::env::var_os(REQUIRE_EXTERNAL).is_none(),
-            "{test}: `{name}` is not installed and {REQUIRE_EXTERNAL} is set"
-        );
-        eprintln!(
-            "SKIPPED {test}: `{name}` is not installed (set {REQUIRE_EXTERNAL}=1 to fail instead)"
-        );
+        missing(test, &format!("`{name}`"));
     }
     found
+}
+
+/// Reports that `what` (a program, a server) that `test` needs is not
+/// installed: a loud `SKIPPED` line, or a panic when [`REQUIRE_EXTERNAL`]
+/// is set.
+pub fn missing(test: &str, what: &str) {
+    assert!(
+        std::env::var_os(REQUIRE_EXTERNAL).is_none(),
+        "{test}: {what} is not installed and {REQUIRE_EXTERNAL} is set"
+    );
+    eprintln!("SKIPPED {test}: {what} is not installed (set {REQUIRE_EXTERNAL}=1 to fail instead)");
 }

@@ -15,32 +15,46 @@
 //!   wrote), [`sinks`] (test sinks: one that refuses chosen records, and
 //!   the engine's outage wrapper), [`raw`] (the raw protocol, without the
 //!   Rust client), [`proxy`] (a TCP proxy whose connections can be cut),
-//!   [`process`] (a test alone in its own process), [`client`] (options of
-//!   the Rust source client) and [`external`] (servers and tools a test
-//!   needs). Everything is re-exported at the root: tests say
+//!   [`process`] (a test alone in its own process, engines in
+//!   child processes), [`certs`] (a test CA and its
+//!   certificates), [`client`] (the Rust
+//!   source client: options, collected events, sending), [`wait`]
+//!   (waiting for conditions, an engine's stats), [`external`] (servers and tools a test
+//!   needs) and [`postgres`] (a throwaway PostgreSQL server). Everything is re-exported at the root: tests say
 //!   `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
-//!   `flow`, `acks`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`, `sink_contract`,
+//!   `flow`, `acks`, `credit`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`,
+//!   `sink_contract`, `postgres`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
 //! it lives in the package that builds it; it uses this library as a
 //! dev-dependency. Unit tests of one crate belong in that crate, not here.
 
+pub mod certs;
 pub mod client;
 pub mod external;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod settings;
 pub mod sink_files;
 pub mod sinks;
+pub mod wait;
 
 pub use sluice_proto as proto;
 
-pub use client::{reconnecting, send_all, signals};
-pub use external::{REQUIRE_EXTERNAL, external_program};
-pub use process::in_own_process;
+pub use certs::TestCa;
+pub use client::{
+    assert_all_delivered, events_client, finish, reconnecting, send_all, send_range,
+    signal_readings, signals,
+};
+pub use external::{REQUIRE_EXTERNAL, external_program, missing};
+pub use postgres::Postgres;
+pub use process::{
+    EngineProcess, engine_child_command, in_own_process, log_tail, serve_if_engine_child,
+};
 pub use proxy::Proxy;
 pub use raw::{
     Raw, backlog_msg, batch_msg, batch_of, batch_v2, channel, covers, expect_status, open_msg,
@@ -49,3 +63,4 @@ pub use raw::{
 pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};
 pub use sinks::{Outage, Refuse};
+pub use wait::{pipeline_stats, retried, wait_for, within};

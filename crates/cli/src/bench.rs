@@ -11,7 +11,10 @@
 //!   sink, optionally slowed down), or an engine at `--addr`;
 //! - `raw` ([`raw`]): a bare `sluice.v1.Ingest` server that only counts
 //!   records, acks each batch at once and grants unlimited credit: the
-//!   transport's ceiling on this machine.
+//!   transport's ceiling on this machine;
+//! - `copy` ([`postgres`], with `--sink postgres`): the same rows
+//!   `COPY`-loaded into the same kind of table with tokio-postgres alone:
+//!   the database's ceiling.
 //!
 //! Ack latency is the time from the send of a record's batch to the `Ack`
 //! that covers it, per record, in an HDR histogram. `lost` is
@@ -19,6 +22,7 @@
 
 pub mod idle;
 pub mod lean;
+pub mod postgres;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -33,7 +37,7 @@ use serde::Serialize;
 use sluice_buffer::{ControllerConfig, Credit};
 use sluice_config::{Limit, Settings};
 use sluice_engine::EngineBuilder;
-use sluice_engine::sink::{FileSink, NullSink, Sink, with_knobs};
+use sluice_engine::sink::{FileSink, NullSink, PostgresSink, Sink, with_knobs};
 
 /// Which sink the in-process engine writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -44,6 +48,29 @@ pub enum BenchSink {
     /// Newline-delimited JSON files in a temporary directory (fsync on
     /// commit with `--fsync`).
     File,
+    /// Rows of a PostgreSQL table (envelope mode, exactly once): a
+    /// throwaway server the bench starts (durable with `--fsync`), or the
+    /// one at `--pg-url`.
+    Postgres,
+}
+
+/// How the postgres sink inserts its batches (`staging` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PgStaging {
+    /// `COPY` into the table; through the staging table only a batch that
+    /// meets a row already there or a bad record (the default).
+    Fallback,
+    /// Every batch through the staging table and `ON CONFLICT DO NOTHING`.
+    Always,
+}
+
+impl From<PgStaging> for sluice_config::Staging {
+    fn from(s: PgStaging) -> Self {
+        match s {
+            PgStaging::Fallback => Self::Fallback,
+            PgStaging::Always => Self::Always,
+        }
+    }
 }
 
 /// What the records' payloads are.
@@ -67,6 +94,10 @@ pub enum Baseline {
     /// complete while the sources send (`completed_per_s_while_sending`),
     /// since a failing record's retries outlast the sending by design.
     NoFailures,
+    /// With `--sink postgres`: the same rows `COPY`-loaded with
+    /// tokio-postgres alone, `--sink-batch` rows per transaction: the
+    /// database's ceiling.
+    Copy,
 }
 
 /// `sluice bench`: drive an engine with N sources and report throughput,
@@ -102,9 +133,18 @@ pub struct BenchArgs {
     /// Sink of the in-process engine.
     #[arg(long, value_enum, default_value_t = BenchSink::Null)]
     pub sink: BenchSink,
-    /// With `--sink file`: sync the file to disk at every commit.
+    /// With `--sink file`: sync the file to disk at every commit. With
+    /// `--sink postgres`: the throwaway server keeps its durable defaults
+    /// (`fsync`, `synchronous_commit`); without, it runs with `fsync = off`.
     #[arg(long)]
     pub fsync: bool,
+    /// With `--sink postgres`: the server to write to (its password in
+    /// `PGPASSWORD`) instead of a throwaway one.
+    #[arg(long, value_name = "URL")]
+    pub pg_url: Option<String>,
+    /// With `--sink postgres`: how the sink inserts its batches.
+    #[arg(long, value_enum, default_value_t = PgStaging::Fallback)]
+    pub pg_staging: PgStaging,
     /// Pause of the sink before each batch (a slow sink), e.g. `100ms`.
     #[arg(long, value_parser = parse_duration)]
     pub sink_delay: Option<Duration>,
@@ -300,8 +340,10 @@ pub struct RunReport {
 /// Everything `sluice bench` measured.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BenchReport {
-    /// The baseline run, when asked for (the raw transport, or with
-    /// `--baseline no-failures` the same sluice run without failures).
+    /// The baseline run, when asked for: the raw transport, `copy`, or
+    /// with `--baseline no-failures` the same sluice run without failures
+    /// (its `target` says which; the field keeps its name for readers of
+    /// earlier reports).
     pub raw: Option<RunReport>,
     /// The sluice run (absent with `--raw-only`).
     pub sluice: Option<RunReport>,
@@ -316,7 +358,8 @@ pub struct BenchReport {
 /// One baseline-then-sluice round of a comparison.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Round {
-    /// The baseline's figure (see [`BenchReport::ratio`]).
+    /// The baseline's figure (see [`BenchReport::ratio`]): records/s of the
+    /// raw transport or `copy`, or the run without failures.
     pub raw_records_per_s: f64,
     /// The sluice run's figure.
     pub sluice_records_per_s: f64,
@@ -366,6 +409,15 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     if args.sources == 0 || args.batch == 0 {
         return Err("--sources and --batch must be at least 1".into());
     }
+    let copy = args.baseline == Some(Baseline::Copy);
+    if copy && (args.sink != BenchSink::Postgres || args.raw_only || args.addr.is_some()) {
+        return Err("--baseline copy needs --sink postgres (and an in-process engine)".into());
+    }
+    let db = if args.sink == BenchSink::Postgres && args.addr.is_none() {
+        Some(postgres::BenchDb::open(args).await?)
+    } else {
+        None
+    };
     let compare = args.baseline.is_some() && !args.raw_only;
     let rounds = if compare { args.rounds.max(1) } else { 1 };
     let mut runs: Vec<(Option<RunReport>, Option<RunReport>, Option<f64>)> = Vec::new();
@@ -373,16 +425,19 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         if rounds > 1 && !args.quiet {
             eprintln!("[round {round}/{rounds}]");
         }
-        let raw = match args.baseline {
-            _ if args.raw_only => Some(run_raw(args).await?),
-            Some(Baseline::Raw) => Some(run_raw(args).await?),
-            Some(Baseline::NoFailures) => Some(run_sluice(args, "baseline", 0.0).await?),
-            None => None,
+        let raw = match (&db, args.baseline) {
+            (Some(db), Some(Baseline::Copy)) => Some(postgres::run_copy(args, db).await?),
+            (_, Some(Baseline::NoFailures)) => {
+                Some(run_sluice(args, db.as_ref(), "baseline", 0.0).await?)
+            }
+            (_, Some(_)) => Some(run_raw(args).await?),
+            (_, None) if args.raw_only => Some(run_raw(args).await?),
+            (_, None) => None,
         };
         let sluice = if args.raw_only {
             None
         } else {
-            Some(run_sluice(args, "sluice", args.fail_rate).await?)
+            Some(run_sluice(args, db.as_ref(), "sluice", args.fail_rate).await?)
         };
         let ratio = match (&raw, &sluice) {
             (Some(r), Some(s)) if measure(args, r) > 0.0 => {
@@ -447,8 +502,14 @@ async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
     Ok(report)
 }
 
-/// A sluice run labelled `target`, failing `fail_rate` of the records.
-async fn run_sluice(args: &BenchArgs, target: &str, fail_rate: f64) -> Result<RunReport, String> {
+/// A sluice run labelled `target`, failing `fail_rate` of the records
+/// (into `db`'s table with `--sink postgres`).
+async fn run_sluice(
+    args: &BenchArgs,
+    db: Option<&postgres::BenchDb>,
+    target: &str,
+    fail_rate: f64,
+) -> Result<RunReport, String> {
     let rate = match (args.flood, args.sink_delay) {
         (Some(f), Some(d)) if !d.is_zero() => f * args.sink_batch as f64 / d.as_secs_f64(),
         (Some(_), _) => return Err("--flood needs a non-zero --sink-delay".into()),
@@ -513,6 +574,16 @@ async fn run_sluice(args: &BenchArgs, target: &str, fail_rate: f64) -> Result<Ru
             tmp_dir = Some(dir);
             Arc::new(s)
         }
+        BenchSink::Postgres => {
+            let db = db.ok_or("--sink postgres: no database")?;
+            db.empty(postgres::SLUICE_TABLE).await?;
+            let spec = db.spec(postgres::SLUICE_TABLE, args.pg_staging.into());
+            Arc::new(
+                PostgresSink::connect(&spec)
+                    .await
+                    .map_err(|e| format!("postgres sink: {e}"))?,
+            )
+        }
     };
     let sink = with_knobs(sink, args.sink_delay.unwrap_or_default(), 0.0);
     let mut builder = EngineBuilder::new(settings)
@@ -541,6 +612,16 @@ async fn run_sluice(args: &BenchArgs, target: &str, fail_rate: f64) -> Result<Ru
     report.peak_rss_bytes = Some(peak);
     report.buffer_bytes = Some(budget);
     report.fail_rate = fail_rate;
+    if let Some(db) = db {
+        // Exactly once: every acked record is in the table, once.
+        let rows = db.count(postgres::SLUICE_TABLE).await?;
+        if rows != report.delivered {
+            report.errors.push(format!(
+                "{} records delivered, {rows} rows in the table",
+                report.delivered
+            ));
+        }
+    }
     Ok(report)
 }
 
@@ -849,10 +930,11 @@ pub fn render_table(report: &BenchReport) -> String {
             let _ = writeln!(out, "error ({}): {e}", r.target);
         }
     }
+    let baseline = report.raw.as_ref().map_or("raw", |r| r.target.as_str());
     for (i, r) in report.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
-            "round {}: baseline {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
+            "round {}: {baseline} {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
             i + 1,
             r.raw_records_per_s,
             r.sluice_records_per_s,
@@ -865,7 +947,7 @@ pub fn render_table(report: &BenchReport) -> String {
         } else {
             " (median round, shown above)"
         };
-        let _ = writeln!(out, "sluice / baseline records/s: {ratio:.3}{which}");
+        let _ = writeln!(out, "sluice / {baseline} records/s: {ratio:.3}{which}");
     }
     out
 }

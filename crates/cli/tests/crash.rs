@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_client::{ClientOptions, ReconnectPolicy, SourceClient};
 use sluice_engine::config::Settings;
-use sluice_tests::{file_sink, free_port, test_settings};
+use sluice_tests::{EngineProcess, file_sink, free_port, log_tail as tail, test_settings};
 
 /// A small xorshift generator; the seed is printed so a failure can be replayed.
 struct Rng(u64);
@@ -68,85 +68,6 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join("sluice.toml");
     std::fs::write(&path, s.to_toml_string().expect("settings as TOML")).expect("config written");
     path
-}
-
-/// The engine child process; killed (SIGKILL) and reaped on drop.
-struct Engine {
-    child: Child,
-}
-
-impl Engine {
-    /// Starts `sluice serve` and waits until its port accepts connections.
-    /// Retries the start a few times (the port may still be held briefly).
-    fn start(config: &Path, port: u16, log: &Path) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let stderr = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .arg("serve")
-                .arg("--config")
-                .arg(config)
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("sluice starts");
-            loop {
-                if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    return Self { child };
-                }
-                if let Some(status) = child.try_wait().expect("try_wait") {
-                    eprintln!("engine exited at start ({status}); retrying");
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "engine did not listen on {port} in time; log:\n{}",
-                        tail(log)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "engine could not start; log:\n{}",
-                tail(log)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn assert_running(&mut self, log: &Path) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("engine died on its own ({status}); log:\n{}", tail(log));
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let start = text.len().saturating_sub(4_000);
-    text[text.floor_char_boundary(start)..].to_owned()
 }
 
 /// Count of each seq of `source` in the sink files under `dir`. A SIGKILL may
@@ -205,7 +126,12 @@ async fn crash_run(kills: usize, n: u64) {
     let config = write_config(dir.path(), port);
     let log = dir.path().join("engine.log");
     let started = Instant::now();
-    let mut engine = Engine::start(&config, port, &log);
+    let serve = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.arg("serve").arg("--config").arg(&config);
+        c
+    };
+    let mut engine = EngineProcess::start(serve, port, &log);
 
     let opts = ClientOptions {
         max_unacked: 5_000,
@@ -264,7 +190,7 @@ async fn crash_run(kills: usize, n: u64) {
         eprintln!("kill {}: {:?}", k + 1, record[k]);
         // Down for a random moment: the client's reconnects fail meanwhile.
         tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
-        engine = Engine::start(&config, port, &log);
+        engine = EngineProcess::start(serve, port, &log);
     }
 
     let summary = tokio::time::timeout(Duration::from_secs(40), sender)

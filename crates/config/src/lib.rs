@@ -42,6 +42,7 @@
 mod error;
 mod load;
 mod pipeline;
+mod postgres;
 mod sections;
 mod validate;
 
@@ -51,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use pipeline::{BatchSettings, FilterOp, PipelineSpec, SinkSpec, StageSpec, TransformSpec};
+pub use postgres::{ColumnType, PostgresMode, PostgresSinkSpec, PostgresTls, Staging};
 pub use sections::{
     AuthSettings, BufferSettings, LogFormat, LogSettings, MetricsSettings, SecretError,
     ServerSettings, TlsSettings, TokenSpec,

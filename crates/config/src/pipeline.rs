@@ -37,6 +37,8 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+pub use crate::postgres::PostgresSinkSpec;
+
 /// One mebibyte.
 const MIB: usize = 1024 * 1024;
 
@@ -263,11 +265,13 @@ pub enum SinkSpec {
         #[serde(default, skip_serializing_if = "is_zero")]
         fail_rate: f64,
     },
+    /// Rows of a PostgreSQL table, exactly once (see [`PostgresSinkSpec`]).
+    Postgres(Box<PostgresSinkSpec>),
 }
 
 impl SinkSpec {
     /// The `kind` names, as written in a config file.
-    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null"];
+    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null", "postgres"];
 
     /// This sink's `kind` name.
     pub fn kind(&self) -> &'static str {
@@ -275,6 +279,7 @@ impl SinkSpec {
             Self::File { .. } => "file",
             Self::Stdout { .. } => "stdout",
             Self::Null { .. } => "null",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -284,6 +289,7 @@ impl SinkSpec {
             Self::File { delay, .. } | Self::Stdout { delay, .. } | Self::Null { delay, .. } => {
                 *delay
             }
+            Self::Postgres(p) => p.delay,
         }
     }
 
@@ -293,6 +299,7 @@ impl SinkSpec {
             Self::File { fail_rate, .. }
             | Self::Stdout { fail_rate, .. }
             | Self::Null { fail_rate, .. } => *fail_rate,
+            Self::Postgres(p) => p.fail_rate,
         }
     }
 
@@ -350,7 +357,7 @@ fn one() -> f64 {
     1.0
 }
 
-fn is_zero(x: &f64) -> bool {
+pub(crate) fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 

@@ -179,7 +179,7 @@ pub enum SecretError {
         name: String,
     },
     /// `token_file` is an empty path.
-    #[error("must not be empty (a file holding the token)")]
+    #[error("must not be empty (a file holding the secret)")]
     EmptyPath,
     /// The file named by `token_file` cannot be read (or is not UTF-8).
     #[error("cannot read {}: {source}", path.display())]
@@ -265,36 +265,8 @@ impl TokenSpec {
     pub fn secret(&self) -> Result<String, SecretError> {
         match (&self.token, &self.token_env, &self.token_file) {
             (Some(token), None, None) => Ok(token.clone()),
-            (None, Some(name), None) => {
-                if name.is_empty() || name.contains(['=', '\0']) {
-                    return Err(SecretError::BadEnvName { name: name.clone() });
-                }
-                match std::env::var(name) {
-                    Ok(v) if v.is_empty() => Err(SecretError::EnvEmpty { name: name.clone() }),
-                    Ok(v) => Ok(v),
-                    Err(std::env::VarError::NotPresent) => {
-                        Err(SecretError::EnvNotSet { name: name.clone() })
-                    }
-                    // The value is not quoted: it is a secret.
-                    Err(std::env::VarError::NotUnicode(_)) => {
-                        Err(SecretError::EnvNotUnicode { name: name.clone() })
-                    }
-                }
-            }
-            (None, None, Some(path)) => {
-                if path.as_os_str().is_empty() {
-                    return Err(SecretError::EmptyPath);
-                }
-                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    return Err(SecretError::FileEmpty { path: path.clone() });
-                }
-                Ok(secret.to_owned())
-            }
+            (None, Some(name), None) => secret_from_env(name),
+            (None, None, Some(path)) => secret_from_file(path),
             (token, env, file) => {
                 let given: Vec<&str> = [
                     token.as_ref().map(|_| "token"),
@@ -314,6 +286,49 @@ impl TokenSpec {
             }
         }
     }
+}
+
+/// The secret held by the environment variable `name` (of this process):
+/// set, Unicode and non-empty. The one way every `*_env` secret is read.
+pub(crate) fn secret_from_env(name: &str) -> Result<String, SecretError> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(SecretError::BadEnvName {
+            name: name.to_owned(),
+        });
+    }
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => Err(SecretError::EnvEmpty {
+            name: name.to_owned(),
+        }),
+        Ok(v) => Ok(v),
+        Err(std::env::VarError::NotPresent) => Err(SecretError::EnvNotSet {
+            name: name.to_owned(),
+        }),
+        // The value is not quoted: it is a secret.
+        Err(std::env::VarError::NotUnicode(_)) => Err(SecretError::EnvNotUnicode {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// The secret held by the file at `path`, trailing line breaks trimmed
+/// (a Docker or Kubernetes secret ends with one). The one way every
+/// `*_file` secret is read.
+pub(crate) fn secret_from_file(path: &std::path::Path) -> Result<String, SecretError> {
+    if path.as_os_str().is_empty() {
+        return Err(SecretError::EmptyPath);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(SecretError::FileEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(secret.to_owned())
 }
 
 impl std::fmt::Debug for TokenSpec {

@@ -356,6 +356,16 @@ fn pipeline(key: &str, p: &PipelineSpec, e: &mut ValidationErrors) {
     }
     sink(&format!("{key}.sink"), &p.sink, e);
     sink(&format!("{key}.dead_letter"), &p.dead_letter, e);
+    if let SinkSpec::Postgres(_) = p.dead_letter {
+        // Why: a dead letter carries what a row of the table has no column
+        // for (its error, stage, retries); the file sink keeps all of it.
+        e.push(
+            format!("{key}.dead_letter.kind"),
+            format!(
+                "{key}.dead_letter.kind \"postgres\" is not supported for dead letters (use \"file\")"
+            ),
+        );
+    }
     positive(
         e,
         &format!("{key}.batch.max_records"),
@@ -428,6 +438,9 @@ fn transform(key: &str, t: &TransformSpec, e: &mut ValidationErrors) {
 }
 
 fn sink(key: &str, s: &SinkSpec, e: &mut ValidationErrors) {
+    if let SinkSpec::Postgres(p) = s {
+        crate::postgres::validate(key, p, e);
+    }
     if let SinkSpec::File {
         dir,
         prefix,

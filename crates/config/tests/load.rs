@@ -323,7 +323,7 @@ fn unknown_sink_kind_is_refused_naming_the_key_and_the_kinds() {
     assert_eq!(key.as_deref(), Some("pipelines[0].dead_letter.kind"));
     assert_eq!(
         message,
-        r#"unknown sink "kafka" (known: file, stdout, null)"#
+        r#"unknown sink "kafka" (known: file, stdout, null, postgres)"#
     );
 }
 

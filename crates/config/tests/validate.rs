@@ -544,7 +544,7 @@ fn unreadable_empty_or_bad_token_files_name_the_key() {
     only(
         &s,
         "server.auth.tokens[0].token_file",
-        "server.auth.tokens[0].token_file: must not be empty (a file holding the token)",
+        "server.auth.tokens[0].token_file: must not be empty (a file holding the secret)",
     );
 }
 

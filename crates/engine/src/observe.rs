@@ -19,6 +19,7 @@
 //! | [`ACK_LATENCY_SECONDS`] | histogram | `pipeline` |
 //! | [`SINK_STALLED`] | gauge | `pipeline`, `sink` (`sink` or `dead_letter`) |
 //! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
+//! | [`POSTGRES_STAGED_BATCHES_TOTAL`] | counter | `table`, `reason` (`always`, `duplicate`, `record_error`) |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
 //! backpressure episodes, the memory gate, and the one per-source flow-state
@@ -49,6 +50,10 @@ pub const RECORDS_DEAD_LETTERED_TOTAL: &str = "sluice_records_dead_lettered_tota
 pub const RECORDS_RETRIED_TOTAL: &str = "sluice_records_retried_total";
 /// Counter: records filtered out by a transform.
 pub const RECORDS_FILTERED_TOTAL: &str = "sluice_records_filtered_total";
+/// Counter: batches of a postgres sink inserted through its staging table
+/// (`reason`: `always` by its setting, `duplicate` a row already in the
+/// table, `record_error` a record the database refused), per `table`.
+pub const POSTGRES_STAGED_BATCHES_TOTAL: &str = "sluice_postgres_staged_batches_total";
 /// Gauge: 1 while a stream of the source is open.
 pub const SOURCE_CONNECTED: &str = "sluice_source_connected";
 /// Gauge: record credits granted to a source and not used yet.
@@ -181,6 +186,10 @@ pub fn describe() {
             "Records refused one by one per sink (record-level failures)",
         ),
         (SINK_STALLS_TOTAL, "Stall episodes per sink"),
+        (
+            POSTGRES_STAGED_BATCHES_TOTAL,
+            "Batches a postgres sink inserted through its staging table, per table and reason",
+        ),
     ] {
         describe_counter!(name, help);
     }

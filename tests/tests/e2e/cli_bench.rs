@@ -79,3 +79,34 @@ async fn tiny_bench_with_failing_records_loses_nothing() {
     assert_eq!(base.dead_lettered, 0);
     assert!(run.dead_lettered > 0 && run.dead_lettered < 100, "{run:?}");
 }
+
+/// `--sink postgres --baseline copy`: the bench starts its own PostgreSQL;
+/// both runs write every row once (the bench checks the tables itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_into_postgres_against_copy_loses_nothing() {
+    if !sluice_tests::Postgres::installed("cli_bench::tiny_bench_into_postgres") {
+        return;
+    }
+    let args = BenchArgs {
+        sources: 2,
+        records: Some(3_000),
+        batch: 256,
+        sink: BenchSink::Postgres,
+        sink_batch: 500,
+        payload: BenchPayload::Json,
+        baseline: Some(Baseline::Copy),
+        ..BenchArgs::default()
+    };
+    let report = run_bench(&args).await.expect("bench runs");
+    for run in [report.raw.as_ref(), report.sluice.as_ref()] {
+        let run = run.expect("both runs present");
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        assert_eq!(
+            (run.acked, run.delivered, run.lost),
+            (3_000, 3_000, 0),
+            "{run:?}"
+        );
+    }
+    assert_eq!(report.raw.unwrap().target, "copy");
+    assert!(report.ratio.is_some());
+}

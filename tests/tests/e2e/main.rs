@@ -12,6 +12,7 @@ mod flow;
 mod health_reflection;
 mod hostile;
 mod observe;
+mod postgres;
 mod rules;
 mod security;
 mod send_command;

@@ -63,6 +63,17 @@ pub enum SinkError {
     /// An I/O error on standard output.
     #[error("stdout: {0}")]
     Stdout(std::io::Error),
+    /// A failure of the service behind the sink (a database unreachable,
+    /// refusing the login, lost mid-batch, timing out, without the table),
+    /// naming the setting it concerns: `sink.table: relation "x" does not
+    /// exist`.
+    #[error("{setting}: {message}")]
+    Setting {
+        /// The setting, as `sink.<key>` (`sink.url`, `sink.password_env`).
+        setting: String,
+        /// What went wrong, in the service's words where it said.
+        message: String,
+    },
     /// An outage injected by a test ([`Outage`](super::Outage)).
     #[error("injected sink outage")]
     Injected,

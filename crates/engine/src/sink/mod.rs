@@ -20,7 +20,7 @@
 
 //!
 //! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
-//! [`null`](NullSink), the [`Knobs`] wrapper (delay, injected record
+//! [`null`](NullSink), a folder for [`postgres`](PostgresSink), the [`Knobs`] wrapper (delay, injected record
 //! failures) and the [`Outage`] wrapper (an injected sink-level outage);
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
 //! format they write.
@@ -34,6 +34,7 @@ mod file;
 mod json;
 mod knobs;
 mod null;
+mod postgres;
 mod stdout;
 
 pub(crate) use contract::SourceNames;
@@ -44,10 +45,12 @@ pub use file::FileSink;
 pub use json::{json_line, json_value, write_json_line};
 pub use knobs::{INJECTED_RECORD_FAILURE, Knobs, Outage, with_knobs};
 pub use null::NullSink;
+pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
-/// Builds the sink a [`SinkSpec`] describes, test knobs included.
-pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
+/// Builds the sink a [`SinkSpec`] describes, test knobs included (a
+/// postgres sink connects and checks its table here).
+pub async fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
     let inner: Arc<dyn Sink> = match spec {
         SinkSpec::File {
             dir,
@@ -58,6 +61,7 @@ pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
         } => Arc::new(FileSink::open(dir, prefix, *rotate_bytes, *fsync)?),
         SinkSpec::Stdout { .. } => Arc::new(StdoutSink),
         SinkSpec::Null { .. } => Arc::new(NullSink),
+        SinkSpec::Postgres(p) => Arc::new(PostgresSink::connect(p).await?),
     };
     Ok(with_knobs(inner, spec.delay(), spec.fail_rate()))
 }
@@ -170,7 +174,7 @@ mod tests {
             delay: Duration::ZERO,
             fail_rate: 0.0,
         };
-        let sink = build_sink(&spec).unwrap();
+        let sink = build_sink(&spec).await.unwrap();
         let mut rec = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
         rec.set_payload(&b"{\"a\":2}"[..]);
         let batch = [SinkRecord {
