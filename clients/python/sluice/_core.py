@@ -567,6 +567,7 @@ class Core:
             sent=self.sent,
             resent=self.resent,
             acked=self.acked,
+            acked_through=self.window.front_seq - 1,
             delivered=self.delivered,
             dead_lettered=self.dead_lettered,
             filtered=self.filtered,

@@ -182,6 +182,7 @@ class Summary:
         sent: Distinct records sent at least once.
         resent: Records sent again (after a reject or reconnect).
         acked: Records acked (and forgotten).
+        acked_through: Highest sequence number up to which every record is acked.
         delivered: Committed by the sink (per engine process, from the last ``Ack``).
         dead_lettered: Written to dead letters (from the last ``Ack``).
         filtered: Filtered out by a transform (from the last ``Ack``).
@@ -201,6 +202,7 @@ class Summary:
     sent: int
     resent: int
     acked: int
+    acked_through: int
     delivered: int
     dead_lettered: int
     filtered: int
