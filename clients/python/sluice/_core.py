@@ -478,7 +478,9 @@ class Core:
             self.half_closed = True
             return FINISH, None
         if self.cursor < w.front_seq:
-            self.cursor = w.front_seq
+            # The engine expects records that were completed out of order
+            # elsewhere (see above): resume after them on a new stream.
+            return REOPEN, None
         unsent = w.next_seq - self.cursor
         if unsent <= 0:
             msg = self._backlog(0) if self.announced_backlog else None
@@ -497,9 +499,7 @@ class Core:
         first = self.cursor
         entries = w.entries(first, min(target, unsent))
         if entries[0] is None:
-            # A hole at the cursor (see above).
-            if w.front_seq > first:
-                return REOPEN, None
+            # A hole at the cursor (see above): wait for what is before it.
             return IDLE, None
         if None in entries:
             entries = entries[: entries.index(None)]
