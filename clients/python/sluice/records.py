@@ -69,7 +69,7 @@ varint = _varint
 _FAST = 1 << 14
 _PREFIX: list[bytes] = []
 for _n in range(_FAST):
-    _inner = b"\x12" + _varint(_n)
+    _inner = b"\x12" + _varint(_n) if _n else b""  # proto3 leaves an empty payload out
     _PREFIX.append(_TAG_RECORDS + _varint(len(_inner) + _n) + _inner)
 del _n, _inner
 
