@@ -166,8 +166,10 @@ class Core:
         self.max_credit_bytes = 0
         self.large_record_bytes = 0
         self.max_batch = self.opts.max_batch_records
-        #: (batch_id, first, last, records charged, bytes charged), oldest first.
-        self.in_flight: deque[tuple[int, int, int, int, int]] = deque()
+        #: (batch_id, first, last, records charged, bytes charged), oldest
+        #: first; a `Release` sent is an entry with the credit it gave back,
+        #: between the batches sent before and after it.
+        self.in_flight: deque[tuple[float, int, int, int, int]] = deque()
         self.next_batch_id = 1
         self.paused = False
         self.paused_until = 0.0
@@ -431,6 +433,10 @@ class Core:
         nbytes = min(r.bytes, self.credit_bytes)
         self.credit_records -= records
         self.credit_bytes -= nbytes
+        # Until the engine reads the release, its counts (in outcomes of
+        # batches sent before) still include the released credit: the
+        # release waits in `in_flight`, after the last batch sent.
+        self.in_flight.append((self.next_batch_id - 0.5, 0, 0, records, nbytes))  # type: ignore[arg-type]
         self.control.append(
             _source_message(release=pb.Release(revoke_id=r.revoke_id, records=records, bytes=nbytes))
         )
