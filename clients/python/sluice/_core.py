@@ -36,7 +36,7 @@ import time
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Union, cast
 
 from . import errors
 from ._proto import ingest_pb2 as pb
@@ -503,12 +503,13 @@ class Core:
             if now < due:
                 return WAIT, due
         first = self.cursor
-        entries = w.entries(first, min(target, unsent))
-        if entries[0] is None:
+        held = w.entries(first, min(target, unsent))
+        if held[0] is None:
             # A hole at the cursor (see above): wait for what is before it.
             return IDLE, None
-        if None in entries:
-            entries = entries[: entries.index(None)]
+        if None in held:
+            held = held[: held.index(None)]
+        entries = cast("list[bytes]", held)
         n = min(len(entries), self.credit_records)
         sizes = w.sizes(first, n)
         nbytes = sum(sizes)
@@ -522,7 +523,7 @@ class Core:
             nbytes = sum(sizes[:n])
         if n == 0:
             size = w.size_at(first)
-            entry_len = len(entries[0])  # type: ignore[arg-type]
+            entry_len = len(entries[0])
             if entry_len + 64 > budget:
                 return FAIL, self.fail(
                     errors.RecordTooLargeError(entry_len, self.max_message_bytes, "max_message_bytes")
@@ -540,7 +541,7 @@ class Core:
             bid = self.next_batch_id
             self.next_batch_id += 1
         last = first + n - 1
-        msg = batch_message(first, entries[:n], bid)  # type: ignore[arg-type]
+        msg = batch_message(first, entries[:n], bid)
         self.credit_records -= n
         charged = min(nbytes, self.credit_bytes)
         self.credit_bytes -= charged

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 __all__ = ["Record", "RecordLike", "encode", "encode_many", "record_size", "batch_message", "decode_record"]
 
@@ -137,25 +137,26 @@ def encode(record: RecordLike) -> tuple[bytes, int]:
     return _TAG_RECORDS + _varint(len(body)) + body, size
 
 
-def encode_many(records: "list[RecordLike] | tuple[RecordLike, ...]") -> tuple[list[bytes], list[int]]:
+def encode_many(records: "Sequence[RecordLike]") -> tuple[list[bytes], list[int]]:
     """Encode many records (see :func:`encode`); a fast path for plain bytes payloads.
 
     Returns:
         The entries' bytes and the records' sizes, in order.
     """
+    recs: Sequence[Any] = records  # narrowed by the type checks below
     prefix = _PREFIX
     fast = _FAST
     try:
         # All small bytes payloads: one list comprehension each.
-        sizes = [len(r) for r in records if type(r) is bytes]
-        if len(sizes) == len(records) and (not sizes or max(sizes) < fast):
-            return [prefix[len(r)] + r for r in records], sizes
+        sizes = [len(r) for r in recs if type(r) is bytes]
+        if len(sizes) == len(recs) and (not sizes or max(sizes) < fast):
+            return [prefix[len(r)] + r for r in recs], sizes
     except TypeError:
         pass
     encs: list[bytes] = []
     sizes = []
     append_e, append_s = encs.append, sizes.append
-    for r in records:
+    for r in recs:
         t = type(r)
         if t is str:
             r = r.encode()
