@@ -84,9 +84,10 @@ def test_sigkill_and_restart_mid_stream_loses_nothing(engine: Engine) -> None:
     t.start()
     while src.summary().acked < 20_000:
         time.sleep(0.01)
-    acked_before = src.summary().acked_through
     engine.kill()
     time.sleep(0.3)
+    # Everything acked by the dead engine has reached the source by now.
+    acked_before = src.summary().acked_through
     engine.start()
     t.join(60)
     summary = src.close(timeout=60)
@@ -208,3 +209,29 @@ def test_unreachable_engine_raises_connect_error() -> None:
         sluice.Source(f"http://127.0.0.1:{free_port()}", "nobody", "p",
                       reconnect=sluice.Reconnect(max_attempts=2, initial_backoff=0.05))
     assert time.monotonic() - t < 10
+
+
+def test_sink_stall_pauses_and_resumes_the_source(engine: Engine) -> None:
+    import shutil
+
+    events: list[sluice.Event] = []
+    src = sluice.Source(engine.addr, "stall", "p", on_event=events.append)
+    src.send_many(payloads(1000))
+    src.flush()
+    # Take the sink's directory away and block its path with a file: the
+    # sink cannot write, stalls, and the engine pauses the source (SINK).
+    shutil.rmtree(engine.sink_dir)
+    engine.sink_dir.write_text("not a directory")
+    src.send_many(payloads(1000, 1000))
+    deadline = time.monotonic() + 20
+    while not any(isinstance(e, sluice.Signal) and e.kind == "PAUSE" for e in events):
+        assert time.monotonic() < deadline, events
+        time.sleep(0.02)
+    pause = next(e for e in events if isinstance(e, sluice.Signal) and e.kind == "PAUSE")
+    assert pause.reason == "SINK" and pause.sink, pause
+    engine.sink_dir.unlink()  # the sink recreates its directory and writes again
+    summary = src.close(timeout=30)
+    assert summary.is_complete and summary.pauses >= 1 and summary.resumes >= 1, summary
+    assert any(isinstance(e, sluice.Signal) and e.kind == "RESUME" and e.reason == "SINK" for e in events)
+    got = engine.delivered("stall")
+    assert set(range(1001, 2001)) <= {s for (_, s) in got}  # the first files went with the directory
