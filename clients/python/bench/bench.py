@@ -110,6 +110,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=10_000, help="records per send_many call")
     p.add_argument("--api", choices=["sync", "async", "both"], default="both")
     p.add_argument("--no-cli", action="store_true", help="skip `sluice send`")
+    p.add_argument("--single", action="store_true", help="also time `send()` record by record (sync)")
     p.add_argument("--bin", type=Path, default=Path(os.environ.get("SLUICE_BIN", REPO / "target/release/sluice")))
     a = p.parse_args()
 
@@ -126,19 +127,30 @@ def main() -> int:
             for r in range(a.rounds):
                 rates = {}
                 if a.api in ("sync", "both"):
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     s = run_sync(addr, f"py-sync-{r}", records, a.chunk)
-                    el = time.perf_counter() - t
+                    el, cpu = time.perf_counter() - t, time.process_time() - c
                     assert s.is_complete and s.acked == a.records, s
                     rates["sync"] = a.records / el
-                    print(f"round {r} Source       {rates['sync']:>12,.0f} records/s  ({el:.2f} s, protocol v{s.protocol_version})")
+                    print(f"round {r} Source       {rates['sync']:>12,.0f} records/s  ({el:.2f} s, "
+                          f"python CPU {cpu / a.records * 1e6:.2f} us/record, protocol v{s.protocol_version})")
                 if a.api in ("async", "both"):
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     s = asyncio.run(run_async(addr, f"py-async-{r}", records, a.chunk))
-                    el = time.perf_counter() - t
+                    el, cpu = time.perf_counter() - t, time.process_time() - c
                     assert s.is_complete and s.acked == a.records, s
                     rates["async"] = a.records / el
-                    print(f"round {r} AsyncSource  {rates['async']:>12,.0f} records/s  ({el:.2f} s)")
+                    print(f"round {r} AsyncSource  {rates['async']:>12,.0f} records/s  ({el:.2f} s, "
+                          f"python CPU {cpu / a.records * 1e6:.2f} us/record)")
+                if a.single:
+                    t = time.perf_counter()
+                    src = sluice.Source(addr, f"py-single-{r}", "bench")
+                    for rec in records:
+                        src.send(rec)
+                    s = src.close()
+                    el = time.perf_counter() - t
+                    assert s.is_complete, s
+                    print(f"round {r} Source.send  {a.records / el:>12,.0f} records/s  (one call per record)")
                 if not a.no_cli:
                     el, line = run_cli(a.bin, addr, f"cli-{r}", lines)
                     cli = a.records / el

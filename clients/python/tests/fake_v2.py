@@ -120,19 +120,22 @@ class FakeV2(pbg.IngestServicer):
             out.put(None)
 
         def complete() -> None:
+            last = None
             while context.is_active():
                 time.sleep(0.01)
                 with self.lock:
                     if gen != self.generation:
                         break
-                    ready = [s for s in self.in_flight if s not in self.hold]
-                    if not ready:
-                        continue
-                    for s in ready:
+                    for s in [s for s in self.in_flight if s not in self.hold]:
                         self.in_flight.discard(s)
                         self.completed.add(s)
                         self.delivered[s] += 1
-                    out.put(self._ack())
+                    # Another stream of the source may have completed them:
+                    # ack whatever changed since this stream's last ack.
+                    ack = self._ack()
+                    if ack.SerializeToString() != last:
+                        last = ack.SerializeToString()
+                        out.put(ack)
             out.put(None)
 
         threading.Thread(target=read, daemon=True).start()
