@@ -89,11 +89,12 @@ async def run_async(addr: str, source: str, records: list[bytes], chunk: int) ->
     return await src.close()
 
 
-def run_cli(binary: Path, addr: str, source: str, path: Path) -> tuple[float, str]:
+def run_cli(binary: Path, addr: str, source: str, path: Path, extra: list[str]) -> tuple[float, str]:
     """``sluice send`` of ``path``; return its wall time and summary line."""
     t = time.perf_counter()
     out = subprocess.run(
-        [str(binary), "send", "--no-progress", "--addr", addr, "--source-id", source, "--pipeline", "bench", str(path)],
+        [str(binary), "send", "--no-progress", "--addr", addr, "--source-id", source, "--pipeline", "bench",
+         *extra, str(path)],
         check=True,
         capture_output=True,
         text=True,
@@ -110,6 +111,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=10_000, help="records per send_many call")
     p.add_argument("--api", choices=["sync", "async", "both"], default="both")
     p.add_argument("--no-cli", action="store_true", help="skip `sluice send`")
+    p.add_argument("--cli-args", default="", help="extra `sluice send` arguments, e.g. '--max-unacked 100000 --batch 1000'")
     p.add_argument("--single", action="store_true", help="also time `send()` record by record (sync)")
     p.add_argument("--bin", type=Path, default=Path(os.environ.get("SLUICE_BIN", REPO / "target/release/sluice")))
     a = p.parse_args()
@@ -152,10 +154,13 @@ def main() -> int:
                     assert s.is_complete, s
                     print(f"round {r} Source.send  {a.records / el:>12,.0f} records/s  (one call per record)")
                 if not a.no_cli:
-                    el, line = run_cli(a.bin, addr, f"cli-{r}", lines)
+                    el, line = run_cli(a.bin, addr, f"cli-{r}", lines, a.cli_args.split())
                     cli = a.records / el
+                    own = a.records / float(line.split("elapsed ")[1].split("s")[0])
                     ratios = ", ".join(f"{k} {v / cli:.2f}" for k, v in rates.items())
-                    print(f"round {r} sluice send  {cli:>12,.0f} records/s  ({el:.2f} s wall; ratio python/cli: {ratios})")
+                    own_ratios = ", ".join(f"{k} {v / own:.2f}" for k, v in rates.items())
+                    print(f"round {r} sluice send  {cli:>12,.0f} records/s  ({el:.2f} s wall; ratio python/cli: {ratios}; "
+                          f"by its own elapsed {own:,.0f} records/s: {own_ratios})")
                     print(f"         sluice send summary: {line}")
         finally:
             proc.send_signal(signal.SIGTERM)
