@@ -250,6 +250,17 @@ class Core:
         self.events.append(Disconnected(reason, wait))
         return End(retry_in=wait)
 
+    def reopen(self) -> Optional[errors.SluiceError]:
+        """The driver ended the stream for a ``REOPEN``; it opens the next one
+        at once. Counted like a reconnect attempt (an engine that ignores
+        ``first_unacked_seq`` would otherwise loop): returns the error once
+        the attempts are used up."""
+        self.connected = False
+        self.attempts += 1
+        if self.attempts > self.opts.reconnect.max_attempts:
+            return self.fail(errors.GaveUpError(self.attempts - 1, "the engine does not resume after a hole"))
+        return None
+
     def fail(self, error: errors.SluiceError) -> errors.SluiceError:
         """Stop the source with ``error`` (the first error wins); return the error in force."""
         if self.failure is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from itertools import islice
 from typing import AsyncIterable, Callable, Iterable, Optional, Union
 
 import grpc
@@ -25,7 +26,7 @@ from .errors import ClosedError, ProtocolError, SluiceError, WindowFullError
 from .events import Event, Summary
 from .options import Options
 from .records import RecordLike, encode, encode_many
-from .source import EVENT_BUFFER
+from .source import CHUNK, EVENT_BUFFER
 
 __all__ = ["AsyncSource"]
 
@@ -134,12 +135,25 @@ class AsyncSource:
         timeout: Optional[float] = _UNSET,
     ) -> None:
         """Hold many records, in order; see :meth:`Source.send_many <sluice.Source.send_many>`."""
+        if isinstance(records, (list, tuple)):
+            entries, sizes = encode_many(records)
+            await self._put(entries, sizes, timeout)
+            return
+        # Iterators are taken in chunks, so that a long one is never all in memory.
+        chunk: list[RecordLike] = []
         if hasattr(records, "__aiter__"):
-            records = [r async for r in records]  # type: ignore[union-attr]
-        elif not isinstance(records, (list, tuple)):
-            records = list(records)  # type: ignore[arg-type]
-        entries, sizes = encode_many(records)  # type: ignore[arg-type]
-        await self._put(entries, sizes, timeout)
+            async for r in records:  # type: ignore[union-attr]
+                chunk.append(r)
+                if len(chunk) >= CHUNK:
+                    await self._put(*encode_many(chunk), timeout)
+                    chunk = []
+        else:
+            it = iter(records)  # type: ignore[arg-type]
+            while chunk := list(islice(it, CHUNK)):
+                await self._put(*encode_many(chunk), timeout)
+            return
+        if chunk:
+            await self._put(*encode_many(chunk), timeout)
 
     async def flush(self, timeout: Optional[float] = None) -> None:
         """Send what is held at once and wait until all of it is acked;
@@ -192,10 +206,13 @@ class AsyncSource:
         return out
 
     async def __aenter__(self) -> "AsyncSource":
+        """:meth:`start`, then the source itself."""
         await self.start()
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """:meth:`close`; after an exception in the block, within ``close_timeout``
+        and without raising over it."""
         if exc_type is None:
             await self.close()
         else:
@@ -266,8 +283,7 @@ class AsyncSource:
         try:
             while True:
                 code, details, reopen = await self._serve()
-                if reopen and core.failure is None:
-                    core.connected = False
+                if reopen and core.failure is None and core.reopen() is None:
                     continue
                 end = core.on_stream_end(code, details)
                 self._dispatch()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from itertools import islice
 from typing import Callable, Iterable, Iterator, Optional
 
 import grpc
@@ -29,6 +30,8 @@ __all__ = ["Source"]
 _UNSET: float = -1.0
 #: Events kept for `drain_events` (the oldest are dropped beyond it).
 EVENT_BUFFER = 10_000
+#: Records taken at a time from an iterator given to `send_many`.
+CHUNK = 10_000
 
 
 class _Stream:
@@ -141,11 +144,17 @@ class Source:
         """Hold many records for sending, in order: the fast path (one
         encoding pass, one lock round trip while the window has room).
         Waits as :meth:`send` does; on an error, the records before the one
-        that did not fit are held and will be sent."""
-        if not isinstance(records, (list, tuple)):
-            records = list(records)
-        entries, sizes = encode_many(records)
-        self._put(entries, sizes, timeout)
+        that did not fit are held and will be sent. A list or tuple is taken
+        at once; any other iterable in chunks of 10 000 records."""
+        if isinstance(records, (list, tuple)):
+            entries, sizes = encode_many(records)
+            self._put(entries, sizes, timeout)
+            return
+        # An iterator is taken in chunks, so that a long one is never all in memory.
+        it = iter(records)
+        while chunk := list(islice(it, CHUNK)):
+            entries, sizes = encode_many(chunk)
+            self._put(entries, sizes, timeout)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Send what is held at once and wait until all of it is acked.
@@ -215,9 +224,12 @@ class Source:
         return out
 
     def __enter__(self) -> "Source":
+        """The source itself (it is connected already)."""
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """:meth:`close`; after an exception in the block, within ``close_timeout``
+        and without raising over it."""
         if exc_type is None:
             self.close()
         else:
@@ -289,8 +301,7 @@ class Source:
         while True:
             code, details, reopen = self._serve()
             with cond:
-                if reopen and core.failure is None:
-                    core.connected = False
+                if reopen and core.failure is None and core.reopen() is None:
                     continue
                 end = core.on_stream_end(code, details)
                 if end.done or end.error is not None:

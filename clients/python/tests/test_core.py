@@ -340,3 +340,10 @@ def test_oversized_record_for_the_message_limit_fails_validation() -> None:
     entries, sizes = encode_many([b"x" * 101])
     with pytest.raises(sluice.RecordTooLargeError, match="max_record_bytes"):
         core.validate(entries, sizes)
+
+
+def test_reopen_counts_as_an_attempt() -> None:
+    core, _ = make(reconnect=sluice.Reconnect(max_attempts=2))
+    assert core.reopen() is None and core.reopen() is None
+    err = core.reopen()
+    assert isinstance(err, sluice.GaveUpError) and core.failure is err
