@@ -99,12 +99,16 @@ def test_sigkill_and_restart_mid_stream_loses_nothing(engine: Engine) -> None:
     assert all(s > acked_before for s in dups), f"acked record written twice: {dups[:5]}"
 
 
-def test_graceful_restart_pause_shutdown_and_resend(engine: Engine) -> None:
+def test_graceful_restart_pause_shutdown_and_resend(make_engine: object) -> None:
+    # A slow sink keeps records in flight when SIGTERM arrives: the engine
+    # pauses the source (SHUTDOWN) while it drains them.
+    engine: Engine = make_engine(sink={"delay": "50ms"})  # type: ignore[operator]
     events: list[sluice.Event] = []
     src = sluice.Source(engine.addr, "drain", "p", on_event=events.append,
                         reconnect=sluice.Reconnect(max_attempts=50, initial_backoff=0.05, max_backoff=0.5))
     src.send_many(payloads(5000))
-    src.flush()
+    while src.summary().acked < 1000:
+        time.sleep(0.005)
     engine.stop()  # PAUSE SHUTDOWN, drain, end of stream
     src.send_many(payloads(5000, 5000))  # held while the engine is down
     engine.start()
