@@ -64,6 +64,10 @@ class Source:
             src.send_many(b"line %d" % i for i in range(1000))
         # leaving the block flushed and closed it; src.summary() tells how it went
 
+    Several threads may send on one source at once (records keep the order
+    of the calls). Close it (or use it as a context manager): its thread
+    holds unacked records until then.
+
     Args:
         addr: Engine address, ``http://host:port`` or ``https://host:port``.
         source_id: Stable identity of the source (sequence numbers, acks and
