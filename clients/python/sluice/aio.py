@@ -291,6 +291,8 @@ class AsyncSource:
                     return
                 self._changes.notify()
                 await asyncio.sleep(end.retry_in)
+        except Exception as e:  # noqa: BLE001 - a bug must stop the source, not hang it
+            core.fail(SluiceError(f"internal error in the source's task: {e!r}"))
         finally:
             self._stopped = True
             self._changes.notify()

@@ -303,7 +303,14 @@ class Source:
     def _run(self) -> None:
         core, cond = self._core, self._cond
         while True:
-            code, details, reopen = self._serve()
+            try:
+                code, details, reopen = self._serve()
+            except Exception as e:  # noqa: BLE001 - a bug must stop the source, not hang it
+                with cond:
+                    core.fail(SluiceError(f"internal error in the source's thread: {e!r}"))
+                    self._stopped = True
+                    cond.notify_all()
+                return
             with cond:
                 if reopen and core.failure is None and core.reopen() is None:
                     continue
