@@ -26,6 +26,7 @@ from .errors import (
     RecordTooLargeError,
     RefusedError,
     SluiceError,
+    TLSError,
     WindowFullError,
 )
 from .events import Connected, Disconnected, Event, Reject, RecordTooLarge, Signal, Summary
@@ -57,6 +58,7 @@ __all__ = [
     "SluiceError",
     "Source",
     "Summary",
+    "TLSError",
     "WindowFullError",
     "decode_record",
 ]

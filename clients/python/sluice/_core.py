@@ -32,6 +32,7 @@ async driver from one event loop.
 
 from __future__ import annotations
 
+import re
 import time
 from bisect import bisect_right
 from collections import deque
@@ -72,6 +73,9 @@ _FRAMING = 8
 RETRY_CODES = frozenset(
     {"UNAVAILABLE", "CANCELLED", "UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL"}
 )
+
+#: How gRPC describes a failed TLS handshake (in an `UNAVAILABLE` status).
+_TLS_FAILURE = re.compile(r"handshake failed|CERTIFICATE_VERIFY_FAILED|SSL_ERROR|TSI_", re.I)
 
 _FOLLOWS = pb.REJECT_REASON_FOLLOWS_REJECT
 _TOO_LARGE = pb.REJECT_REASON_RECORD_TOO_LARGE
@@ -234,6 +238,8 @@ class Core:
             return End(error=self.failure)
         if code in (None, "OK"):
             reason = "engine ended the stream"
+        elif code == "UNAVAILABLE" and _TLS_FAILURE.search(details):
+            return End(error=self.fail(errors.TLSError(self.addr, f"{code}: {details}")))
         elif code in RETRY_CODES:
             reason = f"{code}: {details}"
         else:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SluiceError",
     "ConnectError",
+    "TLSError",
     "RefusedError",
     "AuthError",
     "PipelineNotFoundError",
@@ -49,6 +50,12 @@ class ConnectError(SluiceError):
         super().__init__(f"cannot connect to {addr}: {reason}")
         self.addr = addr
         self.reason = reason
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed (an untrusted or invalid certificate, no
+    client certificate for an engine that requires one, TLS against a
+    plaintext port): trying again cannot fix it, so it is raised at once."""
 
 
 class RefusedError(SluiceError):

@@ -347,3 +347,10 @@ def test_reopen_counts_as_an_attempt() -> None:
     assert core.reopen() is None and core.reopen() is None
     err = core.reopen()
     assert isinstance(err, sluice.GaveUpError) and core.failure is err
+
+
+def test_tls_handshake_failure_is_final() -> None:
+    core, _ = make()
+    end = core.on_stream_end("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: "
+                             "Tls handshake failed (TSI_PROTOCOL_FAILURE): CERTIFICATE_VERIFY_FAILED")
+    assert isinstance(end.error, sluice.TLSError)
