@@ -179,6 +179,8 @@ class Core:
         self.paused_until = 0.0
         self.slowed = False
         self.slow_delay = DEFAULT_SLOW_DELAY
+        #: Under SLOW_DOWN: the pipeline's drain rate (records/s), 0 when unknown.
+        self.slow_rate = 0.0
         self.not_before = 0.0
         self.control: deque[bytes] = deque()
         self.announced_backlog = 0
@@ -373,6 +375,7 @@ class Core:
         if s.kind == pb.SIGNAL_KIND_SLOW_DOWN:
             self.slowed = True
             self.slow_delay = _retry_after(s.retry_after_ms, DEFAULT_SLOW_DELAY)
+            self.slow_rate = s.target_records_per_second
             self.slow_downs += 1
         elif s.kind == pb.SIGNAL_KIND_PAUSE:
             self.paused = True
@@ -569,7 +572,12 @@ class Core:
         self._highest_sent = max(self._highest_sent, last)
         self.cursor = last + 1
         if self.slowed:
-            self.not_before = now + self.slow_delay
+            # Space batches by the suggested wait, and keep below the rate
+            # at which the pipeline drains when the signal says it.
+            delay = self.slow_delay
+            if self.slow_rate > 0:
+                delay = max(delay, n / self.slow_rate)
+            self.not_before = now + delay
         if self.cursor < w.next_seq:
             self._unsent_since = now
         return SEND, msg

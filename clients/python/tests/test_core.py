@@ -354,3 +354,13 @@ def test_tls_handshake_failure_is_final() -> None:
     end = core.on_stream_end("UNAVAILABLE", "failed to connect to all addresses; last error: UNKNOWN: "
                              "Tls handshake failed (TSI_PROTOCOL_FAILURE): CERTIFICATE_VERIFY_FAILED")
     assert isinstance(end.error, sluice.TLSError)
+
+
+def test_slow_down_keeps_below_the_drain_rate() -> None:
+    core, clock = make(max_batch=40)
+    add(core, 100)
+    core.on_message(msg(signal=pb.Signal(kind=pb.SIGNAL_KIND_SLOW_DOWN, reason=pb.SIGNAL_REASON_GLOBAL,
+                                         retry_after_ms=5, target_records_per_second=100.0)))
+    assert len(batch_of(core.poll(clock())).records) == 10
+    kind, until = core.poll(clock())
+    assert kind == WAIT and until == pytest.approx(clock() + 0.1)  # 10 records at 100/s
