@@ -32,3 +32,13 @@ def test_readme_example_runs(engine: Engine, name: str, source: str, n: int) -> 
     assert f"acked {n} " in out.stdout, out.stdout
     got = engine.delivered(source)
     assert len(got) == n and set(got.values()) == {1}
+
+
+def test_main_readme_python_source_example_runs(engine: Engine) -> None:
+    text = (README.parents[2] / "README.md").read_text()
+    m = re.search(r"## Python source\n.*?```python\n(.*?)```", text, re.S)
+    assert m, "no Python example in the main README"
+    code = m.group(1).replace("http://127.0.0.1:50051", engine.addr)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "acked 100001 " in out.stdout, out.stdout
