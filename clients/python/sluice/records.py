@@ -74,6 +74,26 @@ for _n in range(_FAST):
 del _n, _inner
 
 
+# One encoder for all records: `json.dumps` with options builds a new one per call.
+_stdlib_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+try:  # orjson, when installed (`pip install sluice-client[fast]`), is 5-10x faster
+    import orjson as _orjson
+
+    def _json_bytes(value: Any) -> bytes:
+        """Compact UTF-8 JSON of ``value`` (orjson; the standard library for what it refuses)."""
+        try:
+            return _orjson.dumps(value)
+        except TypeError:
+            return _stdlib_json(value).encode()
+
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _json_bytes(value: Any) -> bytes:
+        """Compact UTF-8 JSON of ``value``."""
+        return _stdlib_json(value).encode()
+
+
 def _payload_bytes(payload: Any) -> bytes:
     """A payload as bytes: bytes unchanged, str as UTF-8, the rest as compact JSON."""
     if isinstance(payload, bytes):
@@ -83,7 +103,7 @@ def _payload_bytes(payload: Any) -> bytes:
     if isinstance(payload, (bytearray, memoryview)):
         return bytes(payload)
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        return _json_bytes(payload)
     except (TypeError, ValueError) as e:
         raise TypeError(f"record payload is not bytes, str or JSON-serialisable: {e}") from None
 
@@ -160,6 +180,9 @@ def encode_many(records: "Sequence[RecordLike]") -> tuple[list[bytes], list[int]
         t = type(r)
         if t is str:
             r = r.encode()
+            t = bytes
+        elif t is dict:
+            r = _payload_bytes(r)
             t = bytes
         if t is bytes and len(r) < fast:
             append_e(prefix[len(r)] + r)

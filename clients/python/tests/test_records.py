@@ -65,3 +65,16 @@ def test_bad_records_raise_type_error() -> None:
         encode({"x": object()})  # type: ignore[dict-item]
     with pytest.raises(TypeError):
         encode(sluice.Record(b"x", attributes={"a": 1}))  # type: ignore[dict-item]
+
+
+def test_json_payloads_are_compact_utf8_whichever_encoder() -> None:
+    import json
+
+    from sluice.records import _stdlib_json
+
+    for value in [{"a": 1, "é": [1.5, None, True]}, [1, "x"], {"nested": {"k": "v"}}]:
+        entry, _ = encode(value)
+        got = parse([entry]).records[0].payload
+        assert got == _stdlib_json(value).encode() and json.loads(got) == value
+    with pytest.raises(TypeError):
+        encode({1: object()})
