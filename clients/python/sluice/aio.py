@@ -183,7 +183,9 @@ class AsyncSource:
         if self._task is not None:
             done, _ = await asyncio.wait((self._task,), timeout=timeout)
             if not done:
-                self._core.fail(ClosedError())
+                self._core.fail(ClosedError(
+                    f"close timed out after {timeout} s with {self._core.window.held_records} records not acked"
+                ))
                 if self._call is not None:
                     self._call.cancel()
                 self._task.cancel()

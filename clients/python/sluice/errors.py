@@ -136,10 +136,11 @@ class GaveUpError(SluiceError):
 
 
 class ClosedError(SluiceError):
-    """The source was closed: nothing more can be sent."""
+    """The source was closed: nothing more can be sent (or ``close`` timed
+    out before every record was acked)."""
 
-    def __init__(self) -> None:
-        super().__init__("the source is closed")
+    def __init__(self, message: str = "the source is closed") -> None:
+        super().__init__(message)
 
 
 _AUTH = {"UNAUTHENTICATED", "PERMISSION_DENIED"}

@@ -202,7 +202,9 @@ class Source:
         self._thread.join(timeout)
         if self._thread.is_alive():
             with self._cond:
-                self._core.fail(ClosedError())
+                self._core.fail(ClosedError(
+                    f"close timed out after {timeout} s with {self._core.window.held_records} records not acked"
+                ))
                 self._abort.set()
                 if self._stream is not None:
                     self._stream.cancel()
