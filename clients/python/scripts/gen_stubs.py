@@ -50,6 +50,8 @@ def generate(out: Path) -> list[Path]:
             # The generated modules import each other as the top-level
             # package `sluice.v1`; inside this package they are siblings.
             text = re.sub(r"^from sluice\.v1 import (\w+)", r"from . import \1", text, flags=re.M)
+            # ...and their classes live in this module, not in `sluice.v1`.
+            text = text.replace("'sluice.v1.ingest_pb2'", "'sluice._proto.ingest_pb2'")
             target = out / f.name
             target.write_text(text)
             written.append(target)
