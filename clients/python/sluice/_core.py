@@ -192,7 +192,7 @@ class Core:
         open_ = pb.Open(source_id=self.source_id, pipeline=self.pipeline)
         if self.opts.protocol_version >= 2:
             open_.protocol_version = 2
-            if self.started:
+            if self.started or self.opts.first_seq is not None:
                 open_.first_unacked_seq = self.window.front_seq
             unsent = len(self.window)
             if unsent:

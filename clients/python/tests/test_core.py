@@ -72,6 +72,10 @@ def test_open_message_v2_carries_first_unacked_and_backlog() -> None:
     o = pb.SourceMessage.FromString(core.open_message()).open
     assert o.protocol_version == 2 and o.first_unacked_seq == 42
     assert o.backlog.records == 3 and o.backlog.bytes == 30
+    fresh = Core("http://x", "s", "p", sluice.Options())
+    assert pb.SourceMessage.FromString(fresh.open_message()).open.first_unacked_seq == 0  # does not say
+    resumed = Core("http://x", "s", "p", sluice.Options(first_seq=500))
+    assert pb.SourceMessage.FromString(resumed.open_message()).open.first_unacked_seq == 500
     v1 = Core("http://x", "s", "p", sluice.Options(protocol_version=1))
     assert pb.SourceMessage.FromString(v1.open_message()).open.protocol_version == 0
 
