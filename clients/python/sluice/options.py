@@ -68,7 +68,10 @@ class Options:
         protocol_version: Highest protocol version to speak (2, or 1 to force
             version 1); the engine may answer with a lower one.
         first_seq: Sequence number of the first record; ``None`` continues
-            after what the engine already admitted from this source id.
+            after what the engine already admitted from this source id. A
+            producer that keeps its own position across its restarts passes
+            it here (version 2 sends it as ``Open.first_unacked_seq``, so a
+            restarted engine or another replica resumes there without a gap).
     """
 
     max_unacked_records: int = 100_000
