@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from itertools import islice
 from typing import AsyncIterable, Callable, Iterable, Optional, Union
 
@@ -20,13 +19,13 @@ import grpc
 import grpc.aio
 
 from . import _transport as transport
-from ._core import FAIL, FINISH, IDLE, REOPEN, SEND, WAIT, Core
+from ._base import CHUNK, SourceBase
+from ._core import FAIL, FINISH, IDLE, REOPEN, SEND, WAIT
 from ._proto import ingest_pb2 as pb
-from .errors import ClosedError, ProtocolError, SluiceError, WindowFullError
+from .errors import ProtocolError, SluiceError, WindowFullError
 from .events import Event, Summary
 from .options import Options
 from .records import RecordLike, encode, encode_many
-from .source import CHUNK, EVENT_BUFFER
 
 __all__ = ["AsyncSource"]
 
@@ -56,7 +55,7 @@ class _Changes:
             await asyncio.wait((fut,), timeout=max(0.0, timeout))
 
 
-class AsyncSource:
+class AsyncSource(SourceBase):
     """A sluice source for asyncio; see :class:`~sluice.Source` for the
     arguments. Connect with ``await AsyncSource.connect(...)`` or
     ``async with AsyncSource(...) as src``::
@@ -76,17 +75,8 @@ class AsyncSource:
         on_event: Optional[Callable[[Event], None]] = None,
         **overrides: object,
     ) -> None:
-        opts = options or Options()
-        if overrides:
-            opts = Options(**{**opts.__dict__, **overrides})  # type: ignore[arg-type]
-        self._opts = opts
-        self._addr = addr
-        self._core = Core(addr, source_id, pipeline, opts)
+        super().__init__(addr, source_id, pipeline, options, on_event, overrides)
         self._changes = _Changes()
-        self._on_event = on_event
-        self._events: deque[Event] = deque(maxlen=EVENT_BUFFER)
-        self._closed = False
-        self._stopped = False
         self._task: Optional[asyncio.Task[None]] = None
         self._call: Optional[grpc.aio.StreamStreamCall] = None
 
@@ -113,16 +103,6 @@ class AsyncSource:
 
     # ------------------------------------------------------------------
     # Public API
-
-    @property
-    def source_id(self) -> str:
-        """The source id."""
-        return self._core.source_id
-
-    @property
-    def protocol_version(self) -> int:
-        """The protocol version of the current (or last) stream: 1 or 2."""
-        return self._core.version
 
     async def send(self, record: RecordLike, timeout: Optional[float] = _UNSET) -> None:
         """Hold one record for sending; see :meth:`Source.send <sluice.Source.send>`."""
@@ -163,7 +143,7 @@ class AsyncSource:
         core.flushing += 1
         self._changes.notify()
         try:
-            while core.window.held_records and core.failure is None and not self._stopped:
+            while self._unflushed():
                 if not await self._wait(deadline):
                     raise TimeoutError(
                         f"flush: {core.window.held_records} records not acked within {timeout} s"
@@ -176,36 +156,17 @@ class AsyncSource:
     async def close(self, timeout: Optional[float] = None) -> Summary:
         """Send what is held, wait for every ack, end the stream and return
         the summary; see :meth:`Source.close <sluice.Source.close>`."""
-        if not self._closed:
-            self._closed = True
-            self._core.close_input()
-            self._changes.notify()
+        self._begin_close()
+        self._changes.notify()
         if self._task is not None:
             done, _ = await asyncio.wait((self._task,), timeout=timeout)
             if not done:
-                self._core.fail(ClosedError(
-                    f"close timed out after {timeout} s with {self._core.window.held_records} records not acked"
-                ))
+                self._timed_out_closing(timeout)
                 if self._call is not None:
                     self._call.cancel()
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        summary = self._core.summary()
-        err = self._core.failure
-        if err is not None and not summary.is_complete:
-            err.summary = summary
-            raise err
-        return summary
-
-    def summary(self) -> Summary:
-        """The summary so far."""
-        return self._core.summary()
-
-    def drain_events(self) -> list[Event]:
-        """The events since the last call (at most the last 10 000), oldest first."""
-        out = list(self._events)
-        self._events.clear()
-        return out
+        return self._end_close()
 
     async def __aenter__(self) -> "AsyncSource":
         """:meth:`start`, then the source itself."""
@@ -248,11 +209,7 @@ class AsyncSource:
         deadline = None
         start = 0
         while True:
-            if self._closed:
-                raise ClosedError()
-            if core.failure is not None:
-                raise core.failure
-            nxt = core.offer(entries, sizes, start)
+            nxt = self._step(entries, sizes, start)
             if nxt != start:
                 self._changes.notify()
                 start = nxt
@@ -269,16 +226,7 @@ class AsyncSource:
     # The streams
 
     def _dispatch(self) -> None:
-        events = self._core.take_events()
-        if not events:
-            return
-        self._events.extend(events)
-        if self._on_event is not None:
-            for e in events:
-                try:
-                    self._on_event(e)
-                except Exception:  # noqa: BLE001 - a callback must not stop the source
-                    pass
+        self._deliver(self._core.take_events())
 
     async def _run(self) -> None:
         core = self._core

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, ContextManager, Iterable, Iterator, Optional
 
 import grpc
 
 from . import _transport as transport
-from ._core import FAIL, FINISH, IDLE, REOPEN, SEND, WAIT, Core
+from ._base import CHUNK, SourceBase
+from ._core import FAIL, FINISH, IDLE, REOPEN, SEND, WAIT
 from ._proto import ingest_pb2 as pb
-from .errors import ClosedError, ProtocolError, SluiceError, WindowFullError
+from .errors import ProtocolError, SluiceError, WindowFullError
 from .events import Event, Summary
 from .options import Options
 from .records import RecordLike, encode, encode_many
@@ -28,10 +28,6 @@ from .records import RecordLike, encode, encode_many
 __all__ = ["Source"]
 
 _UNSET: float = -1.0
-#: Events kept for `drain_events` (the oldest are dropped beyond it).
-EVENT_BUFFER = 10_000
-#: Records taken at a time from an iterator given to `send_many`.
-CHUNK = 10_000
 
 
 class _Stream:
@@ -52,7 +48,7 @@ class _Stream:
             self.call.cancel()  # type: ignore[attr-defined]
 
 
-class Source:
+class Source(SourceBase):
     """A sluice source that blocks: records in, flow control handled.
 
     Connects on construction (retrying transient failures by the reconnect
@@ -90,17 +86,8 @@ class Source:
         on_event: Optional[Callable[[Event], None]] = None,
         **overrides: object,
     ) -> None:
-        opts = options or Options()
-        if overrides:
-            opts = Options(**{**opts.__dict__, **overrides})  # type: ignore[arg-type]
-        self._opts = opts
-        self._addr = addr
-        self._core = Core(addr, source_id, pipeline, opts)
-        self._cond = threading.Condition()
-        self._on_event = on_event
-        self._events: deque[Event] = deque(maxlen=EVENT_BUFFER)
-        self._closed = False
-        self._stopped = False
+        self._cond = threading.Condition()  # an RLock inside: `_guard` nests
+        super().__init__(addr, source_id, pipeline, options, on_event, overrides)
         self._stream: Optional[_Stream] = None
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sluice-source-{source_id}", daemon=True)
@@ -113,18 +100,11 @@ class Source:
             self._thread.join()
             raise failure
 
+    def _guard(self) -> ContextManager[object]:
+        return self._cond
+
     # ------------------------------------------------------------------
     # Public API
-
-    @property
-    def source_id(self) -> str:
-        """The source id."""
-        return self._core.source_id
-
-    @property
-    def protocol_version(self) -> int:
-        """The protocol version of the current (or last) stream: 1 or 2."""
-        return self._core.version
 
     def send(self, record: RecordLike, timeout: Optional[float] = _UNSET) -> None:
         """Hold one record for sending; waits while the unacked window is full.
@@ -173,7 +153,7 @@ class Source:
             core.flushing += 1
             self._cond.notify_all()
             try:
-                while core.window.held_records and core.failure is None and not self._stopped:
+                while self._unflushed():
                     if not self._wait(deadline):
                         raise TimeoutError(
                             f"flush: {core.window.held_records} records not acked within {timeout} s"
@@ -195,39 +175,18 @@ class Source:
                 attribute holds the summary).
         """
         with self._cond:
-            if not self._closed:
-                self._closed = True
-                self._core.close_input()
-                self._cond.notify_all()
+            self._begin_close()
+            self._cond.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
             with self._cond:
-                self._core.fail(ClosedError(
-                    f"close timed out after {timeout} s with {self._core.window.held_records} records not acked"
-                ))
+                self._timed_out_closing(timeout)
                 self._abort.set()
                 if self._stream is not None:
                     self._stream.cancel()
                 self._cond.notify_all()
             self._thread.join()
-        summary = self._core.summary()
-        err = self._core.failure
-        if err is not None and not summary.is_complete:
-            err.summary = summary
-            raise err
-        return summary
-
-    def summary(self) -> Summary:
-        """The summary so far (also while running)."""
-        with self._cond:
-            return self._core.summary()
-
-    def drain_events(self) -> list[Event]:
-        """The events since the last call (at most the last 10 000), oldest first."""
-        with self._cond:
-            out = list(self._events)
-            self._events.clear()
-        return out
+        return self._end_close()
 
     def __enter__(self) -> "Source":
         """The source itself (it is connected already)."""
@@ -269,11 +228,7 @@ class Source:
         start = 0
         with self._cond:
             while True:
-                if self._closed:
-                    raise ClosedError()
-                if core.failure is not None:
-                    raise core.failure
-                nxt = core.offer(entries, sizes, start)
+                nxt = self._step(entries, sizes, start)
                 if nxt != start:
                     self._cond.notify_all()
                     start = nxt
@@ -288,19 +243,6 @@ class Source:
 
     # ------------------------------------------------------------------
     # The source's thread
-
-    def _dispatch(self, events: list[Event]) -> None:
-        """Keep ``events`` and hand them to the callback (lock not held)."""
-        if not events:
-            return
-        with self._cond:
-            self._events.extend(events)
-        if self._on_event is not None:
-            for e in events:
-                try:
-                    self._on_event(e)
-                except Exception:  # noqa: BLE001 - a callback must not stop the source
-                    pass
 
     def _run(self) -> None:
         core, cond = self._core, self._cond
@@ -321,7 +263,7 @@ class Source:
                     self._stopped = True
                 cond.notify_all()
                 events = core.take_events()
-            self._dispatch(events)
+            self._deliver(events)
             if end.done or end.error is not None:
                 return
             if self._abort.wait(end.retry_in):
@@ -369,7 +311,7 @@ class Source:
                     cond.notify_all()
                     events = core.take_events()
                 if events:
-                    self._dispatch(events)
+                    self._deliver(events)
             return "OK", "", stream.reopen
         except grpc.RpcError as e:
             code = transport.status_name(e.code())  # type: ignore[attr-defined]

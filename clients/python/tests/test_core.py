@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import pytest
 
 import sluice
-from sluice import _core
 from sluice._core import FAIL, FINISH, IDLE, REOPEN, SEND, WAIT, Core
 from sluice._proto import ingest_pb2 as pb
 from sluice.records import encode_many
