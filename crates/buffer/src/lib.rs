@@ -39,6 +39,7 @@
 //! `examples/memory_gate.rs`.
 #![warn(missing_docs)]
 
+mod channel;
 mod error;
 mod flow;
 mod limits;
@@ -61,7 +62,11 @@ pub use memory::{
     MemoryProbe, MemoryReading, MemorySource, ProbeError, SysinfoProbe,
 };
 
-pub use error::{BufferError, BuildError, Level, RejectReason, Unit};
+pub use channel::{
+    Consumer, DEFAULT_BATCH, Producer, Producers, Recv, Send, SendError, SendFailure, TryRecvError,
+    TrySendError, channel,
+};
+pub use error::{AdmitError, BufferError, BuildError, Level, RejectReason, Unit};
 pub use limits::{
     FieldError, FieldErrors, FieldRule, Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks,
 };

@@ -21,6 +21,22 @@ use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 /// in one pass, so `admit` takes either. The charged size of each payload
 /// ([`ByteSize`]) is taken at `push`, or at admission for a `Vec`.
 ///
+/// A payload type that does not implement [`ByteSize`] (a type of another
+/// crate, which a newtype would otherwise have to wrap) is sized by the
+/// caller: [`push_sized`](Self::push_sized) with its size, or
+/// [`from_vec_sized`](Self::from_vec_sized) with a sizing function.
+///
+/// ```
+/// use sluice_buffer::Pending;
+/// // std::net::SocketAddr does not implement ByteSize: size it here.
+/// let addr: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+/// let mut batch = Pending::with_capacity(2);
+/// batch.push_sized(addr, 16);
+/// assert_eq!(batch.bytes(), 16);
+/// let batch = Pending::from_vec_sized(vec![addr, addr], |_| 16);
+/// assert_eq!((batch.len(), batch.bytes()), (2, 32));
+/// ```
+///
 /// ```
 /// use sluice_buffer::{BufferManager, Limits, Pending};
 ///
@@ -45,8 +61,9 @@ pub struct Pending<T>(Kind<T>);
 
 #[derive(Debug)]
 enum Kind<T> {
-    /// Payloads as handed in; laid out at admission.
-    Payloads(Vec<T>),
+    /// Payloads as handed in, with the function that sizes each; laid out
+    /// at admission.
+    Payloads(Vec<T>, fn(&T) -> usize),
     /// Records in the queues' layout. Bookkeeping other than `payload` and
     /// `size` is a placeholder until `admit` fills it in; a `Pending` never
     /// hands its records out, so no placeholder is ever seen.
@@ -89,43 +106,64 @@ impl<T> Default for Pending<T> {
 impl<T> Pending<T> {
     /// An empty batch with room for `n` records.
     pub fn with_capacity(n: usize) -> Self {
-        Self(Kind::Records {
-            records: Vec::with_capacity(n),
-            bytes: 0,
-            largest: 0,
-            created: Instant::now(),
-        })
+        Self(Kind::empty(n))
     }
 
-    /// Appends a payload, taking its charged size now.
+    /// Appends a payload, taking its charged size ([`ByteSize`]) now.
     #[inline]
     pub fn push(&mut self, payload: T)
     where
         T: ByteSize,
     {
-        if let Kind::Payloads(payloads) = &mut self.0 {
-            // Appending to a converted `Vec`: keep it one (rare).
-            payloads.push(payload);
-            return;
+        let size = payload.byte_size();
+        self.push_sized(payload, size);
+    }
+
+    /// Appends a payload charged `size` bytes: for a payload type without a
+    /// [`ByteSize`] implementation, or a size the caller knows better.
+    #[inline]
+    pub fn push_sized(&mut self, payload: T, size: usize) {
+        match &mut self.0 {
+            // Appending to a converted `Vec`: lay it out first (rare).
+            Kind::Payloads(..) => {
+                let Kind::Payloads(payloads, size_of) =
+                    std::mem::replace(&mut self.0, Kind::empty(0))
+                else {
+                    return;
+                };
+                let mut laid = Self::with_capacity(payloads.len() + 1);
+                for p in payloads {
+                    let size = size_of(&p);
+                    laid.push_sized(p, size);
+                }
+                *self = laid;
+                self.push_sized(payload, size);
+            }
+            Kind::Records {
+                records,
+                bytes,
+                largest,
+                created,
+            } => {
+                let size = charged(size);
+                *bytes += u64::from(size);
+                *largest = (*largest).max(size);
+                records.push(placeholder(payload, size, *created));
+            }
         }
-        if let Kind::Records {
-            records,
-            bytes,
-            largest,
-            created,
-        } = &mut self.0
-        {
-            let size = charged_size(&payload);
-            *bytes += u64::from(size);
-            *largest = (*largest).max(size);
-            records.push(placeholder(payload, size, *created));
-        }
+    }
+
+    /// A batch of `payloads` charged `size_of(payload)` bytes each: the
+    /// `Vec` form of [`push_sized`](Self::push_sized), laid out at admission
+    /// in one pass like a `Vec` of [`ByteSize`] payloads.
+    pub fn from_vec_sized(payloads: Vec<T>, size_of: fn(&T) -> usize) -> Self {
+        Self(Kind::Payloads(payloads, size_of))
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p) => p.len(),
+            Kind::Payloads(p, _) => p.len(),
             Kind::Records { records, .. } => records.len(),
         }
     }
@@ -138,7 +176,7 @@ impl<T> Pending<T> {
     /// Makes room for at least `additional` more records.
     pub fn reserve(&mut self, additional: usize) {
         match &mut self.0 {
-            Kind::Payloads(p) => p.reserve(additional),
+            Kind::Payloads(p, _) => p.reserve(additional),
             Kind::Records { records, .. } => records.reserve(additional),
         }
     }
@@ -146,7 +184,7 @@ impl<T> Pending<T> {
     /// How many records fit without reallocating.
     pub fn capacity(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p) => p.capacity(),
+            Kind::Payloads(p, _) => p.capacity(),
             Kind::Records { records, .. } => records.capacity(),
         }
     }
@@ -154,7 +192,7 @@ impl<T> Pending<T> {
     /// Keeps the first `n` records and drops the rest.
     pub fn truncate(&mut self, n: usize) {
         match &mut self.0 {
-            Kind::Payloads(p) => p.truncate(n),
+            Kind::Payloads(p, _) => p.truncate(n),
             Kind::Records {
                 records,
                 bytes,
@@ -178,14 +216,15 @@ impl<T> Pending<T> {
 
     /// The charged size of each record, in order (`u32::MAX` for a payload
     /// of 4 GiB or more).
-    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_
-    where
-        T: ByteSize,
-    {
+    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {
         let (payloads, records) = self.forms();
+        let size_of = match &self.0 {
+            Kind::Payloads(_, f) => *f,
+            Kind::Records { .. } => |_: &T| 0,
+        };
         payloads
             .iter()
-            .map(|p| u64::from(charged_size(p)))
+            .map(move |p| u64::from(charged(size_of(p))))
             .chain(records.iter().map(|r| u64::from(r.size)))
     }
 
@@ -193,29 +232,23 @@ impl<T> Pending<T> {
     /// empty.
     fn forms(&self) -> (&[T], &[BufferedRecord<T>]) {
         match &self.0 {
-            Kind::Payloads(p) => (p, &[]),
+            Kind::Payloads(p, _) => (p, &[]),
             Kind::Records { records, .. } => (&[], records),
         }
     }
 
     /// The sum of the records' charged sizes.
-    pub fn bytes(&self) -> u64
-    where
-        T: ByteSize,
-    {
+    pub fn bytes(&self) -> u64 {
         match &self.0 {
-            Kind::Payloads(_) => self.sizes().sum(),
+            Kind::Payloads(..) => self.sizes().sum(),
             Kind::Records { bytes, .. } => *bytes,
         }
     }
 
     /// The largest record's charged size (0 when empty).
-    pub fn largest(&self) -> u64
-    where
-        T: ByteSize,
-    {
+    pub fn largest(&self) -> u64 {
         match &self.0 {
-            Kind::Payloads(_) => self.sizes().max().unwrap_or(0),
+            Kind::Payloads(..) => self.sizes().max().unwrap_or(0),
             Kind::Records { largest, .. } => u64::from(*largest),
         }
     }
@@ -223,17 +256,31 @@ impl<T> Pending<T> {
     /// Takes the payloads back out.
     pub fn into_payloads(self) -> Vec<T> {
         match self.0 {
-            Kind::Payloads(p) => p,
+            Kind::Payloads(p, _) => p,
             Kind::Records { records, .. } => records.into_iter().map(|r| r.payload).collect(),
         }
     }
 
+    /// Records laid out earlier (a refused tail, a batch `admit` could not
+    /// take), back as a batch in the same layout: no copy, and the next
+    /// attempt admits them in place again.
+    pub(crate) fn from_laid(records: Vec<BufferedRecord<T>>) -> Self {
+        let (mut bytes, mut largest) = (0u64, 0u32);
+        for r in &records {
+            bytes += u64::from(r.size);
+            largest = largest.max(r.size);
+        }
+        Self(Kind::Records {
+            records,
+            bytes,
+            largest,
+            created: Instant::now(),
+        })
+    }
+
     /// The records with their bookkeeping filled in from `entry`: a
     /// `Vec<T>` laid out in one pass, a built batch filled in in place.
-    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T>
-    where
-        T: ByteSize,
-    {
+    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T> {
         let fill = |i: usize, r: &mut BufferedRecord<T>| {
             r.seq = entry.first_seq + i as u64;
             r.source = entry.source;
@@ -242,13 +289,13 @@ impl<T> Pending<T> {
             r.buffered_at = entry.now;
         };
         match self.0 {
-            Kind::Payloads(payloads) => {
+            Kind::Payloads(payloads, size_of) => {
                 let (mut bytes, mut largest) = (0u64, 0u32);
                 let records = payloads
                     .into_iter()
                     .enumerate()
                     .map(|(i, payload)| {
-                        let size = charged_size(&payload);
+                        let size = charged(size_of(&payload));
                         bytes += u64::from(size);
                         largest = largest.max(size);
                         let mut r = placeholder(payload, size, entry.now);
@@ -299,17 +346,28 @@ impl<T: ByteSize> FromIterator<T> for Pending<T> {
     }
 }
 
-impl<T> From<Vec<T>> for Pending<T> {
+impl<T: ByteSize> From<Vec<T>> for Pending<T> {
     fn from(payloads: Vec<T>) -> Self {
-        Self(Kind::Payloads(payloads))
+        Self::from_vec_sized(payloads, T::byte_size)
+    }
+}
+
+impl<T> Kind<T> {
+    fn empty(n: usize) -> Self {
+        Kind::Records {
+            records: Vec::with_capacity(n),
+            bytes: 0,
+            largest: 0,
+            created: Instant::now(),
+        }
     }
 }
 
 /// The size a payload is charged for; u32::MAX stands for "this size or
-/// more" (too large anyway; admit asks the payload again).
+/// more" (4 GiB: larger than any byte limit can take, so refused `TooLarge`).
 #[inline]
-fn charged_size<T: ByteSize>(payload: &T) -> u32 {
-    u32::try_from(payload.byte_size()).unwrap_or(u32::MAX)
+fn charged(size: usize) -> u32 {
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// A record whose bookkeeping (but its size) `admit` fills in.

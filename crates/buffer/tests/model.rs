@@ -203,7 +203,7 @@ impl Harness {
                 let n = payloads.len();
                 let out = self.buf.admit(id, first, payloads).unwrap();
                 assert_eq!(out.duplicates, dup.min(n));
-                let rejected = out.rejected.as_ref().map_or(0, |r| r.payloads.len());
+                let rejected = out.rejected.as_ref().map_or(0, |r| r.records.len());
                 assert_eq!(
                     out.duplicates + out.admitted + rejected,
                     n,

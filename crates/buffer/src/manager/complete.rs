@@ -3,6 +3,7 @@
 //! cumulative acks. The only way a record leaves the counts (invariant 3).
 
 use super::{BufferManager, Completion, Credit, SourceProgress};
+use crate::channel::waiters::Wakeups;
 use crate::record::{BufferedRecord, DeadLetter, SourceId, StageId};
 
 /// How a completed record ended: each is counted apart, so "delivered"
@@ -92,11 +93,21 @@ impl<T> BufferManager<T> {
                 None => touched.push((run.source, run.used.records)),
             }
         }
+        let mut wakeups = Wakeups::default();
         let sources = {
             let mut st = self.state.lock();
             let st = &mut *st;
             let mut total = Credit::ZERO;
             for run in &runs {
+                st.freed(&self.limits, run.source, run.stage, &mut wakeups);
+                let pipeline = self.stages[run.stage.index()].pipeline;
+                if st.pipelines[pipeline.index()].closed {
+                    // The end of a closed pipeline's consumers depends on
+                    // what earlier stages hold: let them look again.
+                    for s in &self.pipelines[pipeline.index()].stages {
+                        st.stages[s.index()].ready_waiters.wake_all(&mut wakeups);
+                    }
+                }
                 total.add(run.used);
                 st.stages[run.stage.index()].usage.sub(run.used);
                 let s = &mut st.sources[run.source.index()];
@@ -124,6 +135,7 @@ impl<T> BufferManager<T> {
                 })
                 .collect()
         };
+        wakeups.wake();
         for s in &stages_freed {
             self.signals[s.index()].space.notify_waiters();
         }
