@@ -99,15 +99,6 @@ impl<T> BufferManager<T> {
             let st = &mut *st;
             let mut total = Credit::ZERO;
             for run in &runs {
-                st.freed(&self.limits, run.source, run.stage, &mut wakeups);
-                let pipeline = self.stages[run.stage.index()].pipeline;
-                if st.pipelines[pipeline.index()].closed {
-                    // The end of a closed pipeline's consumers depends on
-                    // what earlier stages hold: let them look again.
-                    for s in &self.pipelines[pipeline.index()].stages {
-                        st.stages[s.index()].ready_waiters.wake_all(&mut wakeups);
-                    }
-                }
                 total.add(run.used);
                 st.stages[run.stage.index()].usage.sub(run.used);
                 let s = &mut st.sources[run.source.index()];
@@ -120,6 +111,18 @@ impl<T> BufferManager<T> {
                 s.acks.complete(run.start, run.end);
             }
             st.global.sub(total);
+            // Once every level is down: wake who now has the room.
+            for run in &runs {
+                st.freed(&self.limits, run.source, run.stage, &mut wakeups);
+                let pipeline = self.stages[run.stage.index()].pipeline;
+                if st.pipelines[pipeline.index()].closed {
+                    // The end of a closed pipeline's consumers depends on
+                    // what earlier stages hold: let them look again.
+                    for s in &self.pipelines[pipeline.index()].stages {
+                        st.stages[s.index()].ready_waiters.wake_all(&mut wakeups);
+                    }
+                }
+            }
             touched
                 .iter()
                 .map(|&(source, n)| {
