@@ -198,27 +198,15 @@ async fn run_sluice(consumers: usize, inputs: Vec<Input>, f: &Bytes) -> Duration
         let consumer = consumer.clone();
         cons.push(tokio::spawn(async move {
             let mut n = 0;
-            let mut batches = 0;
             while let Some(batch) = consumer.recv().await {
                 n += batch.len();
-                batches += 1;
                 consumer.complete(batch);
-            }
-            if std::env::var("DEBUG_STATS").is_ok() {
-                eprintln!("consumer: {batches} batches");
             }
             n
         }));
     }
-    let m = consumer.manager().clone();
     drop(consumer);
-    let t = finish(tasks, cons, start).await;
-    if std::env::var("DEBUG_STATS").is_ok() {
-        let snap = m.snapshot();
-        let refused: u64 = snap.sources.iter().map(|s| s.refused).sum();
-        eprintln!("sluice: refused {refused}, {t:?}");
-    }
-    t
+    finish(tasks, cons, start).await
 }
 
 async fn run_mpsc_vecs(consumers: usize, inputs: Vec<Input>, f: &Bytes) -> Duration {

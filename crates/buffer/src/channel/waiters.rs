@@ -79,8 +79,8 @@ impl WaitList {
     /// Moves every waiter of this level to `out`, to be woken after the lock.
     #[inline]
     pub(crate) fn wake_all(&mut self, out: &mut Wakeups) {
-        if !self.waiters.is_empty() {
-            out.0.extend(self.waiters.drain(..).map(|w| w.waker));
+        for w in self.waiters.drain(..) {
+            out.push(w.waker);
         }
     }
 
@@ -88,16 +88,15 @@ impl WaitList {
     /// keep waiting (the level still lacks their room).
     #[inline]
     pub(crate) fn wake_fitting(&mut self, free: Credit, out: &mut Wakeups) {
-        if self.waiters.is_empty() {
-            return;
-        }
-        self.waiters.retain(|w| {
-            let fits = w.need.records <= free.records && w.need.bytes <= free.bytes;
-            if fits {
-                out.0.push(w.waker.clone());
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let need = self.waiters[i].need;
+            if need.records <= free.records && need.bytes <= free.bytes {
+                out.push(self.waiters.swap_remove(i).waker);
+            } else {
+                i += 1;
             }
-            !fits
-        });
+        }
     }
 
     /// Whether nobody waits here.
@@ -118,12 +117,27 @@ impl WaitList {
 
 /// Wakers taken under the lock, woken when this is dropped or
 /// [`wake`](Self::wake)d: after the lock guard, which is declared after it
-/// or dropped first. (A `Vec` allocates only when someone is woken.)
+/// or dropped first.
+///
+/// Why the inline slots: most releases wake nobody or one task (a
+/// producer, a consumer), and a `Vec` would allocate under the lock for
+/// that one; the first two are kept inline, more spill to a `Vec`.
 #[derive(Debug, Default)]
 #[must_use = "wakers collected must be woken"]
-pub(crate) struct Wakeups(Vec<Waker>);
+pub(crate) struct Wakeups {
+    inline: [Option<Waker>; 2],
+    more: Vec<Waker>,
+}
 
 impl Wakeups {
+    #[inline]
+    fn push(&mut self, waker: Waker) {
+        match self.inline.iter_mut().find(|w| w.is_none()) {
+            Some(slot) => *slot = Some(waker),
+            None => self.more.push(waker),
+        }
+    }
+
     /// Wakes every task collected.
     pub(crate) fn wake(self) {
         drop(self);
@@ -132,7 +146,10 @@ impl Wakeups {
 
 impl Drop for Wakeups {
     fn drop(&mut self) {
-        for w in self.0.drain(..) {
+        for w in self.inline.iter_mut().filter_map(Option::take) {
+            w.wake();
+        }
+        for w in self.more.drain(..) {
             w.wake();
         }
     }

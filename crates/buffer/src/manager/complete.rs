@@ -94,7 +94,9 @@ impl<T> BufferManager<T> {
             }
         }
         let mut wakeups = Wakeups::default();
-        let sources = {
+        // Allocated before the lock: nothing allocates inside it.
+        let mut sources = Vec::with_capacity(touched.len());
+        {
             let mut st = self.state.lock();
             let st = &mut *st;
             let mut total = Credit::ZERO;
@@ -123,21 +125,18 @@ impl<T> BufferManager<T> {
                     }
                 }
             }
-            touched
-                .iter()
-                .map(|&(source, n)| {
-                    let s = &st.sources[source.index()];
-                    SourceProgress {
-                        source,
-                        acked_through: s.acks.through,
-                        completed_now: n,
-                        delivered: s.delivered,
-                        filtered: s.filtered,
-                        dead_lettered: s.dead_lettered,
-                    }
-                })
-                .collect()
-        };
+            sources.extend(touched.iter().map(|&(source, n)| {
+                let s = &st.sources[source.index()];
+                SourceProgress {
+                    source,
+                    acked_through: s.acks.through,
+                    completed_now: n,
+                    delivered: s.delivered,
+                    filtered: s.filtered,
+                    dead_lettered: s.dead_lettered,
+                }
+            }));
+        }
         wakeups.wake();
         for s in &stages_freed {
             self.signals[s.index()].space.notify_waiters();
