@@ -79,13 +79,37 @@ enum Kind<T> {
     },
 }
 
-/// Where and when admitted records enter: what `admit` fills in.
+/// Where and when admitted records enter: the bookkeeping `admit` fills in
+/// (record `i` of a batch gets `first_seq + i`).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct PendingRecord {
     pub(crate) first_seq: u64,
     pub(crate) source: SourceId,
     pub(crate) pipeline: PipelineId,
     pub(crate) stage: StageId,
     pub(crate) now: Instant,
+}
+
+impl PendingRecord {
+    /// The bookkeeping of the records from the `at`-th on.
+    pub(crate) fn from(self, at: usize) -> Self {
+        Self {
+            first_seq: self.first_seq + at as u64,
+            ..self
+        }
+    }
+
+    /// Writes the bookkeeping into `records`, numbered from `first_seq`.
+    #[inline]
+    pub(crate) fn apply<T>(&self, records: &mut [BufferedRecord<T>]) {
+        for (i, r) in records.iter_mut().enumerate() {
+            r.seq = self.first_seq + i as u64;
+            r.source = self.source;
+            r.pipeline = self.pipeline;
+            r.stage = self.stage;
+            r.buffered_at = self.now;
+        }
+    }
 }
 
 /// Admitted records in the queues' layout, with their totals.
@@ -95,6 +119,13 @@ pub(crate) struct Laid<T> {
     pub(crate) bytes: u64,
     /// The largest size.
     pub(crate) largest: u64,
+    /// The bookkeeping still to write into `records` (`None`: written).
+    /// Why deferred: a built batch is queued as it is, and its bookkeeping
+    /// is written when a consumer takes it, outside the lock, on the core
+    /// that reads the records next; written at admission, every record was
+    /// touched on the producer's core and again on the consumer's
+    /// (`lay_out` was 37 % of the workers' time, BENCHMARKS.md).
+    pub(crate) fill: Option<PendingRecord>,
 }
 
 impl<T> Default for Pending<T> {
@@ -278,52 +309,51 @@ impl<T> Pending<T> {
         })
     }
 
-    /// The records with their bookkeeping filled in from `entry`: a
-    /// `Vec<T>` laid out in one pass, a built batch filled in in place.
+    /// The records in the queues' layout: a `Vec<T>` laid out in one pass
+    /// with its bookkeeping from `entry`, a built batch as it is, its
+    /// bookkeeping (`Laid::fill`) left to write when it is taken.
     pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T> {
-        let fill = |i: usize, r: &mut BufferedRecord<T>| {
-            r.seq = entry.first_seq + i as u64;
-            r.source = entry.source;
-            r.pipeline = entry.pipeline;
-            r.stage = entry.stage;
-            r.buffered_at = entry.now;
-        };
         match self.0 {
             Kind::Payloads(payloads, size_of) => {
                 let (mut bytes, mut largest) = (0u64, 0u32);
-                let records = payloads
+                // One pass: each record written once, bookkeeping included.
+                let records: Vec<_> = payloads
                     .into_iter()
                     .enumerate()
                     .map(|(i, payload)| {
                         let size = charged(size_of(&payload));
                         bytes += u64::from(size);
                         largest = largest.max(size);
-                        let mut r = placeholder(payload, size, entry.now);
-                        fill(i, &mut r);
-                        r
+                        BufferedRecord {
+                            payload,
+                            seq: entry.first_seq + i as u64,
+                            source: entry.source,
+                            pipeline: entry.pipeline,
+                            stage: entry.stage,
+                            size,
+                            buffered_at: entry.now,
+                            retry: None,
+                        }
                     })
                     .collect();
                 Laid {
                     records,
                     bytes,
                     largest: u64::from(largest),
+                    fill: None,
                 }
             }
             Kind::Records {
-                mut records,
+                records,
                 bytes,
                 largest,
                 ..
-            } => {
-                for (i, r) in records.iter_mut().enumerate() {
-                    fill(i, r);
-                }
-                Laid {
-                    records,
-                    bytes,
-                    largest: u64::from(largest),
-                }
-            }
+            } => Laid {
+                records,
+                bytes,
+                largest: u64::from(largest),
+                fill: Some(*entry),
+            },
         }
     }
 }
@@ -421,8 +451,11 @@ mod tests {
         let built: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into_iter().collect();
         let converted: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into();
         for p in [built, converted] {
-            let laid = p.lay_out(&entry);
+            let mut laid = p.lay_out(&entry);
             assert_eq!((laid.bytes, laid.largest), (3, 2));
+            if let Some(fill) = laid.fill {
+                fill.apply(&mut laid.records);
+            }
             let got: Vec<_> = laid
                 .records
                 .iter()

@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use proptest::prelude::*;
 use sluice_buffer::{
-    BufferManager, BufferedRecord, Credit, DeadLetter, Limit, Limits, Producer, RetryPolicy,
-    SendError, SourceId, StageId,
+    BufferManager, BufferedRecord, Credit, DeadLetter, Limit, Limits, Pending, Producer,
+    RetryPolicy, SendError, SourceId, StageId,
 };
 
 type Sent = (Producer<Vec<u8>>, Result<u64, SendError<Vec<u8>>>);
@@ -232,6 +232,13 @@ impl Harness {
                 let reserved = self.buf.reserved(id).unwrap();
                 let payloads: Vec<Vec<u8>> =
                     sizes.iter().map(|&n| vec![src as u8; n as usize]).collect();
+                // Both forms: a `Vec` (laid out at admission) and a built
+                // batch (queued as it is, its bookkeeping written when taken).
+                let payloads: Pending<Vec<u8>> = if resend % 2 == 0 {
+                    payloads.into()
+                } else {
+                    payloads.into_iter().collect()
+                };
                 let new_sizes: Vec<u64> = sizes.iter().skip(dup).map(|&n| u64::from(n)).collect();
                 let compliant = new_sizes.len() as u64 <= reserved.records
                     && new_sizes.iter().sum::<u64>() <= reserved.bytes;
@@ -325,7 +332,11 @@ impl Harness {
     fn send(&mut self, p: usize, n: usize, size: u8) {
         let slot = match self.producers[p].take() {
             Some(Slot::Idle(mut producer)) => {
-                let batch = vec![vec![p as u8; size as usize]; n];
+                let batch: Pending<Vec<u8>> = if n.is_multiple_of(2) {
+                    vec![vec![p as u8; size as usize]; n].into()
+                } else {
+                    std::iter::repeat_n(vec![p as u8; size as usize], n).collect()
+                };
                 Slot::Sending(Box::pin(async move {
                     let sent = producer.send(batch).await;
                     (producer, sent)
@@ -366,6 +377,12 @@ impl Harness {
 
     /// Drives every record to completion and checks exactly-once.
     fn drain_all(&mut self) {
+        // Unused reservations would hold their levels for good, and a
+        // waiting send with them.
+        for &id in &self.sources {
+            let r = self.buf.reserved(id).unwrap();
+            self.buf.release(id, r).unwrap();
+        }
         for _ in 0..1000 {
             for p in 0..self.producers.len() {
                 if !matches!(self.producers[p], Some(Slot::Idle(_))) {

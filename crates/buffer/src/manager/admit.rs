@@ -246,6 +246,7 @@ impl<T> BufferManager<T> {
             records: mut chunk,
             bytes: batch_bytes,
             largest,
+            mut fill,
         } = records.lay_out(&PendingRecord {
             first_seq: guess,
             source,
@@ -307,8 +308,13 @@ impl<T> BufferManager<T> {
                     };
                     return refuse(error, chunk);
                 };
-                for (i, r) in chunk.iter_mut().enumerate() {
-                    r.seq = first + i as u64;
+                match &mut fill {
+                    Some(f) => f.first_seq = first,
+                    None => {
+                        for (i, r) in chunk.iter_mut().enumerate() {
+                            r.seq = first + i as u64;
+                        }
+                    }
                 }
                 first
             }
@@ -402,7 +408,10 @@ impl<T> BufferManager<T> {
             let stage = &mut st.stages[entry.index()];
             stage.usage.add(new);
             stage.reserved.sub(consumed);
-            stage.ready.push_chunk(chunk, admitted_bytes);
+            // The admitted records start after the `skip` duplicates.
+            stage
+                .ready
+                .push_chunk(chunk, admitted_bytes, fill.map(|f| f.from(skip)));
             stage
                 .queued
                 .add(Credit::new(admitted as u64, admitted_bytes));

@@ -7,6 +7,7 @@ use super::take::{End, Take};
 use super::{BatchSize, BufferManager, Credit};
 use crate::channel::waiters::{WaiterId, Wakeups};
 use crate::error::BufferError;
+use crate::queue::Taken;
 use crate::record::{BufferedRecord, StageId};
 
 impl<T> BufferManager<T> {
@@ -47,7 +48,9 @@ impl<T> BufferManager<T> {
         if stage.index() >= st.stages.len() {
             return Vec::new();
         }
-        st.take(stage.index(), max.into()).unwrap_or_default()
+        let taken = st.take(stage.index(), max.into());
+        drop(st);
+        taken.map(Taken::into_records).unwrap_or_default()
     }
 
     /// Moves records to `next` (a stage of their pipeline), waiting while it
@@ -120,11 +123,14 @@ impl<T> BufferManager<T> {
                 dst.usage.add(moved);
                 if n == pending.records.len() {
                     dst.ready
-                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes);
+                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes, None);
                 } else {
                     let rest = pending.records.split_off(n);
-                    dst.ready
-                        .push_chunk(std::mem::replace(&mut pending.records, rest), queued.bytes);
+                    dst.ready.push_chunk(
+                        std::mem::replace(&mut pending.records, rest),
+                        queued.bytes,
+                        None,
+                    );
                 }
                 if n > 0 {
                     dst.ready_waiters.wake_all(&mut wakeups);

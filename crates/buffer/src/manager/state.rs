@@ -11,7 +11,7 @@ use super::{BatchSize, Credit};
 use crate::channel::waiters::{WaitList, Wakeups};
 use crate::error::Level;
 use crate::limits::{Limit, Limits};
-use crate::queue::RecordQueue;
+use crate::queue::{RecordQueue, Taken};
 use crate::record::{BufferedRecord, PipelineId, SourceId, StageId};
 
 /// A level's count and its high-water mark.
@@ -181,11 +181,12 @@ impl<T> State<T> {
     /// records whose backoff has passed (all of them once the manager is
     /// shut down: nothing is held back for a retry that will not come).
     /// `Err` carries the earliest time a delayed record becomes due, if any.
+    /// Write the batch's bookkeeping ([`Taken::into_records`]) after the lock.
     pub(super) fn take(
         &mut self,
         stage: usize,
         max: BatchSize,
-    ) -> Result<Vec<BufferedRecord<T>>, Option<Instant>> {
+    ) -> Result<Taken<T>, Option<Instant>> {
         let shutdown = self.shutdown;
         let st = &mut self.stages[stage];
         if !st.delayed.is_empty() {
@@ -199,8 +200,8 @@ impl<T> State<T> {
         if st.ready.is_empty() || max.records == 0 {
             return Err(st.delayed.peek().map(|d| d.0.at));
         }
-        let (batch, bytes) = st.ready.take_batch(max.records, max.bytes);
-        st.queued.sub(Credit::new(batch.len() as u64, bytes));
+        let batch = st.ready.take_batch(max.records, max.bytes);
+        st.queued.sub(Credit::new(batch.len() as u64, batch.bytes));
         Ok(batch)
     }
 }

@@ -118,7 +118,8 @@ impl<T> Future for Take<'_, T> {
                             st.stages[stage].ready_waiters.remove(this.id);
                             this.registered = false;
                         }
-                        return Poll::Ready(Some(batch));
+                        drop(st);
+                        return Poll::Ready(Some(batch.into_records()));
                     }
                     Err(due) => {
                         if due.is_none() && manager.ended(&st, this.stage, this.end) {
