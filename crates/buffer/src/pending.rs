@@ -14,8 +14,9 @@ use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 /// more, into a new allocation. A receiver that builds its payloads straight
 /// into a `Pending` (one [`push`](Self::push) per decoded record, into a
 /// `Pending` made [`with_capacity`](Self::with_capacity)) has them admitted
-/// in place: `admit` fills in the bookkeeping and queues the allocation as
-/// it is. The engine's gRPC decoder does this (see BENCHMARKS.md).
+/// in place: `admit` queues the allocation as it is, and the bookkeeping is
+/// written when a consumer takes the records, outside the lock. The
+/// engine's gRPC decoder does this (see BENCHMARKS.md).
 ///
 /// A `Vec<T>` converts into a `Pending` for free and is laid out by `admit`
 /// in one pass, so `admit` takes either. The charged size of each payload

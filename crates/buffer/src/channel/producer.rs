@@ -112,9 +112,9 @@ impl<T> Producer<T> {
     /// refused it (this source's, its stage's or the global one), woken only
     /// when room frees up there, and is admitted in order as room allows.
     /// It fails, handing back every record not admitted, when the buffer
-    /// shuts down or a record is larger than a byte limit. Cancel-safe in
-    /// the sense of "nothing lost": dropping the future drops the records
-    /// not yet admitted (those admitted stay).
+    /// shuts down or a record is larger than a byte limit. Dropping the
+    /// future drops the records not yet admitted (those admitted stay), as
+    /// with tokio's `send`; nothing else is lost or left registered.
     pub fn send(&mut self, records: impl Into<Pending<T>>) -> Send<'_, T> {
         Send {
             records: Some(records.into()),
