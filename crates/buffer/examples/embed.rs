@@ -1,98 +1,81 @@
-//! Embedding sluice-buffer: two producers with different limits feed one
-//! slow consumer. Each producer prints when it is held back and by which
-//! limit; the run ends with counts that prove nothing was lost.
+//! Embedding sluice-buffer through its handles: two producers with
+//! different limits feed one slow consumer. `send` waits on the limit that
+//! refused it; the run ends, channel-like, when both producers are gone and
+//! the queue is drained, with counts that prove nothing was lost.
 //!
 //! Run: `cargo run -p sluice-buffer --example embed`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_buffer::{BufferManager, Limit, Limits};
+use sluice_buffer::{Limit, Limits, TrySendError};
 
 const PER_PRODUCER: u64 = 20_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Tight limits so that being held back is visible: the whole buffer holds
-    // 3,000 records, and each source at most 2,000 (of 64 bytes at most).
-    let records = |n: u64| Limit::new(n, n * 64);
-    let limits = Limits {
-        global: records(3_000),
-        per_stage: records(3_000),
-        per_source: records(2_000),
-    };
-    let buffer = Arc::new(
-        BufferManager::<Vec<u8>>::builder(limits)
-            .pipeline("events", ["sink"])
-            .build()?,
-    );
-    let events = buffer
-        .pipeline_by_name("events")
-        .ok_or("no pipeline")?
-        .clone();
+    // 3,000 records, each source at most 2,000, and at most 96 KiB in all.
+    let limits = Limits::records(3_000)
+        .per_source(Limit::records(2_000))
+        .per_stage(Limit::bytes(96 * 1024));
+    let (producers, consumer) = sluice_buffer::channel::<Vec<u8>>(limits)?;
     let start = Instant::now();
 
     // A fast producer sending 64-byte records, and a slower one sending 32-byte records.
-    let mut producers = Vec::new();
+    let mut tasks = Vec::new();
     for (name, size, pause) in [
         ("fast", 64usize, Duration::ZERO),
         ("slow", 32, Duration::from_micros(200)),
     ] {
-        let buffer = buffer.clone();
-        let source = buffer.register_source(name, events.id)?;
-        producers.push(tokio::spawn(async move {
-            let mut seq = 1u64;
+        let mut producer = producers.producer(name)?;
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
             let mut held_back = 0u32;
-            while seq <= PER_PRODUCER {
-                let n = (PER_PRODUCER - seq + 1).min(250) as usize;
-                let mut batch: Vec<Vec<u8>> = vec![vec![b'x'; size]; n];
-                loop {
-                    // Register for "capacity freed" *before* trying, so no release is missed.
-                    let freed = buffer.capacity_freed();
-                    let out = buffer.admit(source, seq, batch).expect("admit");
-                    seq += out.admitted as u64;
-                    let Some(rejected) = out.rejected else { break };
-                    held_back += 1;
-                    if held_back % 20 == 1 {
-                        println!(
-                            "{:>6.2}s  {name:<4} held back at seq {}: {}",
-                            start.elapsed().as_secs_f64(),
-                            rejected.first_seq,
-                            rejected.reason
-                        );
+            while sent < PER_PRODUCER {
+                let n = (PER_PRODUCER - sent).min(250) as usize;
+                let batch: Vec<Vec<u8>> = vec![vec![b'x'; size]; n];
+                // try_send admits what fits now and hands back the rest with
+                // the limit that refused it; send waits (on that limit only).
+                match producer.try_send(batch) {
+                    Ok(_) => {}
+                    Err(TrySendError::Full(rest)) => {
+                        held_back += 1;
+                        if held_back % 20 == 1 {
+                            println!(
+                                "{:>6.2}s  {name:<4} held back at seq {}: {}",
+                                start.elapsed().as_secs_f64(),
+                                rest.first_seq,
+                                rest.reason
+                            );
+                        }
+                        producer.send(rest.records).await?;
                     }
-                    batch = rejected.payloads; // nothing is dropped: resend the same records
-                    freed.await;
+                    Err(TrySendError::Failed(e)) => return Err(e),
                 }
+                sent = producer.admitted_through();
                 tokio::time::sleep(pause).await;
             }
-            held_back
+            Ok::<_, sluice_buffer::SendError<Vec<u8>>>(held_back)
         }));
     }
+    // The factory is a producer handle too: drop it so the pipeline closes
+    // once both producers are done.
+    let buffer = producers.manager().clone();
+    drop(producers);
 
     // One slow consumer: 100 records every millisecond at most.
-    let consumer = {
-        let buffer = buffer.clone();
-        let stage = events.stages[0];
-        tokio::spawn(async move {
-            let mut consumed = 0u64;
-            while let Some(batch) = buffer.next_batch(stage, 100).await {
-                consumed += batch.len() as u64;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                buffer.complete(batch);
-            }
-            consumed
-        })
-    };
+    let consumer = consumer.with_batch_size(100);
+    let mut consumed = 0u64;
+    while let Some(batch) = consumer.recv().await {
+        consumed += batch.len() as u64;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        consumer.complete(batch);
+    }
 
     let mut holds = Vec::new();
-    for p in producers {
-        holds.push(p.await?);
+    for t in tasks {
+        holds.push(t.await??);
     }
-    buffer.drain().await;
-    buffer.shutdown();
-    let consumed = consumer.await?;
-
     let snap = buffer.snapshot();
     println!(
         "\n{:<6} {:>9} {:>9} {:>9} {:>11} {:>10}",

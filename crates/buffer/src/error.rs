@@ -1,5 +1,6 @@
 //! Errors and rejection reasons.
 
+use crate::pending::Pending;
 use crate::record::{PipelineId, SourceId, StageId};
 
 /// A level of limits, as named in rejections, snapshots and signals.
@@ -149,4 +150,46 @@ pub enum BuildError {
     /// A pipeline with no stage has nowhere to put records.
     #[error("pipeline {0:?} has no stage")]
     EmptyPipeline(String),
+    /// [`channel`](crate::BufferManagerBuilder::channel) builds one pipeline
+    /// of one stage; this builder has more.
+    #[error("a channel has one pipeline with one stage; build the manager and make its handles")]
+    NotAChannel,
+}
+
+/// A [`BufferManager::admit`](crate::BufferManager::admit) that took nothing:
+/// why, and every record handed in, back in the layout they were handed in
+/// or laid out in (like tokio's `SendError<T>`). Nothing of the batch was
+/// admitted or counted.
+///
+/// It converts into its [`BufferError`] (so `?` works where the records are
+/// not needed).
+#[derive(thiserror::Error)]
+#[error("{error}")]
+pub struct AdmitError<T> {
+    /// Why nothing was admitted.
+    pub error: BufferError,
+    /// The records, all of them.
+    pub records: Pending<T>,
+}
+
+impl<T> AdmitError<T> {
+    /// The records back, as payloads.
+    pub fn into_payloads(self) -> Vec<T> {
+        self.records.into_payloads()
+    }
+}
+
+impl<T> std::fmt::Debug for AdmitError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmitError")
+            .field("error", &self.error)
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+impl<T> From<AdmitError<T>> for BufferError {
+    fn from(e: AdmitError<T>) -> Self {
+        e.error
+    }
 }

@@ -1,44 +1,53 @@
 //! # sluice-buffer
 //!
-//! The core of the sluice ETL engine, usable on its own: a [`BufferManager`]
-//! that bounds every record and byte between a source and a sink — globally,
-//! per pipeline stage and per source — with retry-counted records and dead
-//! letters, so that a flood never becomes an out-of-memory kill, a stall or
-//! a lost record.
+//! The core of the sluice ETL engine, usable on its own: a bounded buffer
+//! used like a tokio channel — a [`Producer`] per source that waits for
+//! room, a [`Consumer`] per stage — that bounds every record and byte
+//! between them, globally, per pipeline stage and per source, so that a
+//! flood never becomes an out-of-memory kill, a stall or a lost record.
+//!
+//! ```
+//! use sluice_buffer::{Limit, Limits};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! // At most 1,000 records in all, 400 per source.
+//! let limits = Limits::records(1_000).per_source(Limit::records(400));
+//! let (producers, consumer) = sluice_buffer::channel::<String>(limits)?;
+//! let mut app = producers.producer("app")?;
+//! drop(producers);
+//! tokio::spawn(async move {
+//!     for i in 0..10 {
+//!         // Waits while a limit is full, on that limit only; hands every
+//!         // record back if it fails.
+//!         app.send(vec![format!("event {i}"); 100]).await?;
+//!     }
+//!     Ok::<_, sluice_buffer::SendError<String>>(())
+//! });
+//! let mut received = 0;
+//! while let Some(batch) = consumer.recv().await {
+//!     received += batch.len();
+//!     consumer.complete(batch); // a record counts until it is completed
+//! }
+//! assert_eq!(received, 1_000); // ended: every producer gone, queue drained
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
 //!
 //! This crate has no gRPC or protobuf dependency and is generic over the
-//! payload type (anything that implements [`ByteSize`]), so any Rust program
-//! can embed the same limits the engine uses.
+//! payload type (anything that implements [`ByteSize`], or sized by the
+//! caller with [`Pending::push_sized`]). See the crate's README for limits
+//! in records or bytes, errors and shutdown, and `examples/embed.rs`.
 //!
-//! ```
-//! use sluice_buffer::{BufferManager, Limits};
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let buffer = BufferManager::<String>::builder(Limits::default())
-//!     .pipeline("logs", ["sink"])
-//!     .build()
-//!     .unwrap();
-//! let logs = buffer.pipeline_by_name("logs").unwrap().clone();
-//! let app = buffer.register_source("app", logs.id).unwrap();
-//! let out = buffer.admit(app, 1, vec!["hello".to_string()]).unwrap();
-//! assert!(out.rejected.is_none());
-//! let batch = buffer.next_batch(logs.stages[0], 100).await.unwrap();
-//! assert_eq!(batch[0].payload, "hello");
-//! buffer.complete(batch);
-//! assert_eq!(buffer.acked_through(app).unwrap(), 1);
-//! # });
-//! ```
-//!
-//! See `examples/embed.rs` for producers held back by their limits.
-//!
-//! On top of the manager, a [`BackpressureController`] grants credits
-//! (reservations) fairly among sources and tells each one to slow down,
-//! pause or resume through a hysteresis state machine; a [`MemoryMonitor`]
-//! closes a memory gate near the process's memory limit, which pauses every
-//! source. The [`metrics`] module names the metrics they record. See
-//! `examples/memory_gate.rs`.
+//! Under the handles, the [`BufferManager`] is what the engine drives:
+//! pipelines of several stages, credits (reservations), explicit sequence
+//! numbers, retries with backoff, dead letters, cumulative acks. On top of
+//! it, a [`BackpressureController`] grants credits fairly among sources and
+//! tells each one to slow down, pause or resume through a hysteresis state
+//! machine; a [`MemoryMonitor`] closes a memory gate near the process's
+//! memory limit, which pauses every source. The [`metrics`] module names
+//! the metrics they record. See `examples/memory_gate.rs`.
 #![warn(missing_docs)]
 
+mod channel;
 mod error;
 mod flow;
 mod limits;
@@ -51,6 +60,11 @@ mod record;
 mod snapshot;
 mod sync;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use flow::{
     BackpressureController, BackpressureSignal, ControllerConfig, ControllerError, Coverage,
     CreditMode, DEFAULT_CREDIT_LEASE, DEFAULT_EXPECTED_RECORD_BYTES, DEFAULT_GUARANTEED_RECORDS,
@@ -62,7 +76,11 @@ pub use memory::{
     MemoryProbe, MemoryReading, MemorySource, ProbeError, SysinfoProbe,
 };
 
-pub use error::{BufferError, BuildError, Level, RejectReason, Unit};
+pub use channel::{
+    Consumer, DEFAULT_BATCH, Producer, Producers, Recv, Send, SendError, SendFailure, TryRecvError,
+    TrySendError, channel,
+};
+pub use error::{AdmitError, BufferError, BuildError, Level, RejectReason, Unit};
 pub use limits::{
     FieldError, FieldErrors, FieldRule, Limit, Limits, MemoryGateConfig, RetryPolicy, Watermarks,
 };

@@ -8,12 +8,16 @@
 use std::time::Duration;
 
 /// A bound on records *and* bytes. Both are enforced; whichever is reached
-/// first stops admission.
+/// first stops admission. Either may be unbounded ([`UNBOUNDED`](Self::UNBOUNDED),
+/// `u64::MAX`): [`Limit::records`] bounds only the count, [`Limit::bytes`]
+/// only the bytes.
 ///
 /// ```
 /// use sluice_buffer::Limit;
 /// let l = Limit::new(10_000, 64 * 1024 * 1024);
 /// assert!(l.records > 0 && l.bytes > 0);
+/// assert_eq!(Limit::records(100).bytes, Limit::UNBOUNDED);
+/// assert!(!Limit::bytes(1 << 20).bounds_records());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -26,9 +30,32 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// The value of a dimension that is not bounded.
+    pub const UNBOUNDED: u64 = u64::MAX;
+
     /// A limit of `records` records and `bytes` bytes.
     pub const fn new(records: u64, bytes: u64) -> Self {
         Self { records, bytes }
+    }
+
+    /// At most `records` records, whatever their size.
+    pub const fn records(records: u64) -> Self {
+        Self::new(records, Self::UNBOUNDED)
+    }
+
+    /// At most `bytes` payload bytes, however many records carry them.
+    pub const fn bytes(bytes: u64) -> Self {
+        Self::new(Self::UNBOUNDED, bytes)
+    }
+
+    /// Whether the record count is bounded.
+    pub const fn bounds_records(&self) -> bool {
+        self.records != Self::UNBOUNDED
+    }
+
+    /// Whether the byte count is bounded.
+    pub const fn bounds_bytes(&self) -> bool {
+        self.bytes != Self::UNBOUNDED
     }
 
     /// True when either dimension is zero: such a limit admits nothing.
@@ -58,6 +85,50 @@ pub struct Limits {
     pub per_stage: Limit,
     /// Bound for each source's records (reserved plus in the engine).
     pub per_source: Limit,
+}
+
+impl Limits {
+    /// The same `limit` at every level: what a buffer with one pipeline of
+    /// one stage (a [`channel`](crate::channel)) needs, where the global,
+    /// stage and source levels hold the same records unless there are
+    /// several sources. Narrow a level with [`per_source`](Self::per_source)
+    /// or [`per_stage`](Self::per_stage).
+    pub const fn uniform(limit: Limit) -> Self {
+        Self {
+            global: limit,
+            per_stage: limit,
+            per_source: limit,
+        }
+    }
+
+    /// At most `records` records at every level, bytes unbounded.
+    ///
+    /// ```
+    /// use sluice_buffer::{Limit, Limits};
+    /// let l = Limits::records(10_000).per_source(Limit::records(2_500));
+    /// assert!(l.validate().is_ok());
+    /// assert!(!l.global.bounds_bytes());
+    /// ```
+    pub const fn records(records: u64) -> Self {
+        Self::uniform(Limit::records(records))
+    }
+
+    /// At most `bytes` payload bytes at every level, records unbounded.
+    pub const fn bytes(bytes: u64) -> Self {
+        Self::uniform(Limit::bytes(bytes))
+    }
+
+    /// These limits with `limit` for each source.
+    pub const fn per_source(mut self, limit: Limit) -> Self {
+        self.per_source = limit;
+        self
+    }
+
+    /// These limits with `limit` for each stage.
+    pub const fn per_stage(mut self, limit: Limit) -> Self {
+        self.per_stage = limit;
+        self
+    }
 }
 
 impl Default for Limits {
@@ -376,9 +447,16 @@ impl Limits {
     }
 
     /// Checks that every level admits something (no zero records or bytes)
-    /// and that no per-stage or per-source limit exceeds the global one
-    /// (it could never be reached). Fields: `global.records`,
-    /// `per_stage.bytes`, …; what the builder refuses.
+    /// and that no bounded per-stage or per-source limit exceeds a bounded
+    /// global one. Fields: `global.records`, `per_stage.bytes`, …; what the
+    /// builder refuses.
+    ///
+    /// Why the second rule, and where it is relaxed: a lower level above
+    /// the global one can never be reached, so a configured number there is
+    /// a mistake worth naming at start-up. An *unbounded* lower level
+    /// ([`Limit::UNBOUNDED`]) says "no limit of its own" and is accepted
+    /// under a bounded global one, and any lower level fits under an
+    /// unbounded global one.
     pub fn validate(&self) -> Result<(), FieldErrors> {
         const FIELDS: [(&str, &str); 3] = [
             ("global.records", "global.bytes"),
@@ -405,7 +483,7 @@ impl Limits {
                 ),
                 (bytes, limit.bytes, "global.bytes", self.global.bytes),
             ] {
-                if value > other_value {
+                if value != Limit::UNBOUNDED && value > other_value {
                     errors.push(field(
                         name,
                         FieldRule::NotAbove {

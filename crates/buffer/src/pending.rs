@@ -14,12 +14,29 @@ use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 /// more, into a new allocation. A receiver that builds its payloads straight
 /// into a `Pending` (one [`push`](Self::push) per decoded record, into a
 /// `Pending` made [`with_capacity`](Self::with_capacity)) has them admitted
-/// in place: `admit` fills in the bookkeeping and queues the allocation as
-/// it is. The engine's gRPC decoder does this (see BENCHMARKS.md).
+/// in place: `admit` queues the allocation as it is, and the bookkeeping is
+/// written when a consumer takes the records, outside the lock. The
+/// engine's gRPC decoder does this (see BENCHMARKS.md).
 ///
 /// A `Vec<T>` converts into a `Pending` for free and is laid out by `admit`
 /// in one pass, so `admit` takes either. The charged size of each payload
 /// ([`ByteSize`]) is taken at `push`, or at admission for a `Vec`.
+///
+/// A payload type that does not implement [`ByteSize`] (a type of another
+/// crate, which a newtype would otherwise have to wrap) is sized by the
+/// caller: [`push_sized`](Self::push_sized) with its size, or
+/// [`from_vec_sized`](Self::from_vec_sized) with a sizing function.
+///
+/// ```
+/// use sluice_buffer::Pending;
+/// // std::net::SocketAddr does not implement ByteSize: size it here.
+/// let addr: std::net::SocketAddr = "127.0.0.1:80".parse().unwrap();
+/// let mut batch = Pending::with_capacity(2);
+/// batch.push_sized(addr, 16);
+/// assert_eq!(batch.bytes(), 16);
+/// let batch = Pending::from_vec_sized(vec![addr, addr], |_| 16);
+/// assert_eq!((batch.len(), batch.bytes()), (2, 32));
+/// ```
 ///
 /// ```
 /// use sluice_buffer::{BufferManager, Limits, Pending};
@@ -45,8 +62,9 @@ pub struct Pending<T>(Kind<T>);
 
 #[derive(Debug)]
 enum Kind<T> {
-    /// Payloads as handed in; laid out at admission.
-    Payloads(Vec<T>),
+    /// Payloads as handed in, with the function that sizes each; laid out
+    /// at admission.
+    Payloads(Vec<T>, fn(&T) -> usize),
     /// Records in the queues' layout. Bookkeeping other than `payload` and
     /// `size` is a placeholder until `admit` fills it in; a `Pending` never
     /// hands its records out, so no placeholder is ever seen.
@@ -62,13 +80,37 @@ enum Kind<T> {
     },
 }
 
-/// Where and when admitted records enter: what `admit` fills in.
+/// Where and when admitted records enter: the bookkeeping `admit` fills in
+/// (record `i` of a batch gets `first_seq + i`).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct PendingRecord {
     pub(crate) first_seq: u64,
     pub(crate) source: SourceId,
     pub(crate) pipeline: PipelineId,
     pub(crate) stage: StageId,
     pub(crate) now: Instant,
+}
+
+impl PendingRecord {
+    /// The bookkeeping of the records from the `at`-th on.
+    pub(crate) fn from(self, at: usize) -> Self {
+        Self {
+            first_seq: self.first_seq + at as u64,
+            ..self
+        }
+    }
+
+    /// Writes the bookkeeping into `records`, numbered from `first_seq`.
+    #[inline]
+    pub(crate) fn apply<T>(&self, records: &mut [BufferedRecord<T>]) {
+        for (i, r) in records.iter_mut().enumerate() {
+            r.seq = self.first_seq + i as u64;
+            r.source = self.source;
+            r.pipeline = self.pipeline;
+            r.stage = self.stage;
+            r.buffered_at = self.now;
+        }
+    }
 }
 
 /// Admitted records in the queues' layout, with their totals.
@@ -78,6 +120,13 @@ pub(crate) struct Laid<T> {
     pub(crate) bytes: u64,
     /// The largest size.
     pub(crate) largest: u64,
+    /// The bookkeeping still to write into `records` (`None`: written).
+    /// Why deferred: a built batch is queued as it is, and its bookkeeping
+    /// is written when a consumer takes it, outside the lock, on the core
+    /// that reads the records next; written at admission, every record was
+    /// touched on the producer's core and again on the consumer's
+    /// (`lay_out` was 37 % of the workers' time, BENCHMARKS.md).
+    pub(crate) fill: Option<PendingRecord>,
 }
 
 impl<T> Default for Pending<T> {
@@ -89,43 +138,64 @@ impl<T> Default for Pending<T> {
 impl<T> Pending<T> {
     /// An empty batch with room for `n` records.
     pub fn with_capacity(n: usize) -> Self {
-        Self(Kind::Records {
-            records: Vec::with_capacity(n),
-            bytes: 0,
-            largest: 0,
-            created: Instant::now(),
-        })
+        Self(Kind::empty(n))
     }
 
-    /// Appends a payload, taking its charged size now.
+    /// Appends a payload, taking its charged size ([`ByteSize`]) now.
     #[inline]
     pub fn push(&mut self, payload: T)
     where
         T: ByteSize,
     {
-        if let Kind::Payloads(payloads) = &mut self.0 {
-            // Appending to a converted `Vec`: keep it one (rare).
-            payloads.push(payload);
-            return;
+        let size = payload.byte_size();
+        self.push_sized(payload, size);
+    }
+
+    /// Appends a payload charged `size` bytes: for a payload type without a
+    /// [`ByteSize`] implementation, or a size the caller knows better.
+    #[inline]
+    pub fn push_sized(&mut self, payload: T, size: usize) {
+        match &mut self.0 {
+            // Appending to a converted `Vec`: lay it out first (rare).
+            Kind::Payloads(..) => {
+                let Kind::Payloads(payloads, size_of) =
+                    std::mem::replace(&mut self.0, Kind::empty(0))
+                else {
+                    return;
+                };
+                let mut laid = Self::with_capacity(payloads.len() + 1);
+                for p in payloads {
+                    let size = size_of(&p);
+                    laid.push_sized(p, size);
+                }
+                *self = laid;
+                self.push_sized(payload, size);
+            }
+            Kind::Records {
+                records,
+                bytes,
+                largest,
+                created,
+            } => {
+                let size = charged(size);
+                *bytes += u64::from(size);
+                *largest = (*largest).max(size);
+                records.push(placeholder(payload, size, *created));
+            }
         }
-        if let Kind::Records {
-            records,
-            bytes,
-            largest,
-            created,
-        } = &mut self.0
-        {
-            let size = charged_size(&payload);
-            *bytes += u64::from(size);
-            *largest = (*largest).max(size);
-            records.push(placeholder(payload, size, *created));
-        }
+    }
+
+    /// A batch of `payloads` charged `size_of(payload)` bytes each: the
+    /// `Vec` form of [`push_sized`](Self::push_sized), laid out at admission
+    /// in one pass like a `Vec` of [`ByteSize`] payloads.
+    pub fn from_vec_sized(payloads: Vec<T>, size_of: fn(&T) -> usize) -> Self {
+        Self(Kind::Payloads(payloads, size_of))
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p) => p.len(),
+            Kind::Payloads(p, _) => p.len(),
             Kind::Records { records, .. } => records.len(),
         }
     }
@@ -138,7 +208,7 @@ impl<T> Pending<T> {
     /// Makes room for at least `additional` more records.
     pub fn reserve(&mut self, additional: usize) {
         match &mut self.0 {
-            Kind::Payloads(p) => p.reserve(additional),
+            Kind::Payloads(p, _) => p.reserve(additional),
             Kind::Records { records, .. } => records.reserve(additional),
         }
     }
@@ -146,7 +216,7 @@ impl<T> Pending<T> {
     /// How many records fit without reallocating.
     pub fn capacity(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p) => p.capacity(),
+            Kind::Payloads(p, _) => p.capacity(),
             Kind::Records { records, .. } => records.capacity(),
         }
     }
@@ -154,7 +224,7 @@ impl<T> Pending<T> {
     /// Keeps the first `n` records and drops the rest.
     pub fn truncate(&mut self, n: usize) {
         match &mut self.0 {
-            Kind::Payloads(p) => p.truncate(n),
+            Kind::Payloads(p, _) => p.truncate(n),
             Kind::Records {
                 records,
                 bytes,
@@ -178,14 +248,15 @@ impl<T> Pending<T> {
 
     /// The charged size of each record, in order (`u32::MAX` for a payload
     /// of 4 GiB or more).
-    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_
-    where
-        T: ByteSize,
-    {
+    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {
         let (payloads, records) = self.forms();
+        let size_of = match &self.0 {
+            Kind::Payloads(_, f) => *f,
+            Kind::Records { .. } => |_: &T| 0,
+        };
         payloads
             .iter()
-            .map(|p| u64::from(charged_size(p)))
+            .map(move |p| u64::from(charged(size_of(p))))
             .chain(records.iter().map(|r| u64::from(r.size)))
     }
 
@@ -193,29 +264,23 @@ impl<T> Pending<T> {
     /// empty.
     fn forms(&self) -> (&[T], &[BufferedRecord<T>]) {
         match &self.0 {
-            Kind::Payloads(p) => (p, &[]),
+            Kind::Payloads(p, _) => (p, &[]),
             Kind::Records { records, .. } => (&[], records),
         }
     }
 
     /// The sum of the records' charged sizes.
-    pub fn bytes(&self) -> u64
-    where
-        T: ByteSize,
-    {
+    pub fn bytes(&self) -> u64 {
         match &self.0 {
-            Kind::Payloads(_) => self.sizes().sum(),
+            Kind::Payloads(..) => self.sizes().sum(),
             Kind::Records { bytes, .. } => *bytes,
         }
     }
 
     /// The largest record's charged size (0 when empty).
-    pub fn largest(&self) -> u64
-    where
-        T: ByteSize,
-    {
+    pub fn largest(&self) -> u64 {
         match &self.0 {
-            Kind::Payloads(_) => self.sizes().max().unwrap_or(0),
+            Kind::Payloads(..) => self.sizes().max().unwrap_or(0),
             Kind::Records { largest, .. } => u64::from(*largest),
         }
     }
@@ -223,60 +288,73 @@ impl<T> Pending<T> {
     /// Takes the payloads back out.
     pub fn into_payloads(self) -> Vec<T> {
         match self.0 {
-            Kind::Payloads(p) => p,
+            Kind::Payloads(p, _) => p,
             Kind::Records { records, .. } => records.into_iter().map(|r| r.payload).collect(),
         }
     }
 
-    /// The records with their bookkeeping filled in from `entry`: a
-    /// `Vec<T>` laid out in one pass, a built batch filled in in place.
-    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T>
-    where
-        T: ByteSize,
-    {
-        let fill = |i: usize, r: &mut BufferedRecord<T>| {
-            r.seq = entry.first_seq + i as u64;
-            r.source = entry.source;
-            r.pipeline = entry.pipeline;
-            r.stage = entry.stage;
-            r.buffered_at = entry.now;
-        };
+    /// Records laid out earlier (a refused tail, a batch `admit` could not
+    /// take), back as a batch in the same layout: no copy, and the next
+    /// attempt admits them in place again.
+    pub(crate) fn from_laid(records: Vec<BufferedRecord<T>>) -> Self {
+        let (mut bytes, mut largest) = (0u64, 0u32);
+        for r in &records {
+            bytes += u64::from(r.size);
+            largest = largest.max(r.size);
+        }
+        Self(Kind::Records {
+            records,
+            bytes,
+            largest,
+            created: Instant::now(),
+        })
+    }
+
+    /// The records in the queues' layout: a `Vec<T>` laid out in one pass
+    /// with its bookkeeping from `entry`, a built batch as it is, its
+    /// bookkeeping (`Laid::fill`) left to write when it is taken.
+    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T> {
         match self.0 {
-            Kind::Payloads(payloads) => {
+            Kind::Payloads(payloads, size_of) => {
                 let (mut bytes, mut largest) = (0u64, 0u32);
-                let records = payloads
+                // One pass: each record written once, bookkeeping included.
+                let records: Vec<_> = payloads
                     .into_iter()
                     .enumerate()
                     .map(|(i, payload)| {
-                        let size = charged_size(&payload);
+                        let size = charged(size_of(&payload));
                         bytes += u64::from(size);
                         largest = largest.max(size);
-                        let mut r = placeholder(payload, size, entry.now);
-                        fill(i, &mut r);
-                        r
+                        BufferedRecord {
+                            payload,
+                            seq: entry.first_seq + i as u64,
+                            source: entry.source,
+                            pipeline: entry.pipeline,
+                            stage: entry.stage,
+                            size,
+                            buffered_at: entry.now,
+                            retry: None,
+                        }
                     })
                     .collect();
                 Laid {
                     records,
                     bytes,
                     largest: u64::from(largest),
+                    fill: None,
                 }
             }
             Kind::Records {
-                mut records,
+                records,
                 bytes,
                 largest,
                 ..
-            } => {
-                for (i, r) in records.iter_mut().enumerate() {
-                    fill(i, r);
-                }
-                Laid {
-                    records,
-                    bytes,
-                    largest: u64::from(largest),
-                }
-            }
+            } => Laid {
+                records,
+                bytes,
+                largest: u64::from(largest),
+                fill: Some(*entry),
+            },
         }
     }
 }
@@ -299,17 +377,28 @@ impl<T: ByteSize> FromIterator<T> for Pending<T> {
     }
 }
 
-impl<T> From<Vec<T>> for Pending<T> {
+impl<T: ByteSize> From<Vec<T>> for Pending<T> {
     fn from(payloads: Vec<T>) -> Self {
-        Self(Kind::Payloads(payloads))
+        Self::from_vec_sized(payloads, T::byte_size)
+    }
+}
+
+impl<T> Kind<T> {
+    fn empty(n: usize) -> Self {
+        Kind::Records {
+            records: Vec::with_capacity(n),
+            bytes: 0,
+            largest: 0,
+            created: Instant::now(),
+        }
     }
 }
 
 /// The size a payload is charged for; u32::MAX stands for "this size or
-/// more" (too large anyway; admit asks the payload again).
+/// more" (4 GiB: larger than any byte limit can take, so refused `TooLarge`).
 #[inline]
-fn charged_size<T: ByteSize>(payload: &T) -> u32 {
-    u32::try_from(payload.byte_size()).unwrap_or(u32::MAX)
+fn charged(size: usize) -> u32 {
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// A record whose bookkeeping (but its size) `admit` fills in.
@@ -363,8 +452,11 @@ mod tests {
         let built: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into_iter().collect();
         let converted: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into();
         for p in [built, converted] {
-            let laid = p.lay_out(&entry);
+            let mut laid = p.lay_out(&entry);
             assert_eq!((laid.bytes, laid.largest), (3, 2));
+            if let Some(fill) = laid.fill {
+                fill.apply(&mut laid.records);
+            }
             let got: Vec<_> = laid
                 .records
                 .iter()

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 
+use crate::pending::PendingRecord;
 use crate::record::BufferedRecord;
 
 /// FIFO of records in chunks; no chunk is empty.
@@ -36,12 +37,55 @@ struct Chunk<T> {
     records: Vec<BufferedRecord<T>>,
     /// The sum of the records' `size`s.
     bytes: u64,
+    /// Bookkeeping not yet written into the records (all but their sizes),
+    /// written when they are taken (see `Laid::fill`).
+    fill: Option<PendingRecord>,
 }
 
 impl<T> Chunk<T> {
-    fn new(records: Vec<BufferedRecord<T>>) -> Self {
+    fn new(records: Vec<BufferedRecord<T>>, fill: Option<PendingRecord>) -> Self {
         let bytes = records.iter().map(|r| u64::from(r.size)).sum();
-        Self { records, bytes }
+        Self {
+            records,
+            bytes,
+            fill,
+        }
+    }
+}
+
+/// A batch taken from the queue, its bookkeeping possibly still to write:
+/// [`into_records`](Self::into_records) writes it, after the lock.
+pub(crate) struct Taken<T> {
+    records: Vec<BufferedRecord<T>>,
+    /// The sum of their sizes.
+    pub(crate) bytes: u64,
+    /// Runs `start..start + len` of `records` whose bookkeeping is still to
+    /// write; the first inline (a take is usually one chunk).
+    first_fill: Option<(usize, usize, PendingRecord)>,
+    more_fills: Vec<(usize, usize, PendingRecord)>,
+}
+
+impl<T> Taken<T> {
+    /// How many records.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn note_fill(&mut self, start: usize, len: usize, fill: Option<PendingRecord>) {
+        if let Some(f) = fill {
+            match self.first_fill {
+                None => self.first_fill = Some((start, len, f)),
+                Some(_) => self.more_fills.push((start, len, f)),
+            }
+        }
+    }
+
+    /// The records, their bookkeeping written.
+    pub(crate) fn into_records(mut self) -> Vec<BufferedRecord<T>> {
+        for (start, len, f) in self.first_fill.iter().chain(&self.more_fills) {
+            f.apply(&mut self.records[*start..*start + *len]);
+        }
+        self.records
     }
 }
 
@@ -67,7 +111,7 @@ impl<T> RecordQueue<T> {
     pub(crate) fn push_back(&mut self, r: BufferedRecord<T>) {
         let size = u64::from(r.size);
         match self.chunks.back_mut() {
-            Some(last) if last.records.len() < last.records.capacity() => {
+            Some(last) if last.fill.is_none() && last.records.len() < last.records.capacity() => {
                 last.records.push(r);
                 last.bytes += size;
             }
@@ -77,6 +121,7 @@ impl<T> RecordQueue<T> {
                 self.chunks.push_back(Chunk {
                     records,
                     bytes: size,
+                    fill: None,
                 });
             }
         }
@@ -84,8 +129,14 @@ impl<T> RecordQueue<T> {
     }
 
     /// Appends a whole batch, in order, without moving its records;
-    /// `bytes` is the sum of their sizes (the caller has just counted it).
-    pub(crate) fn push_chunk(&mut self, records: Vec<BufferedRecord<T>>, bytes: u64) {
+    /// `bytes` is the sum of their sizes (the caller has just counted it);
+    /// `fill`, the bookkeeping still to write into them when taken.
+    pub(crate) fn push_chunk(
+        &mut self,
+        records: Vec<BufferedRecord<T>>,
+        bytes: u64,
+        fill: Option<PendingRecord>,
+    ) {
         debug_assert_eq!(
             bytes,
             records.iter().map(|r| u64::from(r.size)).sum::<u64>()
@@ -94,10 +145,15 @@ impl<T> RecordQueue<T> {
             return;
         }
         self.len += records.len();
-        self.chunks.push_back(Chunk { records, bytes });
+        self.chunks.push_back(Chunk {
+            records,
+            bytes,
+            fill,
+        });
     }
 
-    /// The records, front to back.
+    /// The records, front to back (their sizes are always written; other
+    /// bookkeeping may not be yet).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &BufferedRecord<T>> {
         self.chunks.iter().flat_map(|c| &c.records)
     }
@@ -120,16 +176,18 @@ impl<T> RecordQueue<T> {
     /// allocator returned and re-faulted those pages on every batch: with
     /// one transform stage that cost a third of the engine's throughput,
     /// see BENCHMARKS.md.)
-    pub(crate) fn take_batch(
-        &mut self,
-        max_records: usize,
-        max_bytes: u64,
-    ) -> (Vec<BufferedRecord<T>>, u64) {
+    pub(crate) fn take_batch(&mut self, max_records: usize, max_bytes: u64) -> Taken<T> {
+        let mut taken = Taken {
+            records: Vec::new(),
+            bytes: 0,
+            first_fill: None,
+            more_fills: Vec::new(),
+        };
+        if max_records == 0 {
+            return taken;
+        }
         let mut out: Vec<BufferedRecord<T>> = Vec::new();
         let mut bytes = 0u64;
-        if max_records == 0 {
-            return (out, 0);
-        }
         while let Some(chunk) = self.chunks.front() {
             let room = max_records - out.len();
             // How much of this chunk fits after what is already taken: all
@@ -162,6 +220,7 @@ impl<T> RecordQueue<T> {
                 break;
             };
             let mut records = chunk.records;
+            let fill = chunk.fill;
             let split = fit < records.len();
             if split {
                 // The first chunk alone is too large: cut its tail into
@@ -172,13 +231,14 @@ impl<T> RecordQueue<T> {
                 let mut pieces = Vec::new();
                 while records.len() > fit {
                     let at = fit.max((records.len() - 1) / fit * fit);
-                    pieces.push(Chunk::new(records.split_off(at)));
+                    pieces.push(Chunk::new(records.split_off(at), fill.map(|f| f.from(at))));
                 }
                 for piece in pieces {
                     self.chunks.push_front(piece);
                 }
             }
             bytes += fit_bytes;
+            taken.note_fill(out.len(), records.len(), fill);
             if out.is_empty() {
                 out = records;
             } else {
@@ -189,7 +249,9 @@ impl<T> RecordQueue<T> {
             }
         }
         self.len -= out.len();
-        (out, bytes)
+        taken.records = out;
+        taken.bytes = bytes;
+        taken
     }
 }
 
@@ -218,38 +280,79 @@ mod tests {
     #[test]
     fn whole_chunks_are_taken_and_only_a_too_large_first_one_is_split() {
         let mut q = RecordQueue::default();
-        q.push_chunk((1..=5).map(rec).collect(), 5);
-        q.push_chunk(Vec::new(), 0);
+        q.push_chunk((1..=5).map(rec).collect(), 5, None);
+        q.push_chunk(Vec::new(), 0, None);
         q.push_back(rec(6));
         q.push_back(rec(7));
-        q.push_chunk((8..=10).map(rec).collect(), 3);
+        q.push_chunk((8..=10).map(rec).collect(), 3, None);
         assert_eq!(q.len(), 10);
         let all: Vec<u64> = q.iter().map(|r| r.seq).collect();
         assert_eq!(all, (1..=10).collect::<Vec<_>>());
         // The first chunk alone is larger than 3: split.
-        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![1, 2, 3]);
+        assert_eq!(
+            seqs(&q.take_batch(3, u64::MAX).into_records()),
+            vec![1, 2, 3]
+        );
         // [4, 5] fits whole, [6, 7] would need a split: stop short.
-        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![4, 5]);
+        assert_eq!(seqs(&q.take_batch(3, u64::MAX).into_records()), vec![4, 5]);
         // Byte limit (1 byte per record): [6, 7] and [8, 9, 10] fit in 5.
-        let (b, bytes) = q.take_batch(100, 5);
-        assert_eq!((seqs(&b), bytes), (vec![6, 7, 8, 9, 10], 5));
+        let taken = q.take_batch(100, 5);
+        let bytes = taken.bytes;
+        assert_eq!(
+            (seqs(&taken.into_records()), bytes),
+            (vec![6, 7, 8, 9, 10], 5)
+        );
         assert!(q.is_empty());
-        assert!(q.take_batch(3, 3).0.is_empty());
+        assert!(q.take_batch(3, 3).into_records().is_empty());
         // At least one record, whatever its size.
         q.push_back(rec(11));
-        assert_eq!(seqs(&q.take_batch(1, 0).0), vec![11]);
+        assert_eq!(seqs(&q.take_batch(1, 0).into_records()), vec![11]);
     }
 
     #[test]
     fn a_large_chunk_is_cut_into_batch_sized_pieces_once() {
         let mut q = RecordQueue::default();
-        q.push_chunk((1..=10).map(rec).collect(), 10);
-        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![1, 2, 3]);
+        q.push_chunk((1..=10).map(rec).collect(), 10, None);
+        assert_eq!(
+            seqs(&q.take_batch(3, u64::MAX).into_records()),
+            vec![1, 2, 3]
+        );
         // The rest now waits as pieces of 3 (4–6, 7–9) and 1 (10).
         let pieces: Vec<usize> = q.chunks.iter().map(|c| c.records.len()).collect();
         assert_eq!(pieces, vec![3, 3, 1]);
-        assert_eq!(seqs(&q.take_batch(3, u64::MAX).0), vec![4, 5, 6]);
-        assert_eq!(seqs(&q.take_batch(100, u64::MAX).0), vec![7, 8, 9, 10]);
+        assert_eq!(
+            seqs(&q.take_batch(3, u64::MAX).into_records()),
+            vec![4, 5, 6]
+        );
+        assert_eq!(
+            seqs(&q.take_batch(100, u64::MAX).into_records()),
+            vec![7, 8, 9, 10]
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bookkeeping_left_to_write_is_written_when_taken_even_split() {
+        let fill = PendingRecord {
+            first_seq: 100,
+            source: SourceId(3),
+            pipeline: PipelineId(1),
+            stage: StageId(2),
+            now: std::time::Instant::now(),
+        };
+        let mut q = RecordQueue::default();
+        q.push_chunk((0..10).map(|_| rec(0)).collect(), 10, Some(fill));
+        q.push_back(rec(7)); // not appended to a chunk still to fill
+        let first = q.take_batch(4, u64::MAX).into_records();
+        assert_eq!(seqs(&first), vec![100, 101, 102, 103]);
+        assert!(
+            first
+                .iter()
+                .all(|r| r.source == SourceId(3) && r.stage == StageId(2))
+        );
+        // The pieces (4, 2) and the single record merge into one batch.
+        let rest = q.take_batch(100, u64::MAX).into_records();
+        assert_eq!(seqs(&rest), vec![104, 105, 106, 107, 108, 109, 7]);
         assert!(q.is_empty());
     }
 
@@ -268,7 +371,7 @@ mod tests {
                         let chunk: Vec<_> = (next..next + n as u64).map(rec).collect();
                         model.extend(next..next + n as u64);
                         next += n as u64;
-                        q.push_chunk(chunk, n as u64);
+                        q.push_chunk(chunk, n as u64, None);
                     }
                     1 => {
                         q.push_back(rec(next));
@@ -276,8 +379,9 @@ mod tests {
                         next += 1;
                     }
                     _ => {
-                        let (got, bytes) = q.take_batch(n, max_bytes);
-                        let got = seqs(&got);
+                        let taken = q.take_batch(n, max_bytes);
+                        let bytes = taken.bytes;
+                        let got = seqs(&taken.into_records());
                         proptest::prop_assert_eq!(bytes, got.len() as u64);
                         proptest::prop_assert!(got.len() <= n);
                         proptest::prop_assert!(got.len() as u64 <= max_bytes || got.len() == 1);

@@ -81,7 +81,7 @@ fn eight_producers_four_consumers_two_million_records_exactly_once() {
                         next += out.admitted as u64;
                         if let Some(r) = out.rejected {
                             assert_eq!(r.first_seq, next);
-                            rejected += r.payloads.len() as u64;
+                            rejected += r.records.len() as u64;
                             let freed = buf.capacity_freed();
                             tokio::select! { _ = freed => {}, _ = tokio::time::sleep(Duration::from_millis(1)) => {} }
                         }

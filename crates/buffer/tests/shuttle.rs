@@ -20,6 +20,14 @@
 //!   async on tokio's timer and `Notify`; the model drives the same
 //!   `evaluate()` on a shuttle thread and polls `grant()` instead.
 //!
+//! - `handles_never_lose_a_wake_up`: two producers, each held back by its
+//!   own per-source limit and by the global one, send through
+//!   `Producer::send` (waiting on the limit that refused them), while a
+//!   consumer receives and completes through `Consumer::recv` until the
+//!   channel ends. A lost wake-up leaves a thread blocked forever, which
+//!   shuttle reports as a deadlock; a stale or misplaced registration
+//!   fails `audit()` (invariant 4).
+//!
 //! After each schedule: the manager's and the controller's `audit()`
 //! invariants hold, every admitted record finished exactly once, the acks
 //! caught up, and every credit was returned (no reservation left).
@@ -35,6 +43,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use shuttle::future::block_on;
 use shuttle::sync::Mutex;
 use shuttle::thread;
 use sluice_buffer::{
@@ -273,4 +282,54 @@ fn flow_control_keeps_every_invariant() {
 #[test]
 fn flow_control_with_shutdown_keeps_every_invariant() {
     shuttle::check_random(|| flow_model(true), 1_000);
+}
+
+#[test]
+fn handles_never_lose_a_wake_up() {
+    shuttle::check_random(
+        || {
+            // Each source holds at most 2 records, all of them together 3:
+            // both producers wait, on their own limit or on the global one.
+            let limits = Limits::records(3).per_source(Limit::records(2));
+            let (producers, consumer) = sluice_buffer::channel::<Vec<u8>>(limits).unwrap();
+            let buf = producers.manager().clone();
+            let mut threads = Vec::new();
+            for i in 0..2u8 {
+                let mut producer = producers.producer(&format!("s{i}")).unwrap();
+                let buf = buf.clone();
+                threads.push(thread::spawn(move || {
+                    for _ in 0..2 {
+                        // Three records on a limit of two: the tail waits.
+                        block_on(producer.send(vec![vec![i; 1]; 3])).unwrap();
+                        buf.audit().unwrap();
+                    }
+                    producer.admitted_through()
+                }));
+            }
+            drop(producers);
+            let receiver = {
+                let buf = buf.clone();
+                thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while let Some(batch) = block_on(consumer.recv_max(2)) {
+                        seen.extend(batch.iter().map(|r| (r.source().index() as u32, r.seq())));
+                        consumer.complete(batch);
+                        buf.audit().unwrap();
+                    }
+                    seen
+                })
+            };
+            let admitted: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let mut seen = receiver.join().unwrap();
+            assert_eq!(admitted, [6, 6]);
+            seen.sort_unstable();
+            let expected: Vec<_> = (0..2u32)
+                .flat_map(|i| (1..=6).map(move |s| (i, s)))
+                .collect();
+            assert_eq!(seen, expected, "every record received exactly once");
+            buf.audit().unwrap();
+            assert_eq!(buf.in_engine(), 0);
+        },
+        2_000,
+    );
 }

@@ -1,6 +1,6 @@
 //! What a source may forget: one consistent reading of its cumulative ack
 //! frontier, the completed ranges above it (selective acks) and the records
-//! still outstanding (invariant 4 at the lock).
+//! still outstanding (invariant 5 at the lock).
 
 use super::{AckState, BufferManager};
 use crate::error::BufferError;

@@ -1,15 +1,17 @@
 //! The invariant check: [`audit`](BufferManager::audit) reads the state once
-//! and reports every violation of invariants 1 (limits) and 2
-//! (conservation), and the shape of 4 (acks), as stated at the lock
+//! and reports every violation of invariants 1 (limits), 2 (conservation),
+//! 4 (no lost wake-up) and the shape of 5 (acks), as stated at the lock
 //! (`BufferManager::state`).
 
 use super::{BufferManager, Credit};
+use crate::channel::waiters::WaitList;
 use crate::limits::Limit;
 
 impl<T> BufferManager<T> {
-    /// Checks invariants 1 (limits), 2 (conservation) and the shape of 4
-    /// (the completed ranges) in one consistent
-    /// reading and describes every violation. Meant for tests and debugging;
+    /// Checks invariants 1 (limits), 2 (conservation), 4 (no waiter
+    /// sleeps on a level with the room it needs, no consumer on a stage
+    /// with ready records) and the shape of 5 (the completed ranges) in one
+    /// consistent reading and describes every violation. Meant for tests and debugging;
     /// it walks every queue, so do not call it on a hot path.
     pub fn audit(&self) -> Result<(), String> {
         let st = self.state.lock();
@@ -127,6 +129,40 @@ impl<T> BufferManager<T> {
                 "sum of reservations {sum_reserved:?} != global reserved {:?}",
                 st.global_reserved
             ));
+        }
+        // Invariant 4: a waiting producer's level lacks the room its refused
+        // record needs (else the release that made the room should have
+        // woken it), and a waiting consumer's stage has nothing ready.
+        let check_waiters =
+            |problems: &mut Vec<String>, what: String, list: &WaitList, free: Credit| {
+                for need in list.needs() {
+                    if free.records >= need.records && free.bytes >= need.bytes {
+                        problems.push(format!(
+                            "{what}: a producer waits for {need:?} with {free:?} free"
+                        ));
+                    }
+                }
+            };
+        check_waiters(
+            &mut problems,
+            "global".into(),
+            &st.global_waiters,
+            st.global.free(self.limits.global),
+        );
+        for (i, s) in st.sources.iter().enumerate() {
+            let free = s.usage.free(self.limits.per_source);
+            check_waiters(&mut problems, format!("source {i}"), &s.waiters, free);
+        }
+        for (i, s) in st.stages.iter().enumerate() {
+            let free = s.usage.free(self.limits.per_stage);
+            check_waiters(&mut problems, format!("stage {i}"), &s.space_waiters, free);
+            if !s.ready_waiters.is_empty() && !s.ready.is_empty() {
+                problems.push(format!(
+                    "stage {i}: {} consumers wait with {} records ready",
+                    s.ready_waiters.len(),
+                    s.ready.len()
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -38,6 +38,18 @@ impl BufferManagerBuilder {
         self
     }
 
+    /// Builds a manager of exactly one pipeline with one stage (`default`
+    /// with `sink` when none was added), for [`channel`](Self::channel).
+    pub(crate) fn build_single<T>(mut self) -> Result<BufferManager<T>, BuildError> {
+        if self.pipelines.is_empty() {
+            self = self.pipeline("default", ["sink"]);
+        }
+        if self.pipelines.len() != 1 || self.pipelines[0].1.len() != 1 {
+            return Err(BuildError::NotAChannel);
+        }
+        self.build()
+    }
+
     /// Checks the limits and pipelines and builds the manager.
     pub fn build<T>(self) -> Result<BufferManager<T>, BuildError> {
         // The one definition of valid limits and policies (shared with
@@ -93,6 +105,8 @@ impl BufferManagerBuilder {
             names: HashMap::new(),
             shutdown: false,
             delay_order: 0,
+            global_waiters: Default::default(),
+            pipelines: pipelines.iter().map(|_| Default::default()).collect(),
         };
         Ok(BufferManager {
             signals: stages.iter().map(|_| StageSignals::default()).collect(),

@@ -3,6 +3,7 @@
 //! cumulative acks. The only way a record leaves the counts (invariant 3).
 
 use super::{BufferManager, Completion, Credit, SourceProgress};
+use crate::channel::waiters::Wakeups;
 use crate::record::{BufferedRecord, DeadLetter, SourceId, StageId};
 
 /// How a completed record ended: each is counted apart, so "delivered"
@@ -92,7 +93,10 @@ impl<T> BufferManager<T> {
                 None => touched.push((run.source, run.used.records)),
             }
         }
-        let sources = {
+        let mut wakeups = Wakeups::default();
+        // Allocated before the lock: nothing allocates inside it.
+        let mut sources = Vec::with_capacity(touched.len());
+        {
             let mut st = self.state.lock();
             let st = &mut *st;
             let mut total = Credit::ZERO;
@@ -109,23 +113,33 @@ impl<T> BufferManager<T> {
                 s.acks.complete(run.start, run.end);
             }
             st.global.sub(total);
-            touched
-                .iter()
-                .map(|&(source, n)| {
-                    let s = &st.sources[source.index()];
-                    SourceProgress {
-                        source,
-                        acked_through: s.acks.through,
-                        completed_now: n,
-                        delivered: s.delivered,
-                        filtered: s.filtered,
-                        dead_lettered: s.dead_lettered,
-                        outstanding: s.outstanding(),
-                        ranges: s.acks.pending.len(),
+            // Once every level is down: wake who now has the room.
+            for run in &runs {
+                st.freed(&self.limits, run.source, run.stage, &mut wakeups);
+                let pipeline = self.stages[run.stage.index()].pipeline;
+                if st.pipelines[pipeline.index()].closed {
+                    // The end of a closed pipeline's consumers depends on
+                    // what earlier stages hold: let them look again.
+                    for s in &self.pipelines[pipeline.index()].stages {
+                        st.stages[s.index()].ready_waiters.wake_all(&mut wakeups);
                     }
-                })
-                .collect()
-        };
+                }
+            }
+            sources.extend(touched.iter().map(|&(source, n)| {
+                let s = &st.sources[source.index()];
+                SourceProgress {
+                    source,
+                    acked_through: s.acks.through,
+                    completed_now: n,
+                    delivered: s.delivered,
+                    filtered: s.filtered,
+                    dead_lettered: s.dead_lettered,
+                    outstanding: s.outstanding(),
+                    ranges: s.acks.pending.len(),
+                }
+            }));
+        }
+        wakeups.wake();
         for s in &stages_freed {
             self.signals[s.index()].space.notify_waiters();
         }

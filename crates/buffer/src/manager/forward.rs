@@ -3,8 +3,11 @@
 //! [`forward`](BufferManager::forward) to the next stage (with the guard
 //! that puts unmoved records back, so a cancelled forward loses nothing).
 
+use super::take::{End, Take};
 use super::{BatchSize, BufferManager, Credit};
+use crate::channel::waiters::{WaiterId, Wakeups};
 use crate::error::BufferError;
+use crate::queue::Taken;
 use crate::record::{BufferedRecord, StageId};
 
 impl<T> BufferManager<T> {
@@ -19,7 +22,9 @@ impl<T> BufferManager<T> {
     /// always holds at least one record, whatever its size. This way large
     /// batches of records are never copied from batch to batch.
     ///
-    /// Returns `None` once the manager is shut down. Retried records are
+    /// Returns `None` once the manager is shut down (what is still queued
+    /// stays counted: [`try_batch`](Self::try_batch) hands it back; a
+    /// [`Consumer`](crate::Consumer) drains it). Retried records are
     /// handed out only after their backoff; while only such records wait,
     /// this sleeps until the earliest is due. Cancel-safe: if the future is
     /// dropped, nothing was taken.
@@ -28,43 +33,24 @@ impl<T> BufferManager<T> {
         stage: StageId,
         max: impl Into<BatchSize>,
     ) -> Option<Vec<BufferedRecord<T>>> {
-        let max = max.into();
-        let signals = self.signals.get(stage.index())?;
-        loop {
-            let notified = signals.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let due = {
-                let mut st = self.state.lock();
-                if st.shutdown {
-                    return None;
-                }
-                match st.take(stage.index(), max) {
-                    Ok(batch) => return Some(batch),
-                    Err(due) => due,
-                }
-            };
-            match due {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at.into()) => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
+        Take::new(self, stage, max.into(), End::AtShutdown, WaiterId::next()).await
     }
 
     /// Takes up to `max` ready records of `stage` without waiting, like
-    /// [`next_batch`](Self::next_batch) (empty when none is ready or the
-    /// manager is shut down).
+    /// [`next_batch`](Self::next_batch) (empty when none is ready).
+    ///
+    /// After [`shutdown`](Self::shutdown) it still hands out what is queued
+    /// (retried records too, without their backoff), so that nothing stays
+    /// counted and unreachable: call it until it comes back empty, and
+    /// complete (or report) what it returns.
     pub fn try_batch(&self, stage: StageId, max: impl Into<BatchSize>) -> Vec<BufferedRecord<T>> {
         let mut st = self.state.lock();
-        if st.shutdown || stage.index() >= st.stages.len() {
+        if stage.index() >= st.stages.len() {
             return Vec::new();
         }
-        st.take(stage.index(), max.into()).unwrap_or_default()
+        let taken = st.take(stage.index(), max.into());
+        drop(st);
+        taken.map(Taken::into_records).unwrap_or_default()
     }
 
     /// Moves records to `next` (a stage of their pipeline), waiting while it
@@ -97,6 +83,7 @@ impl<T> BufferManager<T> {
             notified.as_mut().enable();
             let mut from: Option<StageId> = None;
             let mut from_many = Vec::new();
+            let mut wakeups = Wakeups::default();
             {
                 let mut st = self.state.lock();
                 if st.shutdown {
@@ -136,16 +123,23 @@ impl<T> BufferManager<T> {
                 dst.usage.add(moved);
                 if n == pending.records.len() {
                     dst.ready
-                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes);
+                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes, None);
                 } else {
                     let rest = pending.records.split_off(n);
-                    dst.ready
-                        .push_chunk(std::mem::replace(&mut pending.records, rest), queued.bytes);
+                    dst.ready.push_chunk(
+                        std::mem::replace(&mut pending.records, rest),
+                        queued.bytes,
+                        None,
+                    );
+                }
+                if n > 0 {
+                    dst.ready_waiters.wake_all(&mut wakeups);
+                }
+                for &s in from.iter().chain(&from_many) {
+                    st.space_freed(&self.limits, s, &mut wakeups);
                 }
             }
-            if from.is_some() || pending.records.is_empty() {
-                signals.ready.notify_waiters();
-            }
+            wakeups.wake();
             for s in from.into_iter().chain(from_many) {
                 self.signals[s.index()].space.notify_waiters();
             }
@@ -169,20 +163,15 @@ impl<T> Drop for PendingForward<'_, T> {
         if self.records.is_empty() {
             return;
         }
-        let mut woken: Vec<StageId> = Vec::new();
-        {
-            let mut st = self.manager.state.lock();
-            for r in self.records.drain(..) {
-                let stage = &mut st.stages[r.stage.index()];
-                stage.queued.add(Credit::new(1, u64::from(r.size)));
-                if !woken.contains(&r.stage) {
-                    woken.push(r.stage);
-                }
-                stage.ready.push_back(r);
-            }
+        let mut wakeups = Wakeups::default();
+        let mut st = self.manager.state.lock();
+        for r in self.records.drain(..) {
+            let stage = &mut st.stages[r.stage.index()];
+            stage.queued.add(Credit::new(1, u64::from(r.size)));
+            stage.ready_waiters.wake_all(&mut wakeups);
+            stage.ready.push_back(r);
         }
-        for s in woken {
-            self.manager.signals[s.index()].ready.notify_waiters();
-        }
+        drop(st);
+        wakeups.wake();
     }
 }

@@ -10,6 +10,8 @@
 //!   per-source `SourceAccount`, the `AckFrontier`, `Usage`, `Delayed`).
 //! - `admit.rs`: capacity in: credits (`reserve`/`release`) and `admit`.
 //! - `forward.rs`: records out of a stage: `next_batch`, `try_batch`, `forward`.
+//! - `take.rs`: the future that waits for records (`next_batch`, `Consumer::recv`)
+//!   and when a stage has ended.
 //! - `complete.rs`: records that reached their end: `complete*`.
 //! - `acks.rs`: what a source may forget: [`ack_state`](BufferManager::ack_state)
 //!   (the frontier and the completed ranges above it) and
@@ -18,12 +20,15 @@
 //! - `observe.rs`: consistent readings: `pressures`, `snapshot`.
 //! - `audit.rs`: the invariant check, `audit`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::channel::waiters::{WaiterId, Wakeups};
 use crate::error::{BufferError, RejectReason};
 use crate::limits::{Limits, RetryPolicy};
+use crate::pending::Pending;
 use crate::record::{PipelineId, SourceId, StageId};
 use crate::sync::Mutex;
 
@@ -36,9 +41,12 @@ mod forward;
 mod observe;
 mod retry;
 mod state;
+mod take;
 
+pub(crate) use admit::{Numbering, Route, Wait};
 pub use builder::BufferManagerBuilder;
 use state::{AckFrontier, SourceAccount, State, Usage};
+pub(crate) use take::{End, Take};
 
 /// An amount of capacity reserved for a source: records and the bytes they may carry.
 ///
@@ -70,7 +78,7 @@ impl Credit {
     }
 
     #[inline]
-    fn add(&mut self, other: Credit) {
+    pub(crate) fn add(&mut self, other: Credit) {
         self.records += other.records;
         self.bytes += other.bytes;
     }
@@ -132,10 +140,18 @@ pub struct Admission<T> {
 pub struct Rejected<T> {
     /// The sequence number of the first rejected payload; the rest follow contiguously.
     pub first_seq: u64,
-    /// The payloads, in order.
-    pub payloads: Vec<T>,
+    /// The records, in order, still in the layout they were admitted in:
+    /// resending them admits them in place again (no copy).
+    pub records: Pending<T>,
     /// The limit that stopped the first of them.
     pub reason: RejectReason,
+}
+
+impl<T> Rejected<T> {
+    /// The records back, as payloads.
+    pub fn into_payloads(self) -> Vec<T> {
+        self.records.into_payloads()
+    }
 }
 
 /// Per-source progress reported by [`BufferManager::complete`].
@@ -282,9 +298,18 @@ pub struct BufferManager<T> {
     ///    for each stage `used == reserved + queued + in_flight`.
     /// 3. *No loss*: a record leaves the manager's counts only through
     ///    `complete`/`complete_dead_letters`, which take it by value; every
-    ///    other operation either keeps it counted or hands it back.
+    ///    other operation either keeps it counted or hands it back (an
+    ///    `admit` error hands back every record; after `shutdown`,
+    ///    `try_batch` still hands out what is queued).
+    /// 4. *No lost wake-up*: a task waits on a level's wait list (a
+    ///    source's, a stage's, the global one; a stage's ready list) only
+    ///    if it registered in the critical section in which that level
+    ///    refused it, and every change that frees room at a level (or makes
+    ///    records ready in a stage) takes that list in its critical section.
+    ///    So no producer sleeps on a level that has the room its refused
+    ///    record needs, and no consumer sleeps on a stage with ready records.
     ///
-    /// 4. *Acks*: a source's `acks.through` and every range of
+    /// 5. *Acks*: a source's `acks.through` and every range of
     ///    `acks.pending` hold only sequence numbers of records completed by
     ///    `complete*` (each record is completed once, by value, so a range
     ///    never overlaps another or the frontier); the ranges are disjoint,
@@ -293,8 +318,8 @@ pub struct BufferManager<T> {
     ///    `through` only grows. Acks are read only here, under the lock, so
     ///    a source is never told a record is completed before it was.
     ///
-    /// [`audit`](Self::audit) checks 1, 2 and the shape of 4; the tests in
-    /// `tests/` drive it (`tests/acks.rs` checks 4 against a model).
+    /// [`audit`](Self::audit) checks 1, 2, 4 and the shape of 5; the tests in
+    /// `tests/` drive it (`tests/acks.rs` checks 5 against a model).
     ///
     /// LOCK ORDER (see `crate::sync`): a leaf. It may be taken while the
     /// controller's lock is held (the controller calls into the manager),
@@ -305,11 +330,12 @@ pub struct BufferManager<T> {
     retry: RetryPolicy,
     stages: Vec<StageInfo>,
     pipelines: Vec<PipelineInfo>,
-    /// Per-stage wake-ups. Protocol (no lost wake-up): a waiter *enables* its
-    /// `Notified` before it inspects the state under the lock, and a changer
-    /// calls `notify_waiters` after it changed the state; so a change either
-    /// happened before the inspection (and is seen) or after the enable (and
-    /// wakes the waiter).
+    /// Per-stage wake-ups of `forward`. Protocol (no lost wake-up): a waiter
+    /// *enables* its `Notified` before it inspects the state under the lock,
+    /// and a changer calls `notify_waiters` after it changed the state; so a
+    /// change either happened before the inspection (and is seen) or after
+    /// the enable (and wakes the waiter). (Producers and consumers wait on
+    /// the wait lists under the lock instead, invariant 4.)
     signals: Vec<StageSignals>,
     /// Notified whenever capacity is released anywhere (complete, release of
     /// a reservation) and at shutdown; `drain` and credit granters wait on it.
@@ -318,8 +344,6 @@ pub struct BufferManager<T> {
 
 #[derive(Default)]
 struct StageSignals {
-    /// Records became ready (admit, forward into, retry into), or shutdown.
-    ready: Notify,
     /// The stage's usage fell (forward out of, complete), or shutdown.
     space: Notify,
 }
@@ -413,6 +437,7 @@ impl<T> BufferManager<T> {
             dead_lettered: 0,
             refused: 0,
             retried: 0,
+            waiters: Default::default(),
         });
         st.names.insert(name, id);
         Ok(id)
@@ -489,20 +514,88 @@ impl<T> BufferManager<T> {
     /// }
     /// # }
     /// ```
-    pub fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
+    ///
+    /// (The producer handles do not need it: [`Producer::send`](crate::Producer::send)
+    /// waits on the limit that refused it.)
+    pub fn capacity_freed(&self) -> impl Future<Output = ()> + Send + '_ {
         self.freed.notified()
     }
 
-    /// Stops the manager: `admit` and `reserve` fail, `next_batch` returns
-    /// `None`, `forward` returns its unmoved records to their queue, and every
-    /// waiter is woken. Records still held stay counted (and unacked).
+    /// Stops the manager: `admit` and `reserve` fail (handing the records
+    /// back), `next_batch` returns `None`, `forward` returns its unmoved
+    /// records to their queue, and every waiter is woken.
+    ///
+    /// Nothing held becomes unreachable: records still queued stay counted
+    /// (and unacked), and [`try_batch`](Self::try_batch) keeps handing them
+    /// out (retried ones without their backoff) to be completed or
+    /// reported; a [`Consumer`](crate::Consumer) drains them before it
+    /// ends. Records in flight are completed or retried as usual.
     pub fn shutdown(&self) {
-        self.state.lock().shutdown = true;
+        let mut wakeups = Wakeups::default();
+        {
+            let mut st = self.state.lock();
+            st.shutdown = true;
+            st.wake_everyone(&mut wakeups);
+        }
+        wakeups.wake();
         for s in &self.signals {
-            s.ready.notify_waiters();
             s.space.notify_waiters();
         }
         self.freed.notify_waiters();
+    }
+
+    /// Counts a new producer handle of `pipeline` (`PipelineState::senders`);
+    /// refused once the pipeline is closed.
+    pub(crate) fn open_sender(&self, pipeline: PipelineId) -> Result<(), BufferError> {
+        let mut st = self.state.lock();
+        let p = st
+            .pipelines
+            .get_mut(pipeline.index())
+            .ok_or(BufferError::UnknownPipeline(pipeline))?;
+        if p.closed {
+            return Err(BufferError::Closed);
+        }
+        p.senders += 1;
+        Ok(())
+    }
+
+    /// Counts a copy of a live producer handle of `pipeline` (a clone: the
+    /// pipeline cannot be closed while the original lives).
+    pub(crate) fn clone_sender(&self, pipeline: PipelineId) {
+        let mut st = self.state.lock();
+        if let Some(p) = st.pipelines.get_mut(pipeline.index()) {
+            p.senders += 1;
+        }
+    }
+
+    /// Uncounts a producer handle of `pipeline`; the last one closes it and
+    /// wakes its consumers, to drain and end.
+    pub(crate) fn close_sender(&self, pipeline: PipelineId) {
+        let mut wakeups = Wakeups::default();
+        let mut st = self.state.lock();
+        let Some(p) = st.pipelines.get_mut(pipeline.index()) else {
+            return;
+        };
+        p.senders = p.senders.saturating_sub(1);
+        if p.senders == 0 && !p.closed {
+            p.closed = true;
+            for s in &self.pipelines[pipeline.index()].stages {
+                st.stages[s.index()].ready_waiters.wake_all(&mut wakeups);
+            }
+        }
+        drop(st);
+        wakeups.wake();
+    }
+
+    /// Takes `id` off `level`'s wait list (a waiting future dropped).
+    pub(crate) fn forget_waiter(&self, level: crate::error::Level, id: WaiterId) {
+        self.state.lock().waiters(level).remove(id);
+    }
+
+    /// Whether `pipeline` was closed: every producer handle of it is gone.
+    pub fn is_closed(&self, pipeline: PipelineId) -> bool {
+        let st = self.state.lock();
+        st.pipelines.get(pipeline.index()).is_some_and(|p| p.closed)
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.

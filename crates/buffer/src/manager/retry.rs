@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use super::state::Delayed;
 use super::{BufferManager, Credit};
-use crate::record::{BufferedRecord, DeadLetter, RetryState, StageId};
+use crate::channel::waiters::Wakeups;
+use crate::record::{BufferedRecord, DeadLetter, RetryState};
 
 impl<T> BufferManager<T> {
     /// Returns failed records to their stage's queue with `retry_count + 1`,
@@ -33,7 +34,7 @@ impl<T> BufferManager<T> {
         failed: impl IntoIterator<Item = (BufferedRecord<T>, Arc<str>)>,
     ) -> Vec<DeadLetter<T>> {
         let mut dead = Vec::new();
-        let mut woken: Vec<StageId> = Vec::new();
+        let mut wakeups = Wakeups::default();
         let now = Instant::now();
         {
             let mut st = self.state.lock();
@@ -79,14 +80,12 @@ impl<T> BufferManager<T> {
                     order: st.delay_order,
                     record: r,
                 }));
-                if !woken.contains(&stage) {
-                    woken.push(stage);
-                }
+                st.stages[stage.index()]
+                    .ready_waiters
+                    .wake_all(&mut wakeups);
             }
         }
-        for s in woken {
-            self.signals[s.index()].ready.notify_waiters();
-        }
+        wakeups.wake();
         dead
     }
 }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BatchSize, Credit, SeqRange};
-use crate::limits::Limit;
-use crate::queue::RecordQueue;
+use crate::channel::waiters::{WaitList, Wakeups};
+use crate::error::Level;
+use crate::limits::{Limit, Limits};
+use crate::queue::{RecordQueue, Taken};
 use crate::record::{BufferedRecord, PipelineId, SourceId, StageId};
 
 /// A level's count and its high-water mark.
@@ -73,6 +75,13 @@ pub(super) struct StageState<T> {
     pub(super) ready: RecordQueue<T>,
     /// Retried records waiting for their backoff, earliest first.
     pub(super) delayed: BinaryHeap<Reverse<Delayed<T>>>,
+    /// Producers this stage's limit refused. Woken (and emptied) by every
+    /// fall of `usage`: a completion, a released reservation, a forward out.
+    pub(super) space_waiters: WaitList,
+    /// Consumers that found nothing ready. Woken (and emptied) by every push
+    /// into `ready` or `delayed`, a close and a shutdown; so a consumer waits
+    /// here only while `ready` is empty.
+    pub(super) ready_waiters: WaitList,
 }
 
 impl<T> Default for StageState<T> {
@@ -83,6 +92,8 @@ impl<T> Default for StageState<T> {
             queued: Credit::ZERO,
             ready: RecordQueue::default(),
             delayed: BinaryHeap::new(),
+            space_waiters: WaitList::default(),
+            ready_waiters: WaitList::default(),
         }
     }
 }
@@ -180,6 +191,20 @@ pub(super) struct SourceAccount {
     /// Records `admit` handed back.
     pub(super) refused: u64,
     pub(super) retried: u64,
+    /// Producers this source's limit refused. Woken (and emptied) by every
+    /// fall of `usage`: a completion of its records, a released reservation.
+    pub(super) waiters: WaitList,
+}
+
+/// A pipeline's producer handles, for channel-like closing.
+#[derive(Debug, Default)]
+pub(super) struct PipelineState {
+    /// Live [`Producers`](crate::Producers) and [`Producer`](crate::Producer)
+    /// handles of the pipeline.
+    pub(super) senders: usize,
+    /// Set when `senders` fell to zero (never for a pipeline fed only by
+    /// `admit`): nothing more is admitted, and consumers end once drained.
+    pub(super) closed: bool,
 }
 
 impl SourceAccount {
@@ -199,21 +224,28 @@ pub(super) struct State<T> {
     pub(super) names: HashMap<Arc<str>, SourceId>,
     pub(super) shutdown: bool,
     pub(super) delay_order: u64,
+    /// Producers the global limit refused. Woken (and emptied) by every fall
+    /// of `global.used`: a completion, a released reservation.
+    pub(super) global_waiters: WaitList,
+    pub(super) pipelines: Vec<PipelineState>,
 }
 
 impl<T> State<T> {
     /// Takes up to `max` ready records of `stage`, first moving retried
-    /// records whose backoff has passed. `Err` carries the earliest time a
-    /// delayed record becomes due, if any.
+    /// records whose backoff has passed (all of them once the manager is
+    /// shut down: nothing is held back for a retry that will not come).
+    /// `Err` carries the earliest time a delayed record becomes due, if any.
+    /// Write the batch's bookkeeping ([`Taken::into_records`]) after the lock.
     pub(super) fn take(
         &mut self,
         stage: usize,
         max: BatchSize,
-    ) -> Result<Vec<BufferedRecord<T>>, Option<Instant>> {
+    ) -> Result<Taken<T>, Option<Instant>> {
+        let shutdown = self.shutdown;
         let st = &mut self.stages[stage];
         if !st.delayed.is_empty() {
             let now = Instant::now();
-            while st.delayed.peek().is_some_and(|d| d.0.at <= now) {
+            while st.delayed.peek().is_some_and(|d| shutdown || d.0.at <= now) {
                 if let Some(Reverse(d)) = st.delayed.pop() {
                     st.ready.push_back(d.record);
                 }
@@ -222,8 +254,56 @@ impl<T> State<T> {
         if st.ready.is_empty() || max.records == 0 {
             return Err(st.delayed.peek().map(|d| d.0.at));
         }
-        let (batch, bytes) = st.ready.take_batch(max.records, max.bytes);
-        st.queued.sub(Credit::new(batch.len() as u64, bytes));
+        let batch = st.ready.take_batch(max.records, max.bytes);
+        st.queued.sub(Credit::new(batch.len() as u64, batch.bytes));
         Ok(batch)
+    }
+}
+
+impl<T> State<T> {
+    /// The wait list of a level.
+    pub(super) fn waiters(&mut self, level: Level) -> &mut WaitList {
+        match level {
+            Level::Global => &mut self.global_waiters,
+            Level::Stage(s) => &mut self.stages[s.index()].space_waiters,
+            Level::Source(s) => &mut self.sources[s.index()].waiters,
+        }
+    }
+
+    /// Collects the producers waiting on levels that `source`'s records in
+    /// `stage` just freed room at (a completion, a released reservation),
+    /// those for whom the room now suffices.
+    pub(super) fn freed(
+        &mut self,
+        limits: &Limits,
+        source: SourceId,
+        stage: StageId,
+        out: &mut Wakeups,
+    ) {
+        let s = &mut self.sources[source.index()];
+        s.waiters.wake_fitting(s.usage.free(limits.per_source), out);
+        self.space_freed(limits, stage, out);
+        let free = self.global.free(limits.global);
+        self.global_waiters.wake_fitting(free, out);
+    }
+
+    /// Collects the producers waiting on `stage`'s limit for whom the room
+    /// it now has suffices.
+    pub(super) fn space_freed(&mut self, limits: &Limits, stage: StageId, out: &mut Wakeups) {
+        let s = &mut self.stages[stage.index()];
+        s.space_waiters
+            .wake_fitting(s.usage.free(limits.per_stage), out);
+    }
+
+    /// Collects every waiter of every level (shutdown).
+    pub(super) fn wake_everyone(&mut self, out: &mut Wakeups) {
+        self.global_waiters.wake_all(out);
+        for s in &mut self.stages {
+            s.space_waiters.wake_all(out);
+            s.ready_waiters.wake_all(out);
+        }
+        for s in &mut self.sources {
+            s.waiters.wake_all(out);
+        }
     }
 }
