@@ -51,7 +51,7 @@ impl<T> BufferManager<T> {
             sum_sources.add(s.usage.used);
             sum_reserved.add(s.reserved);
             let in_engine = s.usage.used.records - s.reserved.records;
-            // Invariant 4's shape: ranges ascending, disjoint, not adjacent
+            // Invariant 5's shape: ranges ascending, disjoint, not adjacent
             // to each other nor to the frontier, none above what was admitted.
             let mut below = s.acks.through;
             for (&first, &last) in &s.acks.pending {
