@@ -39,9 +39,11 @@ async fn the_demo_delivers_every_record_exactly_once() {
         assert!(row.exactly_once(), "{row:?}");
     }
     assert!(report.exactly_once());
-    let fast = &report.rows[0];
-    assert!(
-        fast.summary.slow_downs + fast.summary.pauses > 0,
-        "the fast source is held back: {fast:?}"
-    );
+    // The fast source is held back by credit alone: paced credit keeps
+    // every level below the high watermark, so no signal is needed (before
+    // paced credit, it was paused and resumed over and over).
+    for row in &report.rows {
+        let s = &row.summary;
+        assert_eq!((s.slow_downs, s.pauses, s.rejected), (0, 0, 0), "{row:?}");
+    }
 }

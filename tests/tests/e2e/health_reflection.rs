@@ -236,6 +236,8 @@ async fn health_is_serving_then_not_serving_while_shutdown_drains() {
     // 5 records per sink batch, 100 ms per batch: 40 records take ~0.8 s to
     // drain, well inside shutdown_timeout.
     s.pipelines[0].batch.max_records = 5;
+    // The 40 records go in one batch, covered by the first credit.
+    s.buffer.guaranteed_credit_records = RECORDS;
     let slow = sluice_engine::sink::with_knobs(
         Arc::new(sluice_engine::sink::NullSink),
         Duration::from_millis(100),

@@ -367,6 +367,8 @@ async fn a_slow_sink_gets_full_batches_while_records_wait() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = staged_settings(dir.path(), Vec::new());
     s.pipelines[0].batch.max_records = 100;
+    // The whole window with `Opened`, so all batches go out at once.
+    s.buffer.guaranteed_credit_records = s.buffer.credit_window_records;
     let sink = std::sync::Arc::new(BatchSizes {
         delay: Duration::from_millis(20),
         ..Default::default()
