@@ -112,7 +112,7 @@ async fn unused_floating_credit_is_revoked_and_a_batch_on_the_wire_is_still_admi
         // Nothing is sent for longer than the lease: the floating part is
         // asked back.
         let revoke = until(&mut raw, |b| match b {
-            Body::Revoke(r) => Some(r.clone()),
+            Body::Revoke(r) => Some(*r),
             _ => None,
         })
         .await;
@@ -149,7 +149,7 @@ async fn a_released_revoke_returns_the_capacity() {
         let opened = raw.opened().await.unwrap();
         let held = credit(&opened.credit);
         let revoke = until(&mut raw, |b| match b {
-            Body::Revoke(r) => Some(r.clone()),
+            Body::Revoke(r) => Some(*r),
             _ => None,
         })
         .await;

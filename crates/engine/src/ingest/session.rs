@@ -642,10 +642,10 @@ impl Session {
         let outcome = self.admit_batch(batch, first_of_stream)?;
         let mut out = Vec::new();
         if self.version >= 2 {
-            if let Some(r) = &outcome.reject {
-                if r.reason != RejectReason::FollowsReject as i32 {
-                    self.rewind = Some(r.admitted_through_seq + 1);
-                }
+            if let Some(r) = &outcome.reject
+                && r.reason != RejectReason::FollowsReject as i32
+            {
+                self.rewind = Some(r.admitted_through_seq + 1);
             }
             let credit = self
                 .handle
