@@ -212,6 +212,9 @@ pub(super) struct StreamLease {
     /// A revoke of floating credit that is pending: nothing more is granted
     /// and the credit stays reserved until the session releases it.
     pub(super) revoke: Option<PendingRevoke>,
+    /// Wakes this session's `wait_flow` when its own use, backlog or
+    /// release may have made it want credit (see `is_quiet`).
+    pub(super) wake: Arc<Notify>,
 }
 
 /// A revoke asked of a leased session ([`FlowEvent::Revoke`](super::FlowEvent)).
@@ -407,6 +410,14 @@ pub struct BackpressureController<T> {
     /// wake-up): a waiter enables its `Notified` before it tries to grant,
     /// and every notifier notifies after its change.
     pub(super) credit: Notify,
+    /// Woken only when something a *quiet* session (`is_quiet`: one that
+    /// wants nothing and has nothing to be revoked) waits for may have
+    /// changed: a transition, a revoke started, a stall set or cleared,
+    /// shutdown. Why: every open stream waits in `wait_flow`, and waking
+    /// 1,000 idle streams at every evaluation (each completion runs one)
+    /// cost a busy source three quarters of its throughput (BENCHMARKS.md,
+    /// idle streams). Same protocol as `credit`.
+    pub(super) changes: Notify,
     /// Tells the background task to stop.
     pub(super) stop: watch::Sender<bool>,
 }
@@ -452,6 +463,7 @@ impl<T> BackpressureController<T> {
             inner: Mutex::new(Inner::default()),
             shut_down: AtomicBool::new(false),
             credit: Notify::new(),
+            changes: Notify::new(),
             stop,
         }))
     }
@@ -523,6 +535,7 @@ impl<T> BackpressureController<T> {
                     last_used: None,
                     last_granted: Instant::now(),
                     revoke: None,
+                    wake: Arc::new(Notify::new()),
                 },
             );
             // The new session starts from the source's current state.
@@ -531,6 +544,7 @@ impl<T> BackpressureController<T> {
         };
         if any {
             self.credit.notify_waiters();
+            self.changes.notify_waiters();
         }
         Ok(SourceHandle {
             controller: self.clone(),
@@ -612,13 +626,16 @@ impl<T> BackpressureController<T> {
     /// Recomputes every source's state from the buffer's pressures and the
     /// gate, publishes each transition, and returns the signals it made.
     pub fn evaluate(&self) -> Vec<(SourceId, BackpressureSignal)> {
-        let signals = {
+        let (signals, revoked) = {
             let mut inner = self.inner.lock();
             let signals = self.evaluate_locked(&mut inner);
-            self.expire_leases_locked(&mut inner, Instant::now());
-            signals
+            let revoked = self.expire_leases_locked(&mut inner, Instant::now());
+            (signals, revoked)
         };
         self.credit.notify_waiters();
+        if !signals.is_empty() || revoked {
+            self.changes.notify_waiters();
+        }
         signals
     }
 
@@ -675,6 +692,7 @@ impl<T> BackpressureController<T> {
             self.evaluate_locked(&mut inner);
         }
         self.credit.notify_waiters();
+        self.changes.notify_waiters();
     }
 
     /// The stages whose sink is stalled, with the sink's description.
@@ -779,6 +797,7 @@ impl<T> BackpressureController<T> {
         self.shutdown_locked(&mut self.inner.lock());
         self.stop.send_replace(true);
         self.credit.notify_waiters();
+        self.changes.notify_waiters();
     }
 
     fn shutdown_locked(&self, inner: &mut Inner) -> Vec<(SourceId, BackpressureSignal)> {
@@ -844,6 +863,7 @@ impl<T> BackpressureController<T> {
             }
         }
         self.credit.notify_waiters();
+        self.changes.notify_waiters();
     }
 
     /// Spawns [`run`](Self::run) on the current Tokio runtime.

@@ -68,8 +68,42 @@ impl<T> BackpressureController<T> {
         };
         if any {
             self.credit.notify_waiters();
+            self.changes.notify_waiters();
         }
         granted
+    }
+
+    /// Whether the session is *quiet*: in NORMAL, not claiming floating
+    /// credit, holding at least half its guaranteed share, with no floating
+    /// credit a lease could revoke. Nothing but its own use, backlog or
+    /// release (its `wake`), or a change of state (`changes`), can make it
+    /// want credit, so its `wait_flow` need not wake at every evaluation.
+    pub(super) fn is_quiet(&self, session: u64) -> bool {
+        let inner = self.inner.lock();
+        let Some(s) = inner.leases.get(&session) else {
+            return false;
+        };
+        let normal = inner
+            .entries
+            .get(s.source.index())
+            .and_then(|e| e.as_ref())
+            .is_some_and(|e| e.state == SourceState::Normal);
+        let floating = sub_sat(s.outstanding, self.guaranteed);
+        normal
+            && !inner.shut_down
+            && s.revoke.is_none()
+            && !s.claims(Instant::now(), self.config.credit_lease)
+            && !wants(self.target(SourceState::Normal, false), s.outstanding)
+            && (s.mode != CreditMode::Leased || floating.is_zero())
+    }
+
+    /// The session's own wake-up (see `is_quiet`).
+    pub(super) fn session_wake(&self, session: u64) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.inner
+            .lock()
+            .leases
+            .get(&session)
+            .map(|s| s.wake.clone())
     }
 
     /// The most unused credit a session in `state` is topped up to: its
@@ -166,6 +200,7 @@ impl<T> BackpressureController<T> {
             s.backlog = sub_sat(s.backlog, used);
             if !used.is_zero() {
                 s.last_used = Some(Instant::now());
+                s.wake.notify_waiters();
             }
         }
     }
@@ -173,6 +208,7 @@ impl<T> BackpressureController<T> {
     pub(super) fn announce_backlog(&self, session: u64, backlog: Credit) {
         if let Some(s) = self.inner.lock().leases.get_mut(&session) {
             s.backlog = backlog;
+            s.wake.notify_waiters();
         }
     }
 
@@ -188,6 +224,7 @@ impl<T> BackpressureController<T> {
             if id != 0 && s.revoke.is_some_and(|r| r.id == id) {
                 s.revoke = None;
             }
+            s.wake.notify_waiters();
             let amount = min_credit(credit, s.outstanding);
             s.outstanding = sub_sat(s.outstanding, amount);
             let source = s.source;

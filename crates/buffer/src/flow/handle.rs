@@ -103,10 +103,21 @@ impl<T> SourceHandle<T> {
     /// [`release`](Self::release)). `None` once the controller is shut
     /// down. Wakes on every background evaluation. Cancel-safe.
     pub async fn wait_flow(&self) -> Option<FlowEvent> {
+        // `None`: the session was closed.
+        let own = self.controller.session_wake(self.session)?;
         loop {
-            let notified = self.controller.credit.notified();
-            tokio::pin!(notified);
+            // A quiet session (it wants nothing until it sends, announces or
+            // the state changes) waits only for what can change that.
+            let broadcast = if self.controller.is_quiet(self.session) {
+                &self.controller.changes
+            } else {
+                &self.controller.credit
+            };
+            let notified = broadcast.notified();
+            let mine = own.notified();
+            tokio::pin!(notified, mine);
             notified.as_mut().enable();
+            mine.as_mut().enable();
             if self.controller.is_shut_down() {
                 return None;
             }
@@ -117,7 +128,10 @@ impl<T> SourceHandle<T> {
             if !credit.is_zero() {
                 return Some(FlowEvent::Credit(credit));
             }
-            notified.await;
+            tokio::select! {
+                _ = notified => {}
+                _ = mine => {}
+            }
         }
     }
 
