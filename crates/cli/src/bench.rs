@@ -13,11 +13,16 @@
 //!   records, acks each batch at once and grants unlimited credit: the
 //!   transport's ceiling on this machine.
 //!
+//! With `--sink nats` the engine writes into NATS JetStream, and
+//! `--baseline nats` ([`nats`](mod@nats)) publishes the same messages with
+//! async-nats directly: JetStream's ceiling for one publisher.
+//!
 //! Ack latency is the time from the send of a record's batch to the `Ack`
 //! that covers it, per record, in an HDR histogram. `lost` is
 //! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
 
 pub mod lean;
+pub mod nats;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -32,7 +37,7 @@ use serde::Serialize;
 use sluice_buffer::{ControllerConfig, Credit};
 use sluice_config::{Limit, Settings};
 use sluice_engine::EngineBuilder;
-use sluice_engine::sink::{FileSink, NullSink, Sink, with_knobs};
+use sluice_engine::sink::{FileSink, NatsSink, NullSink, Sink, with_knobs};
 
 /// Which sink the in-process engine writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -43,6 +48,8 @@ pub enum BenchSink {
     /// Newline-delimited JSON files in a temporary directory (fsync on
     /// commit with `--fsync`).
     File,
+    /// NATS JetStream (`--nats-url`, or a `nats-server` started for the run).
+    Nats,
 }
 
 /// What the records' payloads are.
@@ -61,6 +68,9 @@ pub enum BenchPayload {
 pub enum Baseline {
     /// A bare tonic `Ingest` server that counts and acks: the transport's ceiling.
     Raw,
+    /// The same messages as `--sink nats` writes, published with async-nats
+    /// directly (PubAcks awaited): JetStream's ceiling.
+    Nats,
 }
 
 /// `sluice bench`: drive an engine with N sources and report throughput,
@@ -96,6 +106,10 @@ pub struct BenchArgs {
     /// Sink of the in-process engine.
     #[arg(long, value_enum, default_value_t = BenchSink::Null)]
     pub sink: BenchSink,
+    /// With `--sink nats` / `--baseline nats`: the server; default: start
+    /// `nats-server` (from `PATH`) on a free loopback port.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
     /// With `--sink file`: sync the file to disk at every commit.
     #[arg(long)]
     pub fsync: bool,
@@ -204,6 +218,19 @@ pub struct Latency {
     pub count: u64,
 }
 
+impl Latency {
+    /// The percentiles of `hist` (microseconds).
+    pub(crate) fn of(hist: &Histogram<u64>) -> Self {
+        Self {
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+            count: hist.len(),
+        }
+    }
+}
+
 /// Signals received by all sources, by kind.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Signals {
@@ -264,6 +291,36 @@ pub struct RunReport {
     pub buffer_bytes: Option<u64>,
     /// Sources whose stream failed (error text).
     pub errors: Vec<String>,
+}
+
+impl RunReport {
+    /// A run of `target` with `args` at `rate`, nothing counted yet.
+    pub(crate) fn empty(target: &str, args: &BenchArgs, rate: f64) -> Self {
+        Self {
+            target: target.to_owned(),
+            sources: args.sources,
+            record_bytes: args.record_bytes,
+            batch: args.batch,
+            stages: if target == "sluice" { args.stages } else { 0 },
+            rate_cap: rate,
+            elapsed_s: 0.0,
+            sent: 0,
+            acked: 0,
+            delivered: 0,
+            dead_lettered: 0,
+            filtered: 0,
+            lost: 0,
+            rejects: 0,
+            rejected_records: 0,
+            signals: Signals::default(),
+            records_per_s: 0.0,
+            mb_per_s: 0.0,
+            latency: Latency::default(),
+            peak_rss_bytes: None,
+            buffer_bytes: None,
+            errors: Vec::new(),
+        }
+    }
 }
 
 /// Everything `sluice bench` measured.
@@ -334,21 +391,26 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         return Err("--sources and --batch must be at least 1".into());
     }
     let compare = args.baseline.is_some() && !args.raw_only;
+    let nats = if args.sink == BenchSink::Nats || args.baseline == Some(Baseline::Nats) {
+        Some(nats::BenchNats::start(args.nats_url.as_deref()).await?)
+    } else {
+        None
+    };
     let rounds = if compare { args.rounds.max(1) } else { 1 };
     let mut runs: Vec<(Option<RunReport>, Option<RunReport>, Option<f64>)> = Vec::new();
     for round in 1..=rounds {
         if rounds > 1 && !args.quiet {
             eprintln!("[round {round}/{rounds}]");
         }
-        let raw = if args.baseline.is_some() || args.raw_only {
-            Some(run_raw(args).await?)
-        } else {
-            None
+        let raw = match (args.baseline, &nats) {
+            (Some(Baseline::Nats), Some(nats)) => Some(nats.baseline(args).await?),
+            _ if args.baseline.is_some() || args.raw_only => Some(run_raw(args).await?),
+            _ => None,
         };
         let sluice = if args.raw_only {
             None
         } else {
-            Some(run_sluice(args).await?)
+            Some(run_sluice(args, nats.as_ref()).await?)
         };
         let ratio = match (&raw, &sluice) {
             (Some(r), Some(s)) if r.records_per_s > 0.0 => Some(s.records_per_s / r.records_per_s),
@@ -401,7 +463,7 @@ async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
     Ok(report)
 }
 
-async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
+async fn run_sluice(args: &BenchArgs, nats: Option<&nats::BenchNats>) -> Result<RunReport, String> {
     let rate = match (args.flood, args.sink_delay) {
         (Some(f), Some(d)) if !d.is_zero() => f * args.sink_batch as f64 / d.as_secs_f64(),
         (Some(_), _) => return Err("--flood needs a non-zero --sink-delay".into()),
@@ -450,6 +512,10 @@ async fn run_sluice(args: &BenchArgs) -> Result<RunReport, String> {
                 .map_err(|e| format!("file sink: {e}"))?;
             tmp_dir = Some(dir);
             Arc::new(s)
+        }
+        BenchSink::Nats => {
+            let nats = nats.ok_or("--sink nats: no NATS server")?;
+            Arc::new(NatsSink::new(&nats.sink_spec(), "default").map_err(|e| e.to_string())?)
         }
     };
     let sink = with_knobs(sink, args.sink_delay.unwrap_or_default(), 0.0);
@@ -501,14 +567,7 @@ async fn drive(
             .map(|i| total / n as u64 + u64::from(i < total % n as u64))
             .collect::<Vec<_>>()
     });
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    );
+    let run_id = run_id();
     let counters = Arc::new(lean::Counters::default());
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -555,30 +614,7 @@ async fn drive(
         })
     });
     let mut hist = new_histogram();
-    let mut report = RunReport {
-        target: target.to_owned(),
-        sources: n,
-        record_bytes: args.record_bytes,
-        batch: args.batch,
-        stages: if target == "raw" { 0 } else { args.stages },
-        rate_cap: rate,
-        elapsed_s: 0.0,
-        sent: 0,
-        acked: 0,
-        delivered: 0,
-        dead_lettered: 0,
-        filtered: 0,
-        lost: 0,
-        rejects: 0,
-        rejected_records: 0,
-        signals: Signals::default(),
-        records_per_s: 0.0,
-        mb_per_s: 0.0,
-        latency: Latency::default(),
-        peak_rss_bytes: None,
-        buffer_bytes: None,
-        errors: Vec::new(),
-    };
+    let mut report = RunReport::empty(target, args, rate);
     let mut last_ack_at = start;
     for t in tasks {
         let r = match t.await {
@@ -617,19 +653,26 @@ async fn drive(
         - report.dead_lettered as i64;
     report.records_per_s = report.acked as f64 / elapsed;
     report.mb_per_s = report.acked as f64 * args.record_bytes as f64 / elapsed / 1e6;
-    report.latency = Latency {
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        count: hist.len(),
-    };
+    report.latency = Latency::of(&hist);
     Ok(report)
+}
+
+/// A name for this run, unique on this machine: source ids carry it, so
+/// runs never share a source (nor a JetStream message id).
+pub(crate) fn run_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
 }
 
 /// The payload of source `i`'s records: `record_bytes` bytes (a JSON
 /// payload is never shorter than `{"id":N,"pad":""}`).
-fn payload(kind: BenchPayload, record_bytes: usize, i: usize) -> bytes::Bytes {
+pub(crate) fn payload(kind: BenchPayload, record_bytes: usize, i: usize) -> bytes::Bytes {
     match kind {
         BenchPayload::Bytes => vec![b'x'; record_bytes].into(),
         BenchPayload::Json => {
@@ -775,7 +818,8 @@ pub fn render_table(report: &BenchReport) -> String {
         } else {
             " (median round, shown above)"
         };
-        let _ = writeln!(out, "sluice / raw records/s: {ratio:.3}{which}");
+        let baseline = report.raw.as_ref().map_or("raw", |r| r.target.as_str());
+        let _ = writeln!(out, "sluice / {baseline} records/s: {ratio:.3}{which}");
     }
     out
 }

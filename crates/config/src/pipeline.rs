@@ -37,6 +37,8 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::nats::NatsSinkSpec;
+
 /// One mebibyte.
 const MIB: usize = 1024 * 1024;
 
@@ -263,11 +265,13 @@ pub enum SinkSpec {
         #[serde(default, skip_serializing_if = "is_zero")]
         fail_rate: f64,
     },
+    /// NATS JetStream: one message per record (see [`NatsSinkSpec`]).
+    Nats(Box<NatsSinkSpec>),
 }
 
 impl SinkSpec {
     /// The `kind` names, as written in a config file.
-    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null"];
+    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null", "nats"];
 
     /// This sink's `kind` name.
     pub fn kind(&self) -> &'static str {
@@ -275,6 +279,7 @@ impl SinkSpec {
             Self::File { .. } => "file",
             Self::Stdout { .. } => "stdout",
             Self::Null { .. } => "null",
+            Self::Nats(_) => "nats",
         }
     }
 
@@ -284,6 +289,7 @@ impl SinkSpec {
             Self::File { delay, .. } | Self::Stdout { delay, .. } | Self::Null { delay, .. } => {
                 *delay
             }
+            Self::Nats(n) => n.delay,
         }
     }
 
@@ -293,6 +299,7 @@ impl SinkSpec {
             Self::File { fail_rate, .. }
             | Self::Stdout { fail_rate, .. }
             | Self::Null { fail_rate, .. } => *fail_rate,
+            Self::Nats(n) => n.fail_rate,
         }
     }
 
@@ -350,13 +357,13 @@ fn one() -> f64 {
     1.0
 }
 
-fn is_zero(x: &f64) -> bool {
+pub(crate) fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
 /// Accepts a list of strings, or one comma-separated string (what an
 /// environment variable can hold).
-fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Vec<String>;

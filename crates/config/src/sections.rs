@@ -4,7 +4,7 @@
 //! [`RetryPolicy`](sluice_buffer::RetryPolicy).)
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -263,36 +263,8 @@ impl TokenSpec {
     pub fn secret(&self) -> Result<String, SecretError> {
         match (&self.token, &self.token_env, &self.token_file) {
             (Some(token), None, None) => Ok(token.clone()),
-            (None, Some(name), None) => {
-                if name.is_empty() || name.contains(['=', '\0']) {
-                    return Err(SecretError::BadEnvName { name: name.clone() });
-                }
-                match std::env::var(name) {
-                    Ok(v) if v.is_empty() => Err(SecretError::EnvEmpty { name: name.clone() }),
-                    Ok(v) => Ok(v),
-                    Err(std::env::VarError::NotPresent) => {
-                        Err(SecretError::EnvNotSet { name: name.clone() })
-                    }
-                    // The value is not quoted: it is a secret.
-                    Err(std::env::VarError::NotUnicode(_)) => {
-                        Err(SecretError::EnvNotUnicode { name: name.clone() })
-                    }
-                }
-            }
-            (None, None, Some(path)) => {
-                if path.as_os_str().is_empty() {
-                    return Err(SecretError::EmptyPath);
-                }
-                let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    return Err(SecretError::FileEmpty { path: path.clone() });
-                }
-                Ok(secret.to_owned())
-            }
+            (None, Some(name), None) => secret_from_env(name),
+            (None, None, Some(path)) => secret_from_file(path),
             (token, env, file) => {
                 let given: Vec<&str> = [
                     token.as_ref().map(|_| "token"),
@@ -312,6 +284,44 @@ impl TokenSpec {
             }
         }
     }
+}
+
+/// A secret held by the environment variable `name` (of this process):
+/// [`TokenSpec::secret`]'s `token_env`, also used by the NATS sink's
+/// `token_env` and `password_env`. Errors name the variable, never the value.
+pub(crate) fn secret_from_env(name: &str) -> Result<String, SecretError> {
+    let name_err = |make: fn(String) -> SecretError| Err(make(name.to_owned()));
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return name_err(|name| SecretError::BadEnvName { name });
+    }
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => name_err(|name| SecretError::EnvEmpty { name }),
+        Ok(v) => Ok(v),
+        Err(std::env::VarError::NotPresent) => name_err(|name| SecretError::EnvNotSet { name }),
+        // The value is not quoted: it is a secret.
+        Err(std::env::VarError::NotUnicode(_)) => {
+            name_err(|name| SecretError::EnvNotUnicode { name })
+        }
+    }
+}
+
+/// A secret held by the file at `path`, trailing line breaks trimmed:
+/// [`TokenSpec::secret`]'s `token_file`, also used by the NATS sink.
+pub(crate) fn secret_from_file(path: &Path) -> Result<String, SecretError> {
+    if path.as_os_str().is_empty() {
+        return Err(SecretError::EmptyPath);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(SecretError::FileEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(secret.to_owned())
 }
 
 impl std::fmt::Debug for TokenSpec {

@@ -19,6 +19,7 @@
 //! | [`ACK_LATENCY_SECONDS`] | histogram | `pipeline` |
 //! | [`SINK_STALLED`] | gauge | `pipeline`, `sink` (`sink` or `dead_letter`) |
 //! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
+//! | [`SINK_DUPLICATES_TOTAL`] | counter | `pipeline` |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
 //! backpressure episodes, the memory gate, and the one per-source flow-state
@@ -83,6 +84,10 @@ pub const SINK_STALLED: &str = "sluice_sink_stalled";
 pub const SINK_FAILURES_TOTAL: &str = "sluice_sink_failures_total";
 /// Counter: records a sink refused one by one (record-level failures).
 pub const SINK_RECORDS_REFUSED_TOTAL: &str = "sluice_sink_records_refused_total";
+/// Counter: messages a sink's target dropped as duplicates of ones it
+/// already had (the NATS sink: PubAck `duplicate`, by `Nats-Msg-Id`):
+/// resends after a crash or a retried batch. Label `pipeline`.
+pub const SINK_DUPLICATES_TOTAL: &str = "sluice_sink_duplicates_total";
 /// Counter: stall episodes of a sink.
 pub const SINK_STALLS_TOTAL: &str = "sluice_sink_stalls_total";
 
@@ -181,6 +186,10 @@ pub fn describe() {
             "Records refused one by one per sink (record-level failures)",
         ),
         (SINK_STALLS_TOTAL, "Stall episodes per sink"),
+        (
+            SINK_DUPLICATES_TOTAL,
+            "Messages the sink target dropped as duplicates (resends)",
+        ),
     ] {
         describe_counter!(name, help);
     }

@@ -9,9 +9,18 @@ mod cli_demo;
 mod flow;
 mod health_reflection;
 mod hostile;
+mod nats;
 mod observe;
 mod rules;
 mod security;
 mod send_command;
 mod sink_contract;
 mod smoke;
+
+/// Not a test: the engine process of [`sluice_tests::EngineProcess`] (the
+/// test binary run again with only this test and a configuration file);
+/// without one, it returns at once.
+#[test]
+fn engine_child() {
+    sluice_tests::engine_child();
+}

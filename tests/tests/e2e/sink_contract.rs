@@ -18,18 +18,6 @@ use sluice_engine::sink::{FileSink, Sink};
 use sluice_proto::v1::{self, SignalKind, SignalReason};
 use sluice_tests::*;
 
-/// Polls `ready` every 10 ms until it holds; panics with `what` after `limit`.
-async fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The default pipeline's stats.
 fn pipeline(engine: &EngineHandle) -> v1::PipelineStats {
     engine
@@ -49,82 +37,6 @@ fn retried(engine: &EngineHandle) -> u64 {
         .iter()
         .map(|s| s.retried)
         .sum()
-}
-
-/// A client of `source` whose events are collected into the returned list.
-async fn client(
-    engine: &EngineHandle,
-    source: &str,
-) -> (SourceClient, Arc<Mutex<Vec<ClientEvent>>>) {
-    let (client, mut rx) =
-        SourceClient::connect(&url(engine), source, "", ClientOptions::default())
-            .await
-            .expect("client connects");
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = events.clone();
-    tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
-            sink.lock().unwrap().push(e);
-        }
-    });
-    (client, events)
-}
-
-/// The signals of `kind` among `events`: (reason, stage, sink).
-fn signals(
-    events: &Mutex<Vec<ClientEvent>>,
-    kind: SignalKind,
-) -> Vec<(SignalReason, String, String)> {
-    events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Signal(s) if s.kind == kind as i32 => Some((
-                SignalReason::try_from(s.reason).unwrap_or(SignalReason::Unspecified),
-                s.stage.clone(),
-                s.sink.clone(),
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Sends `range` from `client` (in a task: a paused client waits for credit).
-fn send(
-    client: Arc<SourceClient>,
-    range: std::ops::RangeInclusive<u64>,
-) -> impl Future<Output = ()> {
-    let task = tokio::spawn(async move {
-        for i in range {
-            client.send_payload(payload(i, 60)).await.expect("send");
-        }
-    });
-    async move { task.await.expect("sender") }
-}
-
-async fn finish(client: Arc<SourceClient>) -> Summary {
-    Arc::into_inner(client)
-        .expect("the only handle")
-        .finish()
-        .await
-}
-
-/// Every one of the `n` records was acked and delivered, none dead-lettered.
-fn assert_all_delivered(summary: &Summary, n: u64) {
-    assert!(summary.is_complete(), "{summary:?}");
-    assert_eq!(
-        (summary.acked, summary.delivered, summary.dead_lettered),
-        (n, n, 0),
-        "{summary:?}"
-    );
-}
-
-/// Runs a test body within 50 s.
-async fn within(body: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(50), body)
-        .await
-        .expect("test timed out");
 }
 
 /// A temporary directory and a test engine's settings under it, with quick
@@ -151,11 +63,12 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
         let (dir, s) = quick_retries();
         let sink_dir = dir.path().join("sink");
         let engine = start_engine(s, |b| b).await;
-        let (c, _events) = client(&engine, "rm-src").await;
+        let (c, _events) =
+            client_with_events(&url(&engine), "rm-src", ClientOptions::default()).await;
         let c = Arc::new(c);
         let progress = c.progress();
 
-        let first = send(c.clone(), 1..=N / 2);
+        let first = send_range(c.clone(), 1..=N / 2);
         wait_for("a quarter acked", Duration::from_secs(20), || {
             progress.borrow().acked_through >= N / 4
         })
@@ -164,7 +77,7 @@ async fn file_sink_directory_removed_mid_stream_loses_nothing() {
         // Acked after the removal: committed after it, so in the new directory.
         let acked_at_removal = engine.stats().sources[0].acked_through_seq;
         first.await;
-        send(c.clone(), N / 2 + 1..=N).await;
+        send_range(c.clone(), N / 2 + 1..=N).await;
         let summary = finish(c).await;
         assert_all_delivered(&summary, N);
         assert_eq!(retried(&engine), 0, "no retry spent on the records");
@@ -215,9 +128,10 @@ async fn a_lasting_sink_outage_pauses_sources_and_loses_nothing() {
         let description = outage.describe();
         outage.set_down(true);
         let engine = start_engine(s, |b| b.sink("default", outage.clone())).await;
-        let (c, events) = client(&engine, "outage-src").await;
+        let (c, events) =
+            client_with_events(&url(&engine), "outage-src", ClientOptions::default()).await;
         let c = Arc::new(c);
-        let sending = send(c.clone(), 1..=N);
+        let sending = send_range(c.clone(), 1..=N);
 
         wait_for("PAUSE with reason SINK", Duration::from_secs(20), || {
             !signals(&events, SignalKind::Pause).is_empty()
@@ -304,7 +218,8 @@ async fn refused_records_are_dead_lettered_with_the_sinks_message() {
                 .dead_letter_sink("default", dead_outage.clone())
         })
         .await;
-        let (c, _events) = client(&engine, "refuse-src").await;
+        let (c, _events) =
+            client_with_events(&url(&engine), "refuse-src", ClientOptions::default()).await;
         let c = Arc::new(c);
         let bad = |i: u64| i.is_multiple_of(BAD_EVERY);
         let sender = c.clone();

@@ -63,6 +63,10 @@ pub enum SinkError {
     /// An I/O error on standard output.
     #[error("stdout: {0}")]
     Stdout(std::io::Error),
+    /// A failure of the NATS JetStream sink (connection, PubAck timeout,
+    /// stream full…).
+    #[error(transparent)]
+    Nats(#[from] super::nats::NatsError),
     /// An outage injected by a test ([`Outage`](super::Outage)).
     #[error("injected sink outage")]
     Injected,

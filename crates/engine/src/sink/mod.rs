@@ -20,7 +20,7 @@
 
 //!
 //! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
-//! [`null`](NullSink), the [`Knobs`] wrapper (delay, injected record
+//! [`null`](NullSink), [`nats`](NatsSink) (a directory of its own), the [`Knobs`] wrapper (delay, injected record
 //! failures) and the [`Outage`] wrapper (an injected sink-level outage);
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
 //! format they write.
@@ -33,6 +33,7 @@ mod contract;
 mod file;
 mod json;
 mod knobs;
+mod nats;
 mod null;
 mod stdout;
 
@@ -43,11 +44,14 @@ pub use contract::{
 pub use file::FileSink;
 pub use json::{json_line, json_value, write_json_line};
 pub use knobs::{INJECTED_RECORD_FAILURE, Knobs, Outage, with_knobs};
+pub use nats::{NatsError, NatsSink};
 pub use null::NullSink;
 pub use stdout::StdoutSink;
 
-/// Builds the sink a [`SinkSpec`] describes, test knobs included.
-pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
+/// Builds the sink a [`SinkSpec`] of `pipeline` describes, test knobs
+/// included (the pipeline's name is part of some sinks' targets, e.g. a
+/// NATS subject).
+pub fn build_sink(pipeline: &str, spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
     let inner: Arc<dyn Sink> = match spec {
         SinkSpec::File {
             dir,
@@ -58,6 +62,7 @@ pub fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
         } => Arc::new(FileSink::open(dir, prefix, *rotate_bytes, *fsync)?),
         SinkSpec::Stdout { .. } => Arc::new(StdoutSink),
         SinkSpec::Null { .. } => Arc::new(NullSink),
+        SinkSpec::Nats(n) => Arc::new(NatsSink::new(n, pipeline)?),
     };
     Ok(with_knobs(inner, spec.delay(), spec.fail_rate()))
 }
@@ -170,7 +175,7 @@ mod tests {
             delay: Duration::ZERO,
             fail_rate: 0.0,
         };
-        let sink = build_sink(&spec).unwrap();
+        let sink = build_sink("p", &spec).unwrap();
         let mut rec = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
         rec.set_payload(&b"{\"a\":2}"[..]);
         let batch = [SinkRecord {
