@@ -62,7 +62,7 @@ http {{
             grpc_connect_timeout 2s;
             grpc_read_timeout 1h;
             grpc_send_timeout 1h;
-            grpc_next_upstream error timeout unavailable;
+            grpc_next_upstream error timeout;
         }}
     }}
 }}

@@ -154,6 +154,7 @@ async fn an_engine_killed_mid_stream_leaves_every_record_once() {
             assert_eq!(summary.acked, N, "{summary:?}");
             resent += summary.resent;
         }
+        assert!(resent > 0, "the kill left records to resend");
         let messages = nats.messages(STREAM).await;
         assert_ids_exactly_once(&messages, ids(&sources, 1..=N));
         eprintln!(
@@ -273,12 +274,13 @@ async fn two_engines_behind_nginx_one_killed_every_record_once() {
         engine_a.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         engine_a.restart();
-        let (mut rejects, mut rejected, mut reconnects) = (0, 0, 0);
+        let (mut rejects, mut rejected, mut reconnects, mut resent) = (0, 0, 0, 0);
         for (summary, events) in finish_all(clients).await {
             assert!(summary.is_complete(), "{summary:?}");
             assert_eq!(summary.acked, N, "{summary:?}");
             rejected += summary.rejected;
             reconnects += summary.reconnects;
+            resent += summary.resent;
             rejects += (events.lock().unwrap().iter())
                 .filter(|e| matches!(e, ClientEvent::Reject(_)))
                 .count();
@@ -288,8 +290,8 @@ async fn two_engines_behind_nginx_one_killed_every_record_once() {
         // Reported, not asserted: reconnect rejects are the flow-control
         // work's to remove (issue 14).
         eprintln!(
-            "cluster: {} messages, {reconnects} reconnects, {rejects} Reject messages \
-             ({rejected} records rejected) seen by the sources",
+            "cluster: {} messages, {reconnects} reconnects, {resent} resent, {rejects} Reject \
+             messages ({rejected} records rejected) seen by the sources",
             messages.len()
         );
     })

@@ -8,11 +8,10 @@
 //! their batch is delivered. Nothing here sleeps to wait: every wait polls
 //! a condition with a bounded deadline.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_client::{ClientEvent, ClientOptions, SourceClient, Summary};
+use sluice_client::ClientOptions;
 use sluice_engine::EngineHandle;
 use sluice_engine::sink::{FileSink, Sink};
 use sluice_proto::v1::{self, SignalKind, SignalReason};
