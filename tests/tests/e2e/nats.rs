@@ -298,3 +298,26 @@ async fn two_engines_behind_nginx_one_killed_every_record_once() {
     .await;
     drop(nginx);
 }
+
+/// The nginx example of docs/scaling.md is the configuration the cluster
+/// test runs (for its example ports and directory).
+#[test]
+fn the_scaling_docs_nginx_example_is_the_tested_config() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/scaling.md"))
+        .expect("docs/scaling.md");
+    let marker = "<!-- nginx-example -->";
+    let start = doc.find(marker).expect("the example's marker") + marker.len();
+    let end = start + doc[start..].find(marker).expect("closing marker");
+    let block = doc[start..end]
+        .trim()
+        .strip_prefix("```nginx\n")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("an nginx block");
+    let port = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let expected = nginx_config(
+        port(50050),
+        &[port(50051), port(50052)],
+        std::path::Path::new("/var/lib/sluice-lb"),
+    );
+    assert_eq!(block, expected);
+}
