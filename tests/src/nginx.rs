@@ -2,10 +2,12 @@
 //! configuration, pid file, logs and temp paths in a temporary directory,
 //! listening on a free loopback port, stopped on drop.
 //!
-//! Why `daemon off; master_process off;`: one process the test owns and
-//! kills, and no switch to the `user` of the configuration (which nginx
-//! does only as root, and which fails as an unprivileged user), so the
-//! same command works as root (CI) and as anyone else.
+//! Why `daemon off; master_process off;` (in the file, not `-g`): one
+//! process the test owns and kills (a killed master would leave its
+//! worker behind), and no switch to the `user` of the configuration,
+//! which nginx makes only when started as root: so it behaves the same as
+//! root (CI) and as any other user, and its files in the temporary
+//! directory stay writable by it.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -802,10 +802,12 @@ pub fn render_table(report: &BenchReport) -> String {
             let _ = writeln!(out, "error ({}): {e}", r.target);
         }
     }
+    // The baseline's name: `raw` (the transport) or `nats` (async-nats).
+    let baseline = report.raw.as_ref().map_or("raw", |r| r.target.as_str());
     for (i, r) in report.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
-            "round {}: raw {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
+            "round {}: {baseline} {:.0} records/s, sluice {:.0} records/s, ratio {:.3}",
             i + 1,
             r.raw_records_per_s,
             r.sluice_records_per_s,
@@ -818,7 +820,6 @@ pub fn render_table(report: &BenchReport) -> String {
         } else {
             " (median round, shown above)"
         };
-        let baseline = report.raw.as_ref().map_or("raw", |r| r.target.as_str());
         let _ = writeln!(out, "sluice / {baseline} records/s: {ratio:.3}{which}");
     }
     out
