@@ -63,10 +63,15 @@ pub enum SinkError {
     /// An I/O error on standard output.
     #[error("stdout: {0}")]
     Stdout(std::io::Error),
-    /// A failure of the NATS JetStream sink (connection, PubAck timeout,
-    /// stream full…).
-    #[error(transparent)]
-    Nats(#[from] super::nats::NatsError),
+    /// A failure of the server a sink writes to (connection lost, timeout,
+    /// storage full…), with the sink's own typed error as its source.
+    #[error("{sink} sink: {source}")]
+    Target {
+        /// The sink's kind (`nats`).
+        sink: &'static str,
+        /// The sink's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An outage injected by a test ([`Outage`](super::Outage)).
     #[error("injected sink outage")]
     Injected,

@@ -67,6 +67,15 @@ pub enum NatsError {
     },
 }
 
+impl From<NatsError> for crate::sink::contract::SinkError {
+    fn from(e: NatsError) -> Self {
+        Self::Target {
+            sink: "nats",
+            source: Box::new(e),
+        }
+    }
+}
+
 /// The record-level reason of a publish failure, when it is the message's
 /// own fault (retrying it can never succeed): larger than the server's
 /// `max_payload` (checked by the client against the server's INFO) or than

@@ -19,8 +19,9 @@
 //!   message over the server's `max_payload` (from its INFO) or the
 //!   stream's maximum message size; a subject that no stream captures (no
 //!   responders, and JetStream says no stream has the subject); a key that
-//!   makes no valid subject;
-//! - sink-level ([`SinkError::Nats`](super::SinkError)): no connection, a
+//!   makes no valid subject; a source id with a control character (it
+//!   cannot be a header value);
+//! - sink-level ([`SinkError::Target`](super::SinkError)): no connection, a
 //!   PubAck timeout, the connection lost, the stream full or out of
 //!   storage, no responders while a stream does capture the subject
 //!   (JetStream not ready after a restart).
@@ -95,6 +96,13 @@ impl NatsSink {
                     continue;
                 }
             };
+            // Why: a line break in a header value would end the header and
+            // let a source id forge others (another `Nats-Msg-Id`).
+            if r.source.chars().any(char::is_control) {
+                let error = "the source id holds a control character: no Nats-Msg-Id".into();
+                out.refused.push(RecordFailure { index, error });
+                continue;
+            }
             let mut line = Vec::with_capacity(96 + r.record.payload().len());
             write_json_line(&mut line, &r);
             line.pop(); // the newline: one message is one record

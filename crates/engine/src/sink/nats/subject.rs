@@ -2,7 +2,7 @@
 
 use sluice_config::is_publish_subject;
 
-use crate::sink::SinkRecord;
+use crate::sink::contract::SinkRecord;
 
 /// A part of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
