@@ -70,17 +70,27 @@ pub fn signal_readings(events: &[ClientEvent], kind: SignalKind) -> Vec<(SignalR
         .collect()
 }
 
+/// The events a client reported, collected as they come.
+pub type Events = Arc<Mutex<Vec<ClientEvent>>>;
+
 /// A client of `source` on `engine` (default options) whose events are
 /// collected into the returned list, for [`signals`].
-pub async fn events_client(
-    engine: &EngineHandle,
+pub async fn events_client(engine: &EngineHandle, source: &str) -> (SourceClient, Events) {
+    events_client_at(&url(engine), source, ClientOptions::default()).await
+}
+
+/// A client of `source` at `addr` (an engine, a load balancer in front of
+/// engines) with `options`, whose events are collected into the returned
+/// list, for [`signals`].
+pub async fn events_client_at(
+    addr: &str,
     source: &str,
-) -> (SourceClient, Arc<Mutex<Vec<ClientEvent>>>) {
-    let (client, mut rx) =
-        SourceClient::connect(&url(engine), source, "", ClientOptions::default())
-            .await
-            .expect("client connects");
-    let events = Arc::new(Mutex::new(Vec::new()));
+    options: ClientOptions,
+) -> (SourceClient, Events) {
+    let (client, mut rx) = SourceClient::connect(addr, source, "", options)
+        .await
+        .expect("client connects");
+    let events = Events::default();
     let sink = events.clone();
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {

@@ -16,15 +16,16 @@
 //!   the engine's outage wrapper), [`raw`] (the raw protocol, without the
 //!   Rust client), [`proxy`] (a TCP proxy whose connections can be cut),
 //!   [`process`] (a test alone in its own process, engines in
-//!   child processes), [`certs`] (a test CA and its
+//!   child processes to SIGKILL), [`certs`] (a test CA and its
 //!   certificates), [`client`] (the Rust
 //!   source client: options, collected events, sending), [`wait`]
 //!   (waiting for conditions, an engine's stats), [`external`] (servers and tools a test
-//!   needs) and [`postgres`] (a throwaway PostgreSQL server). Everything is re-exported at the root: tests say
-//!   `use sluice_tests::*`.
+//!   needs), [`postgres`] (a throwaway PostgreSQL server), [`nats`] (a real
+//!   nats-server with JetStream) and [`nginx`] (a real nginx balancing gRPC).
+//!   Everything is re-exported at the root: tests say `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
 //!   `flow`, `acks`, `credit`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`,
-//!   `sink_contract`, `postgres`,
+//!   `sink_contract`, `postgres`, `nats`,
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
@@ -34,6 +35,8 @@
 pub mod certs;
 pub mod client;
 pub mod external;
+pub mod nats;
+pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
@@ -47,10 +50,12 @@ pub use sluice_proto as proto;
 
 pub use certs::TestCa;
 pub use client::{
-    assert_all_delivered, events_client, finish, reconnecting, send_all, send_range,
-    signal_readings, signals,
+    Events, assert_all_delivered, events_client, events_client_at, finish, reconnecting, send_all,
+    send_range, signal_readings, signals,
 };
 pub use external::{REQUIRE_EXTERNAL, external_program, missing};
+pub use nats::{NatsServer, StreamMessage, assert_ids_exactly_once};
+pub use nginx::{Nginx, nginx_config};
 pub use postgres::Postgres;
 pub use process::{
     EngineProcess, engine_child_command, in_own_process, log_tail, serve_if_engine_child,
@@ -63,4 +68,4 @@ pub use raw::{
 pub use settings::{file_sink, free_port, staged_settings, start_engine, test_settings, url};
 pub use sink_files::{assert_exactly_once, delivered_keys, read_jsonl, seqs_of};
 pub use sinks::{Outage, Refuse};
-pub use wait::{pipeline_stats, retried, wait_for, within};
+pub use wait::{pipeline_stats, retried, wait_for, within, within_secs};

@@ -20,7 +20,13 @@ pub async fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bo
 
 /// Runs a test body within 50 s.
 pub async fn within(body: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(Duration::from_secs(50), body)
+    within_secs(50, body).await
+}
+
+/// Runs a test body within `secs` seconds (a test that kills and restarts
+/// engines needs longer).
+pub async fn within_secs(secs: u64, body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(secs), body)
         .await
         .expect("test timed out");
 }

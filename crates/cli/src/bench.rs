@@ -16,12 +16,17 @@
 //!   `COPY`-loaded into the same kind of table with tokio-postgres alone:
 //!   the database's ceiling.
 //!
+//! With `--sink nats` the engine writes into NATS JetStream, and
+//! `--baseline nats` ([`nats`](mod@nats)) publishes the same messages with
+//! async-nats directly: JetStream's ceiling for one publisher.
+//!
 //! Ack latency is the time from the send of a record's batch to the `Ack`
 //! that covers it, per record, in an HDR histogram. `lost` is
 //! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
 
 pub mod idle;
 pub mod lean;
+pub mod nats;
 pub mod postgres;
 pub mod raw;
 
@@ -37,7 +42,7 @@ use serde::Serialize;
 use sluice_buffer::{ControllerConfig, Credit};
 use sluice_config::{Limit, Settings};
 use sluice_engine::EngineBuilder;
-use sluice_engine::sink::{FileSink, NullSink, PostgresSink, Sink, with_knobs};
+use sluice_engine::sink::{FileSink, NatsSink, NullSink, PostgresSink, Sink, with_knobs};
 
 /// Which sink the in-process engine writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -52,6 +57,8 @@ pub enum BenchSink {
     /// throwaway server the bench starts (durable with `--fsync`), or the
     /// one at `--pg-url`.
     Postgres,
+    /// NATS JetStream (`--nats-url`, or a `nats-server` started for the run).
+    Nats,
 }
 
 /// How the postgres sink inserts its batches (`staging` setting).
@@ -98,6 +105,9 @@ pub enum Baseline {
     /// tokio-postgres alone, `--sink-batch` rows per transaction: the
     /// database's ceiling.
     Copy,
+    /// The same messages as `--sink nats` writes, published with async-nats
+    /// directly (PubAcks awaited): JetStream's ceiling.
+    Nats,
 }
 
 /// `sluice bench`: drive an engine with N sources and report throughput,
@@ -133,6 +143,10 @@ pub struct BenchArgs {
     /// Sink of the in-process engine.
     #[arg(long, value_enum, default_value_t = BenchSink::Null)]
     pub sink: BenchSink,
+    /// With `--sink nats` / `--baseline nats`: the server; default: start
+    /// `nats-server` (from `PATH`) on a free loopback port.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
     /// With `--sink file`: sync the file to disk at every commit. With
     /// `--sink postgres`: the throwaway server keeps its durable defaults
     /// (`fsync`, `synchronous_commit`); without, it runs with `fsync = off`.
@@ -269,6 +283,19 @@ pub struct Latency {
     pub count: u64,
 }
 
+impl Latency {
+    /// The percentiles of `hist` (microseconds).
+    pub(crate) fn of(hist: &Histogram<u64>) -> Self {
+        Self {
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+            count: hist.len(),
+        }
+    }
+}
+
 /// Signals received by all sources, by kind.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Signals {
@@ -335,6 +362,45 @@ pub struct RunReport {
     pub buffer_bytes: Option<u64>,
     /// Sources whose stream failed (error text).
     pub errors: Vec<String>,
+}
+
+impl RunReport {
+    /// A run of `target` with `args` at `rate`, nothing counted yet.
+    pub(crate) fn empty(target: &str, args: &BenchArgs, rate: f64) -> Self {
+        Self {
+            target: target.to_owned(),
+            sources: args.sources,
+            record_bytes: args.record_bytes,
+            batch: args.batch,
+            // Sluice runs have the stages, and the `fail` stage of
+            // `--fail-rate` (the no-failures baseline has it too, failing
+            // nothing); the other baselines (raw, copy, nats) have none.
+            stages: if matches!(target, "sluice" | "baseline") {
+                args.stages + usize::from(args.fail_rate > 0.0)
+            } else {
+                0
+            },
+            rate_cap: rate,
+            elapsed_s: 0.0,
+            sent: 0,
+            acked: 0,
+            delivered: 0,
+            dead_lettered: 0,
+            filtered: 0,
+            lost: 0,
+            rejects: 0,
+            rejected_records: 0,
+            signals: Signals::default(),
+            records_per_s: 0.0,
+            completed_per_s_while_sending: 0.0,
+            fail_rate: 0.0,
+            mb_per_s: 0.0,
+            latency: Latency::default(),
+            peak_rss_bytes: None,
+            buffer_bytes: None,
+            errors: Vec::new(),
+        }
+    }
 }
 
 /// Everything `sluice bench` measured.
@@ -419,25 +485,31 @@ pub async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         None
     };
     let compare = args.baseline.is_some() && !args.raw_only;
+    let nats = if args.sink == BenchSink::Nats || args.baseline == Some(Baseline::Nats) {
+        Some(nats::BenchNats::start(args.nats_url.as_deref()).await?)
+    } else {
+        None
+    };
     let rounds = if compare { args.rounds.max(1) } else { 1 };
     let mut runs: Vec<(Option<RunReport>, Option<RunReport>, Option<f64>)> = Vec::new();
     for round in 1..=rounds {
         if rounds > 1 && !args.quiet {
             eprintln!("[round {round}/{rounds}]");
         }
-        let raw = match (&db, args.baseline) {
-            (Some(db), Some(Baseline::Copy)) => Some(postgres::run_copy(args, db).await?),
-            (_, Some(Baseline::NoFailures)) => {
-                Some(run_sluice(args, db.as_ref(), "baseline", 0.0).await?)
+        let raw = match (args.baseline, &db, &nats) {
+            (Some(Baseline::Copy), Some(db), _) => Some(postgres::run_copy(args, db).await?),
+            (Some(Baseline::NoFailures), ..) => {
+                Some(run_sluice(args, db.as_ref(), nats.as_ref(), "baseline", 0.0).await?)
             }
-            (_, Some(_)) => Some(run_raw(args).await?),
-            (_, None) if args.raw_only => Some(run_raw(args).await?),
-            (_, None) => None,
+            (Some(Baseline::Nats), _, Some(nats)) => Some(nats.baseline(args).await?),
+            (Some(_), ..) => Some(run_raw(args).await?),
+            (None, ..) if args.raw_only => Some(run_raw(args).await?),
+            (None, ..) => None,
         };
         let sluice = if args.raw_only {
             None
         } else {
-            Some(run_sluice(args, db.as_ref(), "sluice", args.fail_rate).await?)
+            Some(run_sluice(args, db.as_ref(), nats.as_ref(), "sluice", args.fail_rate).await?)
         };
         let ratio = match (&raw, &sluice) {
             (Some(r), Some(s)) if measure(args, r) > 0.0 => {
@@ -503,10 +575,11 @@ async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
 }
 
 /// A sluice run labelled `target`, failing `fail_rate` of the records
-/// (into `db`'s table with `--sink postgres`).
+/// (into `db`'s table with `--sink postgres`, `nats`' stream with `--sink nats`).
 async fn run_sluice(
     args: &BenchArgs,
     db: Option<&postgres::BenchDb>,
+    nats: Option<&nats::BenchNats>,
     target: &str,
     fail_rate: f64,
 ) -> Result<RunReport, String> {
@@ -584,6 +657,10 @@ async fn run_sluice(
                     .map_err(|e| format!("postgres sink: {e}"))?,
             )
         }
+        BenchSink::Nats => {
+            let nats = nats.ok_or("--sink nats: no NATS server")?;
+            Arc::new(NatsSink::new(&nats.sink_spec(), "default").map_err(|e| e.to_string())?)
+        }
     };
     let sink = with_knobs(sink, args.sink_delay.unwrap_or_default(), 0.0);
     let mut builder = EngineBuilder::new(settings)
@@ -647,14 +724,7 @@ async fn drive(
             .map(|i| total / n as u64 + u64::from(i < total % n as u64))
             .collect::<Vec<_>>()
     });
-    let run_id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    );
+    let run_id = run_id();
     let counters = Arc::new(lean::Counters::default());
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -701,37 +771,7 @@ async fn drive(
         })
     });
     let mut hist = new_histogram();
-    let mut report = RunReport {
-        target: target.to_owned(),
-        sources: n,
-        record_bytes: args.record_bytes,
-        batch: args.batch,
-        // The `fail` stage of `--fail-rate` counts (the baseline has it too).
-        stages: if target == "raw" {
-            0
-        } else {
-            args.stages + usize::from(args.fail_rate > 0.0)
-        },
-        rate_cap: rate,
-        elapsed_s: 0.0,
-        sent: 0,
-        acked: 0,
-        delivered: 0,
-        dead_lettered: 0,
-        filtered: 0,
-        lost: 0,
-        rejects: 0,
-        rejected_records: 0,
-        signals: Signals::default(),
-        records_per_s: 0.0,
-        completed_per_s_while_sending: 0.0,
-        fail_rate: 0.0,
-        mb_per_s: 0.0,
-        latency: Latency::default(),
-        peak_rss_bytes: None,
-        buffer_bytes: None,
-        errors: Vec::new(),
-    };
+    let mut report = RunReport::empty(target, args, rate);
     let mut last_ack_at = start;
     let (mut done_sending_at, mut completed_while_sending) = (start, 0u64);
     for t in tasks {
@@ -780,19 +820,26 @@ async fn drive(
         .max(1e-9);
     report.completed_per_s_while_sending = completed_while_sending as f64 / sending;
     report.mb_per_s = report.acked as f64 * args.record_bytes as f64 / elapsed / 1e6;
-    report.latency = Latency {
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        count: hist.len(),
-    };
+    report.latency = Latency::of(&hist);
     Ok(report)
+}
+
+/// A name for this run, unique on this machine: source ids carry it, so
+/// runs never share a source (nor a JetStream message id).
+pub(crate) fn run_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
 }
 
 /// The payload of source `i`'s records: `record_bytes` bytes (a JSON
 /// payload is never shorter than `{"id":N,"pad":""}`).
-fn payload(kind: BenchPayload, record_bytes: usize, i: usize) -> bytes::Bytes {
+pub(crate) fn payload(kind: BenchPayload, record_bytes: usize, i: usize) -> bytes::Bytes {
     match kind {
         BenchPayload::Bytes => vec![b'x'; record_bytes].into(),
         BenchPayload::Json => {
@@ -930,6 +977,7 @@ pub fn render_table(report: &BenchReport) -> String {
             let _ = writeln!(out, "error ({}): {e}", r.target);
         }
     }
+    // The baseline's name: `raw` (the transport) or `nats` (async-nats).
     let baseline = report.raw.as_ref().map_or("raw", |r| r.target.as_str());
     for (i, r) in report.rounds.iter().enumerate() {
         let _ = writeln!(

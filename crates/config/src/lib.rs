@@ -41,6 +41,7 @@
 
 mod error;
 mod load;
+mod nats;
 mod pipeline;
 mod postgres;
 mod sections;
@@ -51,6 +52,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use nats::{
+    NatsAuth, NatsAuthError, NatsSinkSpec, NatsStorage, NatsStreamSpec, NatsTls,
+    SUBJECT_PLACEHOLDERS, is_publish_subject,
+};
 pub use pipeline::{BatchSettings, FilterOp, PipelineSpec, SinkSpec, StageSpec, TransformSpec};
 pub use postgres::{ColumnType, PostgresMode, PostgresSinkSpec, PostgresTls, Staging};
 pub use sections::{

@@ -37,6 +37,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::nats::NatsSinkSpec;
 pub use crate::postgres::PostgresSinkSpec;
 
 /// One mebibyte.
@@ -267,11 +268,13 @@ pub enum SinkSpec {
     },
     /// Rows of a PostgreSQL table, exactly once (see [`PostgresSinkSpec`]).
     Postgres(Box<PostgresSinkSpec>),
+    /// NATS JetStream: one message per record (see [`NatsSinkSpec`]).
+    Nats(Box<NatsSinkSpec>),
 }
 
 impl SinkSpec {
     /// The `kind` names, as written in a config file.
-    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null", "postgres"];
+    pub const KINDS: &'static [&'static str] = &["file", "stdout", "null", "postgres", "nats"];
 
     /// This sink's `kind` name.
     pub fn kind(&self) -> &'static str {
@@ -280,6 +283,7 @@ impl SinkSpec {
             Self::Stdout { .. } => "stdout",
             Self::Null { .. } => "null",
             Self::Postgres(_) => "postgres",
+            Self::Nats(_) => "nats",
         }
     }
 
@@ -290,6 +294,7 @@ impl SinkSpec {
                 *delay
             }
             Self::Postgres(p) => p.delay,
+            Self::Nats(n) => n.delay,
         }
     }
 
@@ -300,6 +305,7 @@ impl SinkSpec {
             | Self::Stdout { fail_rate, .. }
             | Self::Null { fail_rate, .. } => *fail_rate,
             Self::Postgres(p) => p.fail_rate,
+            Self::Nats(n) => n.fail_rate,
         }
     }
 
@@ -363,7 +369,7 @@ pub(crate) fn is_zero(x: &f64) -> bool {
 
 /// Accepts a list of strings, or one comma-separated string (what an
 /// environment variable can hold).
-fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Vec<String>;

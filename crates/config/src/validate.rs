@@ -454,5 +454,8 @@ fn sink(key: &str, s: &SinkSpec, e: &mut ValidationErrors) {
         non_empty(e, format!("{key}.prefix"), prefix);
         positive(e, &format!("{key}.rotate_bytes"), *rotate_bytes);
     }
+    if let SinkSpec::Nats(n) = s {
+        crate::nats::validate(key, n, e);
+    }
     fraction(e, format!("{key}.fail_rate"), s.fail_rate());
 }

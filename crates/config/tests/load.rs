@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_config::{
@@ -323,7 +323,7 @@ fn unknown_sink_kind_is_refused_naming_the_key_and_the_kinds() {
     assert_eq!(key.as_deref(), Some("pipelines[0].dead_letter.kind"));
     assert_eq!(
         message,
-        r#"unknown sink "kafka" (known: file, stdout, null, postgres)"#
+        r#"unknown sink "kafka" (known: file, stdout, null, postgres, nats)"#
     );
 }
 
@@ -459,27 +459,48 @@ fn transform_field_errors_name_the_transform() {
     assert_eq!(message, "missing field `to`");
 }
 
-/// The configuration example in the README is loaded as written, so the
-/// documentation cannot drift from the settings it describes.
-#[test]
-fn readme_config_example_loads_and_validates() {
+/// The TOML block of the README between two `marker` lines, written to a
+/// file in `dir`: its path.
+fn readme_block(marker: &str, dir: &Path) -> PathBuf {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let marker = "<!-- config-example -->";
-    let start = readme.find(marker).expect("README has a config example") + marker.len();
+    let start = readme.find(marker).expect("README has the example") + marker.len();
     let end = start + readme[start..].find(marker).expect("closing marker");
     let section = &readme[start..end];
     let body_start = section.find("```toml").expect("a toml block") + "```toml".len();
     let body_end = body_start + section[body_start..].find("```").expect("end of block");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
+    let path = dir.join("sluice.toml");
     std::fs::write(&path, &section[body_start..body_end]).unwrap();
+    path
+}
+
+/// The configuration example in the README is loaded as written, so the
+/// documentation cannot drift from the settings it describes.
+#[test]
+fn readme_config_example_loads_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = readme_block("<!-- config-example -->", dir.path());
     let settings =
         sluice_config::Settings::load_with_env(Some(&path), Vec::<(String, String)>::new())
             .unwrap_or_else(|e| panic!("README example does not load: {e}"));
     assert_eq!(settings.pipelines.len(), 1);
     assert_eq!(settings.pipelines[0].name, "orders");
     assert_eq!(settings.pipelines[0].stages.len(), 2);
+}
+
+/// The README's NATS JetStream sink example loads and validates as written.
+#[test]
+fn readme_nats_example_loads_and_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = readme_block("<!-- nats-example -->", dir.path());
+    let settings =
+        sluice_config::Settings::load_with_env(Some(&path), Vec::<(String, String)>::new())
+            .unwrap_or_else(|e| panic!("README NATS example does not load: {e}"));
+    let SinkSpec::Nats(n) = &settings.pipelines[0].sink else {
+        panic!("a nats sink: {:?}", settings.pipelines[0].sink);
+    };
+    assert_eq!(n.subject, "sluice.{pipeline}.{source_id}");
+    assert!(n.create_stream.is_some());
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //! | [`SINK_STALLED`] | gauge | `pipeline`, `sink` (`sink` or `dead_letter`) |
 //! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
 //! | [`POSTGRES_STAGED_BATCHES_TOTAL`] | counter | `table`, `reason` (`always`, `duplicate`, `record_error`) |
+//! | [`SINK_DUPLICATES_TOTAL`] | counter | `pipeline` |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
 //! backpressure episodes, the memory gate, and the one per-source flow-state
@@ -88,6 +89,10 @@ pub const SINK_STALLED: &str = "sluice_sink_stalled";
 pub const SINK_FAILURES_TOTAL: &str = "sluice_sink_failures_total";
 /// Counter: records a sink refused one by one (record-level failures).
 pub const SINK_RECORDS_REFUSED_TOTAL: &str = "sluice_sink_records_refused_total";
+/// Counter: messages a sink's target dropped as duplicates of ones it
+/// already had (the NATS sink: PubAck `duplicate`, by `Nats-Msg-Id`):
+/// resends after a crash or a retried batch. Label `pipeline`.
+pub const SINK_DUPLICATES_TOTAL: &str = "sluice_sink_duplicates_total";
 /// Counter: stall episodes of a sink.
 pub const SINK_STALLS_TOTAL: &str = "sluice_sink_stalls_total";
 
@@ -189,6 +194,10 @@ pub fn describe() {
         (
             POSTGRES_STAGED_BATCHES_TOTAL,
             "Batches a postgres sink inserted through its staging table, per table and reason",
+        ),
+        (
+            SINK_DUPLICATES_TOTAL,
+            "Messages the sink target dropped as duplicates (resends)",
         ),
     ] {
         describe_counter!(name, help);

@@ -110,3 +110,33 @@ async fn tiny_bench_into_postgres_against_copy_loses_nothing() {
     assert_eq!(report.raw.unwrap().target, "copy");
     assert!(report.ratio.is_some());
 }
+
+/// `--sink nats --baseline nats`: the bench starts its own nats-server;
+/// both runs publish every record (the bench checks the stream itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_into_nats_and_its_baseline_lose_nothing() {
+    if sluice_tests::external_program("cli_bench::nats", "nats-server").is_none() {
+        return;
+    }
+    let args = BenchArgs {
+        sources: 2,
+        records: Some(2_000),
+        batch: 256,
+        sink: BenchSink::Nats,
+        baseline: Some(Baseline::Nats),
+        payload: BenchPayload::Json,
+        ..BenchArgs::default()
+    };
+    let report = run_bench(&args).await.expect("bench runs");
+    for run in [report.raw.as_ref(), report.sluice.as_ref()] {
+        let run = run.expect("both runs present");
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        assert_eq!(
+            (run.sent, run.acked, run.lost),
+            (2_000, 2_000, 0),
+            "{run:?}"
+        );
+    }
+    assert_eq!(report.raw.as_ref().map(|r| r.target.as_str()), Some("nats"));
+    assert!(report.ratio.is_some());
+}

@@ -11,6 +11,7 @@ mod credit;
 mod flow;
 mod health_reflection;
 mod hostile;
+mod nats;
 mod observe;
 mod postgres;
 mod rules;

@@ -21,7 +21,7 @@ use sluice_pgtemp::{Durability, PgServer};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::{BenchArgs, BenchPayload, Latency, RunReport, Signals, payload};
+use super::{BenchArgs, BenchPayload, RunReport, payload};
 
 /// The table the engine's sink writes.
 pub const SLUICE_TABLE: &str = "bench_sluice";
@@ -254,29 +254,16 @@ pub async fn run_copy(args: &BenchArgs, db: &BenchDb) -> Result<RunReport, Strin
         errors.push(format!("{written} rows copied, {in_table} in the table"));
     }
     Ok(RunReport {
-        target: "copy".to_owned(),
-        sources: n,
-        record_bytes: args.record_bytes,
         batch: args.sink_batch,
-        stages: 0,
-        rate_cap: 0.0,
         elapsed_s: elapsed,
         sent: written,
         acked: written,
         delivered: in_table,
-        dead_lettered: 0,
-        filtered: 0,
         lost: written as i64 - in_table as i64,
-        rejects: 0,
-        rejected_records: 0,
-        signals: Signals::default(),
         records_per_s: written as f64 / elapsed,
         completed_per_s_while_sending: written as f64 / elapsed,
-        fail_rate: 0.0,
         mb_per_s: written as f64 * args.record_bytes as f64 / elapsed / 1e6,
-        latency: Latency::default(),
-        peak_rss_bytes: None,
-        buffer_bytes: None,
         errors,
+        ..RunReport::empty("copy", args, 0.0)
     })
 }

@@ -183,11 +183,13 @@ impl EngineBuilder {
             };
             let sink = match sinks.remove(&spec.name) {
                 Some(s) => s,
-                None => build_sink(&spec.sink).await.map_err(sink_err)?,
+                None => build_sink(&spec.name, &spec.sink).await.map_err(sink_err)?,
             };
             let dead_letter = match dead_letters.remove(&spec.name) {
                 Some(s) => s,
-                None => build_sink(&spec.dead_letter).await.map_err(sink_err)?,
+                None => build_sink(&spec.name, &spec.dead_letter)
+                    .await
+                    .map_err(sink_err)?,
             };
             let mut stages: Vec<(StageId, StageWork)> = spec
                 .stages

@@ -74,6 +74,15 @@ pub enum SinkError {
         /// What went wrong, in the service's words where it said.
         message: String,
     },
+    /// A failure of the server a sink writes to (connection lost, timeout,
+    /// storage full…), with the sink's own typed error as its source.
+    #[error("{sink} sink: {source}")]
+    Target {
+        /// The sink's kind (`nats`).
+        sink: &'static str,
+        /// The sink's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An outage injected by a test ([`Outage`](super::Outage)).
     #[error("injected sink outage")]
     Injected,

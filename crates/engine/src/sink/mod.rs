@@ -20,7 +20,7 @@
 
 //!
 //! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
-//! [`null`](NullSink), a folder for [`postgres`](PostgresSink), the [`Knobs`] wrapper (delay, injected record
+//! [`null`](NullSink), a folder for [`postgres`](PostgresSink), one for [`nats`](NatsSink), the [`Knobs`] wrapper (delay, injected record
 //! failures) and the [`Outage`] wrapper (an injected sink-level outage);
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
 //! format they write.
@@ -33,6 +33,7 @@ mod contract;
 mod file;
 mod json;
 mod knobs;
+mod nats;
 mod null;
 mod postgres;
 mod stdout;
@@ -44,13 +45,15 @@ pub use contract::{
 pub use file::FileSink;
 pub use json::{json_line, json_value, write_json_line};
 pub use knobs::{INJECTED_RECORD_FAILURE, Knobs, Outage, with_knobs};
+pub use nats::{NatsError, NatsSink};
 pub use null::NullSink;
 pub use postgres::PostgresSink;
 pub use stdout::StdoutSink;
 
-/// Builds the sink a [`SinkSpec`] describes, test knobs included (a
-/// postgres sink connects and checks its table here).
-pub async fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
+/// Builds the sink a [`SinkSpec`] of `pipeline` describes, test knobs
+/// included (a postgres sink connects and checks its table here; the
+/// pipeline's name is part of some sinks' targets, e.g. a NATS subject).
+pub async fn build_sink(pipeline: &str, spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
     let inner: Arc<dyn Sink> = match spec {
         SinkSpec::File {
             dir,
@@ -62,6 +65,7 @@ pub async fn build_sink(spec: &SinkSpec) -> Result<Arc<dyn Sink>, SinkError> {
         SinkSpec::Stdout { .. } => Arc::new(StdoutSink),
         SinkSpec::Null { .. } => Arc::new(NullSink),
         SinkSpec::Postgres(p) => Arc::new(PostgresSink::connect(p).await?),
+        SinkSpec::Nats(n) => Arc::new(NatsSink::new(n, pipeline)?),
     };
     Ok(with_knobs(inner, spec.delay(), spec.fail_rate()))
 }
@@ -174,7 +178,7 @@ mod tests {
             delay: Duration::ZERO,
             fail_rate: 0.0,
         };
-        let sink = build_sink(&spec).await.unwrap();
+        let sink = build_sink("p", &spec).await.unwrap();
         let mut rec = EngineRecord::from_payload(&b"{\"a\":1}"[..]);
         rec.set_payload(&b"{\"a\":2}"[..]);
         let batch = [SinkRecord {
