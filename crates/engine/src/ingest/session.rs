@@ -402,7 +402,16 @@ impl Session {
                                 break StreamEnd::Gone;
                             }
                         }
-                        Err(status) => break StreamEnd::Status(Some(status)),
+                        Err(status) => {
+                            // An engine that stopped tells the source how far
+                            // it got before the stream ends.
+                            if status.code() == tonic::Code::Unavailable
+                                && self.send_ack().await.is_err()
+                            {
+                                break StreamEnd::Gone;
+                            }
+                            break StreamEnd::Status(Some(status));
+                        }
                     },
                     Ok(None) => {
                         input_open = false;
@@ -868,12 +877,14 @@ impl Session {
                 ));
             }
             Err(BufferError::Closed) => {
-                return Ok(rejected(
-                    self,
-                    RejectReason::ShuttingDown,
-                    "the engine is shutting down and admits nothing more".into(),
-                    0,
-                ));
+                // Drained and stopped: the stream ends now (after its last
+                // Ack), as it would a moment later; the source resends what
+                // was not acked to the next engine. A reject here would
+                // charge a compliant source for the engine's own exit.
+                return Err(Status::unavailable(format!(
+                    "the engine shut down; resend what was not acked (source {:?})",
+                    self.name
+                )));
             }
             Err(e @ (BufferError::ZeroSequence | BufferError::SequenceOverflow { .. })) => {
                 return Err(Status::invalid_argument(format!(
