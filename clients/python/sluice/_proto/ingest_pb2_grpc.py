@@ -60,9 +60,11 @@ class IngestServicer:
         and the newer one takes over (this is how a reconnect replaces a half-dead
         connection).
 
-        When the engine shuts down it sends `Signal` PAUSE with reason SHUTDOWN,
-        rejects further batches with `REJECT_REASON_SHUTTING_DOWN`, sends a last
-        `Ack` for what it completed while draining, and ends the stream. A source
+        When the engine shuts down it sends `Signal` PAUSE with reason SHUTDOWN;
+        while it drains it still admits what a stream's credit covers and rejects
+        the rest with `REJECT_REASON_SHUTTING_DOWN`; once drained it sends a last
+        `Ack` for what it completed and ends the stream with `UNAVAILABLE` (a
+        batch that arrives then is neither admitted nor acked: resend it). A source
         treats every other end of the stream (before all its records were acked)
         the same way: reconnect later and resend what was not acked.
 
