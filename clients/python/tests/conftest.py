@@ -134,11 +134,15 @@ batch = {{ max_records = 1000, max_bytes = 1048576, linger = "5ms" }}
         return c
 
     def lines(self) -> Iterator[dict]:
-        """Every JSON line of the sink's files."""
+        """Every JSON line of the sink's files. A SIGKILLed engine may leave
+        a file's last line half written (never committed, never acked: its
+        records are resent), so an unterminated last line is skipped."""
         if not self.sink_dir.exists():
             return
         for f in sorted(self.sink_dir.glob("*.jsonl")):
-            for raw in f.read_text().splitlines():
+            text = f.read_text()
+            complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+            for raw in complete.splitlines():
                 if raw.strip():
                     yield json.loads(raw)
 
