@@ -330,6 +330,61 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
     engine.shutdown().await.unwrap();
 }
 
+/// `Signal.target_records_per_second`: a source that sends past its credit
+/// into a slow sink (20 ms per batch of at most 5 records: at most 250
+/// records/s) keeps crossing the stage's high watermark; the SLOW_DOWNs it
+/// gets after its records have completed for a while carry its drain rate,
+/// positive and never above what the sink takes; other signals carry 0.
+#[tokio::test]
+async fn slow_down_carries_the_sources_drain_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = staged_settings(dir.path(), identity());
+    s.buffer.per_stage = sluice_buffer::Limit::new(20, 1 << 20);
+    s.buffer.per_source = sluice_buffer::Limit::new(100, 1 << 20);
+    s.pipelines[0].batch.max_records = 5;
+    let slow = sluice_engine::sink::with_knobs(
+        std::sync::Arc::new(sluice_engine::sink::NullSink),
+        Duration::from_millis(20),
+        0.0,
+    );
+    let engine = start_engine(s, |b| b.sink("default", slow)).await;
+    let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
+    opened(&mut conn).await;
+    let source = engine.buffer().source_id("src").unwrap();
+    let started = std::time::Instant::now();
+    let mut next_seq = 1;
+    let mut rates = Vec::new();
+    while started.elapsed() < Duration::from_millis(2_500) {
+        conn.must_send(batch(next_seq, 10)).await;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(5), conn.inbound.message()).await {
+                Err(_) => break,
+                Ok(m) => match m.unwrap().and_then(|m| m.body) {
+                    Some(EBody::Signal(sig)) if sig.kind == v1::SignalKind::SlowDown as i32 => {
+                        rates.push(sig.target_records_per_second)
+                    }
+                    Some(EBody::Signal(sig)) => assert_eq!(sig.target_records_per_second, 0.0),
+                    Some(_) => {}
+                    None => panic!("stream ended"),
+                },
+            }
+        }
+        next_seq = engine.buffer().admitted_through(source).unwrap() + 1;
+    }
+    eprintln!("SLOW_DOWN target rates: {rates:?}");
+    assert!(
+        rates.iter().any(|&r| r > 0.0),
+        "no SLOW_DOWN carried a rate: {rates:?}"
+    );
+    // 250 records/s at most, with room for the 50 ms step of the readings.
+    assert!(
+        rates.iter().all(|&r| (0.0..=400.0).contains(&r)),
+        "{rates:?}"
+    );
+    drop(conn);
+    engine.shutdown().await.unwrap();
+}
+
 /// A sink that records the size of every batch it is given and takes
 /// `delay` per batch (a slow sink, one commit per batch).
 #[derive(Debug, Default)]

@@ -36,6 +36,10 @@ pub(super) struct Conn {
     pub(super) paused_until: Option<Instant>,
     pub(super) slowed: bool,
     pub(super) slow_delay: Duration,
+    /// Under SLOW_DOWN: the rate at which the engine completes this
+    /// source's records (`Signal.target_records_per_second`), 0 when
+    /// unknown; batches are spaced to stay below it.
+    pub(super) slow_rate: f64,
     /// Nothing is sent before this time (reject backoff, slow-down pacing).
     pub(super) not_before: Option<Instant>,
     pub(super) in_backoff: bool,
@@ -243,6 +247,7 @@ impl Driver {
             paused_until: None,
             slowed: false,
             slow_delay: DEFAULT_SLOW_DELAY,
+            slow_rate: 0.0,
             not_before: None,
             in_backoff: false,
             max_batch,

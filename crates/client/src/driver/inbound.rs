@@ -58,6 +58,7 @@ impl Driver {
                     SignalKind::SlowDown => {
                         conn.slowed = true;
                         conn.slow_delay = retry_after(s.retry_after_ms, DEFAULT_SLOW_DELAY);
+                        conn.slow_rate = s.target_records_per_second;
                         self.p.slow_downs += 1;
                     }
                     SignalKind::Pause => {

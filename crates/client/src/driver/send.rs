@@ -2,7 +2,7 @@
 //! the signals in force and the message size limit ([`Plan`]), and the batch
 //! that sends it, charged against the credits.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_proto::v1::{Backlog, Batch, SourceMessage, source_message};
 use tracing::debug;
@@ -10,6 +10,11 @@ use tracing::debug;
 use super::Driver;
 use super::conn::{Conn, SentBatch};
 use crate::error::ClientError;
+
+/// The longest spacing between batches under SLOW_DOWN that a drain rate
+/// can ask for: a rate measured while a pipeline was nearly stopped must
+/// not keep the source idle long after it recovered (RESUME ends it anyway).
+const MAX_SLOW_SPACING: Duration = Duration::from_secs(1);
 
 /// What the sender can do next.
 pub(super) enum Plan {
@@ -185,7 +190,15 @@ impl Driver {
         self.highest_sent = self.highest_sent.max(last);
         conn.cursor = last + 1;
         if conn.slowed {
-            conn.not_before = Some(Instant::now() + conn.slow_delay);
+            // Space batches by the suggested wait, and so that the source
+            // sends below the rate at which its records complete.
+            let mut delay = conn.slow_delay;
+            if conn.slow_rate.is_finite() && conn.slow_rate > 0.0 {
+                delay = delay.max(Duration::from_secs_f64(
+                    (n as f64 / conn.slow_rate).min(MAX_SLOW_SPACING.as_secs_f64()),
+                ));
+            }
+            conn.not_before = Some(Instant::now() + delay);
         }
         debug!(source_id = %self.source_id, first_seq, n, "batch sent");
         SourceMessage {

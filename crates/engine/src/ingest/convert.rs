@@ -19,8 +19,10 @@ pub(crate) fn credit_msg(c: Credit) -> v1::Credit {
     }
 }
 
-/// The proto form of a flow-control signal.
-pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
+/// The proto form of a flow-control signal; `drain_rate` (the source's
+/// records completed per second, 0 when unknown) is sent with SLOW_DOWN
+/// only, as `target_records_per_second`.
+pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal, drain_rate: f64) -> v1::Signal {
     v1::Signal {
         kind: match s.kind {
             BufKind::SlowDown => SignalKind::SlowDown,
@@ -38,7 +40,10 @@ pub(crate) fn signal_msg(s: &sluice_buffer::BackpressureSignal) -> v1::Signal {
         utilization: s.utilization,
         retry_after_ms: u32::try_from(s.retry_after.as_millis()).unwrap_or(u32::MAX),
         stage: s.stage_name.as_deref().unwrap_or_default().to_owned(),
-        target_records_per_second: 0.0,
+        target_records_per_second: match s.kind {
+            BufKind::SlowDown if drain_rate.is_finite() => drain_rate.max(0.0),
+            _ => 0.0,
+        },
         sink: s.sink.as_deref().unwrap_or_default().to_owned(),
     }
 }

@@ -9,6 +9,7 @@
 //! - `admission`: the only place the admission and credit policy is
 //!   written (what a batch's credit covers, when credit may be granted);
 //! - `streams`: the registry of open streams, one per source;
+//! - `rate`: a source's drain rate, sent with SLOW_DOWN;
 //! - `convert`: the buffer's types in their proto form.
 //!
 //! Ingest sits on the [`runtime`](crate::runtime) (buffer, flow control,
@@ -17,6 +18,7 @@
 mod admission;
 mod context;
 mod convert;
+mod rate;
 mod service;
 mod session;
 mod streams;

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use sluice_buffer::{
     AckState, BufferError, ByteSize, Credit, CreditMode, FlowEvent, SourceHandle, SourceId,
@@ -31,6 +32,7 @@ use tonic::{Status, Streaming};
 use super::admission;
 use super::context::IngestContext;
 use super::convert::{credit_msg, msg, reject_reason, reject_text, signal_msg};
+use super::rate::DrainRate;
 use super::wire::{self, Body, Inbound};
 use crate::record::EngineRecord;
 use crate::runtime::{AckProgress, MAX_ACK_RANGES};
@@ -205,7 +207,7 @@ pub(crate) async fn open(
     if status.state != SourceState::Normal
         && let Some(s) = &status.signal
     {
-        let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s)))));
+        let _ = tx.try_send(Ok(msg(engine_message::Body::Signal(signal_msg(s, 0.0)))));
     }
     let session = Session {
         ctx: ctx.clone(),
@@ -221,6 +223,7 @@ pub(crate) async fn open(
         rewind: None,
         batches: 0,
         last_signal: status.seq,
+        drain: DrainRate::default(),
     };
     let span = tracing::info_span!("source", source = %session.name, pipeline = %pipeline.name);
     tokio::spawn(tracing::Instrument::instrument(
@@ -327,6 +330,8 @@ struct Session {
     /// The `seq` of the last source status whose signal was sent (or that
     /// was current at open).
     last_signal: u64,
+    /// The source's completion rate, for `Signal.target_records_per_second`.
+    drain: DrainRate,
 }
 
 /// Moves `source`'s sequence up to `through` when the engine holds nothing
@@ -504,6 +509,13 @@ impl Session {
         buffer.admitted_through(self.source).unwrap_or(0)
     }
 
+    /// The source's records completed so far (delivered, dead-lettered or
+    /// filtered), for its drain rate.
+    fn completed(&self) -> u64 {
+        let p = self.ctx.runtime.hub.progress(self.source);
+        p.delivered + p.dead_lettered + p.filtered
+    }
+
     fn all_acked(&self) -> bool {
         self.ctx.runtime.hub.progress(self.source).through_seq >= self.admitted()
     }
@@ -532,7 +544,10 @@ impl Session {
         self.last_signal = status.seq;
         match &status.signal {
             Some(sig) => {
-                self.send(engine_message::Body::Signal(signal_msg(sig)))
+                let now = Instant::now();
+                self.drain.observe(now, self.completed());
+                let rate = self.drain.per_second(now);
+                self.send(engine_message::Body::Signal(signal_msg(sig, rate)))
                     .await
             }
             None => Ok(()),
@@ -561,6 +576,7 @@ impl Session {
     /// last one sent; more Acks right after while ranges remain unreported
     /// (an Ack carries at most [`MAX_ACK_RANGES`]).
     async fn send_ack(&mut self) -> Result<(), ()> {
+        self.drain.observe(Instant::now(), self.completed());
         while let Some(ack) = self.last_ack.next(&self.ctx, self.source) {
             self.send(engine_message::Body::Ack(ack)).await?;
             if !self.last_ack.more {
