@@ -1,8 +1,10 @@
 //! The raw-transport baseline: a bare `sluice.v1.Ingest` server.
 //!
-//! It answers `Open` with unlimited credit, counts the records of each batch
-//! and acks the batch at once (`Ack.through_seq` = its last sequence number,
-//! `delivered` = the records so far). No buffer, no flow control, no sink:
+//! It speaks protocol version 2 like the engine: it answers `Open` with
+//! unlimited credit, counts the records of each batch, answers it with its
+//! `BatchOutcome` (all admitted) and acks it at once (`Ack.through_seq` = its
+//! last sequence number, `delivered` = the records so far); `Backlog` and
+//! `Release` are read and ignored. No buffer, no flow control, no sink:
 //! what is left is tonic, h2, prost and the loopback socket, with the same
 //! server settings as the engine (tonic's default windows, 16 MiB messages).
 
@@ -17,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use sluice_proto::v1::engine_message::Body;
 use sluice_proto::v1::ingest_server::{Ingest, IngestServer};
 use sluice_proto::v1::source_message::Body as In;
-use sluice_proto::v1::{Ack, Credit, EngineMessage, Opened, SourceMessage};
+use sluice_proto::v1::{Ack, BatchOutcome, Credit, EngineMessage, Opened, SourceMessage};
 
 /// Same limit as the engine's default `server.max_message_bytes`.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -110,6 +112,11 @@ impl Ingest for RawIngest {
                 }),
                 max_batch_records: u32::MAX,
                 max_message_bytes: MAX_MESSAGE as u32,
+                protocol_version: 2,
+                window: Some(Credit {
+                    records: u64::MAX / 4,
+                    bytes: u64::MAX / 4,
+                }),
                 ..Opened::default()
             })),
         };
@@ -133,6 +140,19 @@ impl Ingest for RawIngest {
                     }
                     delivered += n;
                     total.fetch_add(n, Ordering::Relaxed);
+                    let outcome = EngineMessage {
+                        body: Some(Body::Outcome(BatchOutcome {
+                            batch_id: b.batch_id,
+                            first_seq: b.first_seq,
+                            duplicates: 0,
+                            admitted: n,
+                            reject: None,
+                            credit: None,
+                        })),
+                    };
+                    if tx.send(Ok(outcome)).await.is_err() {
+                        break;
+                    }
                     let ack = EngineMessage {
                         body: Some(Body::Ack(Ack {
                             through_seq: b.first_seq + n - 1,
