@@ -274,10 +274,10 @@ async fn memory_gate_pauses_and_shutdown_pauses_then_ends_streams() {
     assert_eq!(report.undelivered, 0);
 }
 
-#[tokio::test]
-async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = staged_settings(dir.path(), identity());
+/// An engine with a stage of 20 records, sources of 100, and a null sink
+/// that takes 20 ms per batch of at most 5 records (250 records/s).
+async fn slow_small_stage(dir: &std::path::Path) -> EngineHandle {
+    let mut s = staged_settings(dir, identity());
     s.buffer.per_stage = sluice_buffer::Limit::new(20, 1 << 20);
     s.buffer.per_source = sluice_buffer::Limit::new(100, 1 << 20);
     s.pipelines[0].batch.max_records = 5;
@@ -286,7 +286,13 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
         Duration::from_millis(20),
         0.0,
     );
-    let engine = start_engine(s, |b| b.sink("default", slow)).await;
+    start_engine(s, |b| b.sink("default", slow)).await
+}
+
+#[tokio::test]
+async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = slow_small_stage(dir.path()).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     // Send past the credits: the excess is rejected, never dropped.
@@ -338,16 +344,7 @@ async fn a_slow_sink_slows_the_source_down_and_everything_is_acked() {
 #[tokio::test]
 async fn slow_down_carries_the_sources_drain_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = staged_settings(dir.path(), identity());
-    s.buffer.per_stage = sluice_buffer::Limit::new(20, 1 << 20);
-    s.buffer.per_source = sluice_buffer::Limit::new(100, 1 << 20);
-    s.pipelines[0].batch.max_records = 5;
-    let slow = sluice_engine::sink::with_knobs(
-        std::sync::Arc::new(sluice_engine::sink::NullSink),
-        Duration::from_millis(20),
-        0.0,
-    );
-    let engine = start_engine(s, |b| b.sink("default", slow)).await;
+    let engine = slow_small_stage(dir.path()).await;
     let mut conn = connect(&engine, open_msg("src", "")).await.unwrap();
     opened(&mut conn).await;
     let source = engine.buffer().source_id("src").unwrap();
