@@ -564,3 +564,19 @@ fn verify_unit(text: &str) {
         out.status
     );
 }
+
+/// The sizing script of `deploy/` is valid bash (it is run by hand; its
+/// figures are in BENCHMARKS.md).
+#[test]
+fn the_per_core_script_is_valid_bash() {
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(deploy("measure-per-core.sh"))
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
