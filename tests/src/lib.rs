@@ -25,7 +25,8 @@
 //!   Everything is re-exported at the root: tests say `use sluice_tests::*`.
 //! - one test binary, `tests/tests/e2e/main.rs`, with a module per area:
 //!   `flow`, `acks`, `credit`, `chaos`, `hostile`, `observe`, `rules`, `security`, `smoke`,
-//!   `sink_contract`, `postgres`, `nats`,
+//!   `sink_contract`, `postgres`, `nats` (with `nats::cluster`, `nats::auth`,
+//!   `nats::stream`), `deploy` (the examples of `deploy/`),
 //!   `health_reflection`, `send_command`, `cli_demo` and `cli_bench`.
 //!
 //! The crash test (`crates/cli/tests/crash.rs`) runs the `sluice` binary, so
@@ -54,7 +55,7 @@ pub use client::{
     send_range, signal_readings, signals,
 };
 pub use external::{REQUIRE_EXTERNAL, external_program, missing};
-pub use nats::{NatsServer, StreamMessage, assert_ids_exactly_once};
+pub use nats::{NatsServer, StreamMessage, TestConnect, assert_ids_exactly_once};
 pub use nginx::{Nginx, nginx_config};
 pub use postgres::Postgres;
 pub use process::{

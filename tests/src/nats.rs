@@ -1,7 +1,11 @@
 //! A real nats-server with JetStream for a test: on a free loopback port,
 //! its store in a temporary directory, stopped on drop; [`stop`] and
-//! [`start`] it again (same port, same store) for outage tests. And
-//! reading a stream back with a JetStream consumer.
+//! [`start`] it again (same port, same store) for outage tests; more
+//! configuration (a `tls` block, an `authorization` block) for the tests
+//! of TLS and credentials ([`launch_with`]). And reading a stream back
+//! with a JetStream consumer.
+//!
+//! [`launch_with`]: NatsServer::launch_with
 //!
 //! [`stop`]: NatsServer::stop
 //! [`start`]: NatsServer::start
@@ -17,6 +21,10 @@ use futures::StreamExt as _;
 use crate::external::external_program;
 use crate::settings::free_port;
 
+/// How the test itself connects to a server that wants TLS or
+/// credentials (to read its streams back): the options of a connection.
+pub type TestConnect = Box<dyn Fn() -> async_nats::ConnectOptions + Send + Sync>;
+
 /// A nats-server process with JetStream (see the [module docs](self)).
 pub struct NatsServer {
     bin: PathBuf,
@@ -24,12 +32,25 @@ pub struct NatsServer {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Option<Child>,
+    connect: TestConnect,
 }
 
 impl NatsServer {
     /// Starts `nats-server` for `test`, its `max_payload` set when given;
     /// `None` (after a loud SKIPPED line) when it is not installed.
     pub fn launch(test: &str, max_payload: Option<u32>) -> Option<Self> {
+        let extra = max_payload.map_or(String::new(), |n| format!("max_payload: {n}\n"));
+        Self::launch_with(test, &extra, Box::new(async_nats::ConnectOptions::new))
+    }
+
+    /// Starts `nats-server` for `test` with `extra` appended to its
+    /// configuration file (e.g. a `tls { … }` or `authorization { … }`
+    /// block); the test's own connections (e.g. [`messages`]) use
+    /// `connect`'s options. `None` (after a loud SKIPPED line) when it is
+    /// not installed.
+    ///
+    /// [`messages`]: Self::messages
+    pub fn launch_with(test: &str, extra: &str, connect: TestConnect) -> Option<Self> {
         let bin = external_program(test, "nats-server")?;
         let dir = tempfile::tempdir().expect("nats temp dir");
         let addr = free_port();
@@ -38,15 +59,14 @@ impl NatsServer {
             "listen: \"{addr}\"\njetstream {{ store_dir: \"{}\" }}\n",
             store.display()
         );
-        if let Some(n) = max_payload {
-            conf.push_str(&format!("max_payload: {n}\n"));
-        }
+        conf.push_str(extra);
         std::fs::write(dir.path().join("nats.conf"), conf).expect("nats config written");
         let mut server = Self {
             bin,
             dir,
             addr,
             child: None,
+            connect,
         };
         server.start();
         Some(server)
@@ -100,9 +120,16 @@ impl NatsServer {
         }
     }
 
-    /// A JetStream context on a new connection.
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// A JetStream context on a new connection (with the options given to
+    /// [`launch_with`](Self::launch_with)).
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(self.url())
+        let client = (self.connect)()
+            .connect(self.url())
             .await
             .expect("test connects to nats");
         jetstream::new(client)

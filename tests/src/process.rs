@@ -57,9 +57,10 @@ pub fn engine_child_command(test: &str, config: &Path) -> Command {
     c
 }
 
-/// In a child started by [`engine_child_command`]: loads its configuration,
-/// starts the engine and serves until the process is killed (never
-/// returns). Anywhere else: returns at once.
+/// In a child started by [`engine_child_command`]: loads its configuration
+/// and runs the engine as `sluice serve` does, until SIGTERM (or SIGINT)
+/// starts its graceful shutdown, after which the test (and the process)
+/// ends; or until the process is killed. Anywhere else: returns at once.
 pub fn serve_if_engine_child() {
     let Some(config) = std::env::var_os(ENGINE_CONFIG) else {
         return;
@@ -70,13 +71,10 @@ pub fn serve_if_engine_child() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let _engine = sluice_engine::EngineBuilder::new(settings)
-            .start()
-            .await
-            .expect("engine starts");
-        std::future::pending::<()>().await;
-    });
+    let report = rt
+        .block_on(sluice_engine::run_until_signal(settings))
+        .expect("engine runs and shuts down");
+    eprintln!("engine child stopped: {report:?}");
 }
 
 /// An engine in a child process, listening on a fixed port (a restarted
@@ -129,6 +127,39 @@ impl EngineProcess {
                 log_tail(log)
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM: the engine starts its graceful shutdown (health
+    /// `NOT_SERVING`, drain, streams ended). See [`wait_exit`](Self::wait_exit).
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("`kill` runs");
+        assert!(status.success(), "kill -TERM {}: {status}", self.child.id());
+    }
+
+    /// Waits (polling, at most `limit`) for the process to exit on its own;
+    /// panics with the log's end if it does not, or if it did not exit
+    /// successfully (a graceful shutdown ends the child's test as passed).
+    pub fn wait_exit(&mut self, limit: Duration, log: &Path) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "engine exited with {status}; log:\n{}",
+                    log_tail(log)
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engine did not exit within {limit:?}; log:\n{}",
+                log_tail(log)
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -8,6 +8,7 @@ mod chaos;
 mod cli_bench;
 mod cli_demo;
 mod credit;
+mod deploy;
 mod flow;
 mod health_reflection;
 mod hostile;

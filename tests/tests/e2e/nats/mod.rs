@@ -1,7 +1,8 @@
 //! The `nats` sink against a real nats-server with JetStream (started by
 //! each test on a free port; SKIPPED when `nats-server` is missing, a
-//! failure with `SLUICE_REQUIRE_EXTERNAL`), and scale-out: two engines
-//! behind a real nginx (`grpc_pass`), one of them SIGKILLed mid-stream.
+//! failure with `SLUICE_REQUIRE_EXTERNAL`); scale-out behind a real nginx
+//! in [`cluster`]; TLS and credentials in [`auth`]; what the stream
+//! refuses (an unbound subject, a full stream) in [`stream`].
 //!
 //! What they prove, reading the stream back with a JetStream consumer:
 //! every record is in the stream exactly once (one message per
@@ -16,10 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_client::{ClientEvent, SourceClient, Summary};
+use sluice_client::{SourceClient, Summary};
 use sluice_config::{NatsSinkSpec, NatsStorage, NatsStreamSpec, Settings, SinkSpec};
 use sluice_proto::v1::{SignalKind, SignalReason};
 use sluice_tests::*;
+
+mod auth;
+mod cluster;
+mod stream;
 
 const STREAM: &str = "SLUICE";
 
@@ -274,82 +279,4 @@ async fn a_message_over_max_payload_is_dead_lettered_and_its_batch_delivered() {
         engine.shutdown().await.unwrap();
     })
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_engines_behind_nginx_one_killed_every_record_once() {
-    let Some(nats) = NatsServer::launch("nats::cluster", None) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (free_port(), free_port());
-    let Some(nginx) = Nginx::launch("nats::cluster", &[a, b]) else {
-        return;
-    };
-    within_secs(120, async {
-        let mut settings = nats_settings(dir.path(), &nats);
-        settings.log.filter = "warn".into();
-        let (config_a, log_a) = engine_files(dir.path(), "engine-a", settings.clone(), a);
-        let (config_b, log_b) = engine_files(dir.path(), "engine-b", settings, b);
-        let engine_a = start_process(&config_a, &log_a, a);
-        let _engine_b = start_process(&config_b, &log_b, b);
-        const N: u64 = 10_000;
-        let sources = ["lb-1", "lb-2", "lb-3", "lb-4"];
-        let clients = start_sending(&nginx.url(), &sources, N).await;
-        wait_for(
-            "records acked before the kill",
-            Duration::from_secs(40),
-            || acked(&clients) > N,
-        )
-        .await;
-        engine_a.kill();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _engine_a = start_process(&config_a, &log_a, a);
-        let (mut rejects, mut rejected, mut reconnects, mut resent) = (0, 0, 0, 0);
-        for (summary, events) in finish_all(clients).await {
-            assert!(summary.is_complete(), "{summary:?}");
-            assert_eq!(summary.acked, N, "{summary:?}");
-            rejected += summary.rejected;
-            reconnects += summary.reconnects;
-            resent += summary.resent;
-            rejects += (events.lock().unwrap().iter())
-                .filter(|e| matches!(e, ClientEvent::Reject(_)))
-                .count();
-        }
-        let messages = nats.messages(STREAM).await;
-        assert_ids_exactly_once(&messages, ids(&sources, 1..=N));
-        eprintln!(
-            "cluster: {} messages, {reconnects} reconnects, {resent} resent, {rejects} Reject \
-             messages ({rejected} records rejected) seen by the sources",
-            messages.len()
-        );
-        // Ingest protocol v2 (served by the engine, spoken by the client):
-        // a source reconnecting to another engine resends without a reject.
-        assert_eq!((rejects, rejected), (0, 0), "reconnect rejects");
-    })
-    .await;
-    drop(nginx);
-}
-
-/// The nginx example of docs/scaling.md is the configuration the cluster
-/// test runs (for its example ports and directory).
-#[test]
-fn the_scaling_docs_nginx_example_is_the_tested_config() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/scaling.md"))
-        .expect("docs/scaling.md");
-    let marker = "<!-- nginx-example -->";
-    let start = doc.find(marker).expect("the example's marker") + marker.len();
-    let end = start + doc[start..].find(marker).expect("closing marker");
-    let block = doc[start..end]
-        .trim()
-        .strip_prefix("```nginx\n")
-        .and_then(|b| b.strip_suffix("```"))
-        .expect("an nginx block");
-    let port = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    let expected = nginx_config(
-        port(50050),
-        &[port(50051), port(50052)],
-        std::path::Path::new("/var/lib/sluice-lb"),
-    );
-    assert_eq!(block, expected);
 }
