@@ -9,6 +9,7 @@ mod cli_bench;
 mod cli_demo;
 mod credit;
 mod flow;
+mod group_commit;
 mod health_reflection;
 mod hostile;
 mod nats;
