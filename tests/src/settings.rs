@@ -53,6 +53,7 @@ pub fn file_sink(dir: &Path, delay: Duration, fail_rate: f64) -> SinkSpec {
         prefix: "records".into(),
         rotate_bytes: 64 * 1024 * 1024,
         fsync: false,
+        group_commit_batches: sluice_config::DEFAULT_GROUP_COMMIT_BATCHES,
         delay,
         fail_rate,
     }

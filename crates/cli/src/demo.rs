@@ -171,6 +171,7 @@ pub fn demo_settings(dir: &Path, sink_delay: Duration) -> Settings {
         prefix: "records".into(),
         rotate_bytes: 64 << 20,
         fsync: false,
+        group_commit_batches: sluice_config::DEFAULT_GROUP_COMMIT_BATCHES,
         delay: sink_delay,
         fail_rate: 0.0,
     };
@@ -179,6 +180,7 @@ pub fn demo_settings(dir: &Path, sink_delay: Duration) -> Settings {
         prefix: "dead-letters".into(),
         rotate_bytes: 64 << 20,
         fsync: false,
+        group_commit_batches: sluice_config::DEFAULT_GROUP_COMMIT_BATCHES,
         delay: Duration::ZERO,
         fail_rate: 0.0,
     };

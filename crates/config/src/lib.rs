@@ -56,7 +56,10 @@ pub use nats::{
     NatsAuth, NatsAuthError, NatsSinkSpec, NatsStorage, NatsStreamSpec, NatsTls,
     SUBJECT_PLACEHOLDERS, is_publish_subject,
 };
-pub use pipeline::{BatchSettings, FilterOp, PipelineSpec, SinkSpec, StageSpec, TransformSpec};
+pub use pipeline::{
+    BatchSettings, DEFAULT_GROUP_COMMIT_BATCHES, FilterOp, MAX_GROUP_COMMIT_BATCHES, PipelineSpec,
+    SinkSpec, StageSpec, TransformSpec,
+};
 pub use postgres::{ColumnType, PostgresMode, PostgresSinkSpec, PostgresTls, Staging};
 pub use sections::{
     AuthSettings, BufferSettings, LogFormat, LogSettings, MetricsSettings, SecretError,

@@ -84,6 +84,7 @@ impl Default for PipelineSpec {
                 prefix: default_prefix(),
                 rotate_bytes: default_rotate_bytes(),
                 fsync: true,
+                group_commit_batches: default_group_commit_batches(),
                 delay: Duration::ZERO,
                 fail_rate: 0.0,
             },
@@ -229,6 +230,12 @@ pub enum SinkSpec {
         /// Whether each batch is fsynced before it is committed. Default `true`.
         #[serde(default = "yes")]
         fsync: bool,
+        /// Group commit: the most batches one commit (fsync) covers. While
+        /// one commit runs, up to this many more batches are written; each
+        /// is acked once a commit covering it returned. Default 16, at most
+        /// [`MAX_GROUP_COMMIT_BATCHES`]; 1 = write, commit, write… in turn.
+        #[serde(default = "default_group_commit_batches")]
+        group_commit_batches: usize,
         /// Testing: pause before each batch. Default `0s`.
         #[serde(
             default,
@@ -316,6 +323,7 @@ impl SinkSpec {
             prefix: "dead-letters".to_owned(),
             rotate_bytes: default_rotate_bytes(),
             fsync: true,
+            group_commit_batches: default_group_commit_batches(),
             delay: Duration::ZERO,
             fail_rate: 0.0,
         }
@@ -353,6 +361,16 @@ fn default_prefix() -> String {
 
 fn default_rotate_bytes() -> u64 {
     64 * MIB as u64
+}
+
+/// The file sink's default `group_commit_batches`.
+pub const DEFAULT_GROUP_COMMIT_BATCHES: usize = 16;
+
+/// The largest `group_commit_batches` a file sink accepts.
+pub const MAX_GROUP_COMMIT_BATCHES: usize = 1024;
+
+fn default_group_commit_batches() -> usize {
+    DEFAULT_GROUP_COMMIT_BATCHES
 }
 
 fn yes() -> bool {

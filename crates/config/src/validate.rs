@@ -445,6 +445,7 @@ fn sink(key: &str, s: &SinkSpec, e: &mut ValidationErrors) {
         dir,
         prefix,
         rotate_bytes,
+        group_commit_batches,
         ..
     } = s
     {
@@ -453,6 +454,17 @@ fn sink(key: &str, s: &SinkSpec, e: &mut ValidationErrors) {
         }
         non_empty(e, format!("{key}.prefix"), prefix);
         positive(e, &format!("{key}.rotate_bytes"), *rotate_bytes);
+        let n = *group_commit_batches;
+        if !(1..=crate::pipeline::MAX_GROUP_COMMIT_BATCHES).contains(&n) {
+            let k = format!("{key}.group_commit_batches");
+            e.push(
+                k.clone(),
+                format!(
+                    "{k} must be between 1 and {} (got {n})",
+                    crate::pipeline::MAX_GROUP_COMMIT_BATCHES
+                ),
+            );
+        }
     }
     if let SinkSpec::Nats(n) = s {
         crate::nats::validate(key, n, e);

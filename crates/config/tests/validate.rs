@@ -698,3 +698,32 @@ fn config_and_buffer_constructors_agree() {
             .is_err()
     );
 }
+
+#[test]
+fn file_sink_group_commit_batches_is_bounded_and_named() {
+    for bad in [0, sluice_config::MAX_GROUP_COMMIT_BATCHES + 1] {
+        only_after(
+            |s| {
+                if let SinkSpec::File {
+                    group_commit_batches,
+                    ..
+                } = &mut s.pipelines[0].sink
+                {
+                    *group_commit_batches = bad;
+                }
+            },
+            "pipelines[0].sink.group_commit_batches",
+            &format!(
+                "pipelines[0].sink.group_commit_batches must be between 1 and 1024 (got {bad})"
+            ),
+        );
+    }
+    let s = Settings::default();
+    assert!(matches!(
+        s.pipelines[0].sink,
+        SinkSpec::File {
+            group_commit_batches: sluice_config::DEFAULT_GROUP_COMMIT_BATCHES,
+            ..
+        }
+    ));
+}

@@ -10,6 +10,7 @@ mod cli_demo;
 mod credit;
 mod deploy;
 mod flow;
+mod group_commit;
 mod health_reflection;
 mod hostile;
 mod nats;

@@ -38,7 +38,11 @@
 //!   `BackpressureController::set_stage_stalled`, which pauses the
 //!   pipeline's sources with reason `Sink`), waits with the retry policy's
 //!   backoff and writes the same batch again until the sink takes it; one
-//!   WARN when the stall begins, one INFO when it ends.
+//!   WARN when the stall begins, one INFO when it ends. With a sink whose
+//!   [`group_commit`](crate::sink::Sink::group_commit) is above 1 (the file
+//!   sink), the stage writes the next batches while a commit runs and one
+//!   commit covers them all; each batch is still completed only after a
+//!   commit covering it returned (`worker/group_commit.rs`).
 //!
 //! Records past `retry.max_retries` come back as dead letters: they are
 //! written to the pipeline's dead-letter sink, then completed as

@@ -20,6 +20,8 @@ use crate::record::EngineRecord;
 use crate::sink::{Sink, SinkBatch, SourceNames, Written};
 use crate::transform::{Outcome, Transform};
 
+mod group_commit;
+
 /// How often a lingering worker re-checks whether the pipeline is backpressured.
 const PRESSURE_CHECK: Duration = Duration::from_millis(5);
 
@@ -109,6 +111,14 @@ pub(crate) fn spawn_workers(
 impl Worker {
     async fn run(self) {
         tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker started");
+        if let StageWork::Sink(sink) = &self.work
+            && sink.group_commit() > 1
+        {
+            let sink = sink.clone();
+            self.group_commit(&sink).await;
+            tracing::debug!(pipeline = %self.pipeline.name, stage = %self.stage, "stage worker stopped");
+            return;
+        }
         'batches: loop {
             let t = Instant::now();
             let Some(parts) = self.collect().await else {
@@ -276,9 +286,26 @@ impl Worker {
         let blocked_before = self.times.blocked_ns.load(Ordering::Relaxed);
         let names = self.source_names(parts.iter().flatten().map(|r| r.source()));
         let batch = SinkBatch::parts(&parts, &names);
-        let Some(written) = self.write_through(&**sink, SinkRole::Sink, batch).await else {
+        let Some(written) = self
+            .write_through(&**sink, SinkRole::Sink, batch, Vec::new())
+            .await
+        else {
             return;
         };
+        self.complete_written(parts, written).await;
+        let stalled = self
+            .times
+            .blocked_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(blocked_before);
+        let busy = (t.elapsed().as_nanos() as u64).saturating_sub(stalled);
+        self.times.busy_ns.fetch_add(busy, Ordering::Relaxed);
+    }
+
+    /// Completes a batch the sink committed: all of it, or (some refused)
+    /// the rest, and the refused records go back with the sink's message,
+    /// retried one by one (dead-lettered past `max_retries`).
+    async fn complete_written(&self, parts: Parts, written: Written) {
         let buffer = &self.env.buffer;
         match written {
             Written::All => {
@@ -309,13 +336,6 @@ impl Worker {
                 self.dead_letters(dead).await;
             }
         }
-        let stalled = self
-            .times
-            .blocked_ns
-            .load(Ordering::Relaxed)
-            .saturating_sub(blocked_before);
-        let busy = (t.elapsed().as_nanos() as u64).saturating_sub(stalled);
-        self.times.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
     /// Writes `batch` to `sink` and commits it, again and again through
@@ -324,12 +344,16 @@ impl Worker {
     /// `Sink`) with one WARN; each attempt waits the retry policy's backoff;
     /// the success that ends it clears the stall with one INFO. Nothing is
     /// charged to the records. `None` if the buffer shut down meanwhile
-    /// (the records stay unacked; their sources resend them).
+    /// (the records stay unacked; their sources resend them). `failed`: the
+    /// errors of attempts already made (a group commit that failed, the
+    /// writes of its group that failed), which count as failed attempts
+    /// before the first backoff.
     async fn write_through(
         &self,
         sink: &dyn Sink,
         role: SinkRole,
         batch: SinkBatch<'_>,
+        failed: Vec<crate::sink::SinkError>,
     ) -> Option<Written> {
         let health: &SinkHealth = match role {
             SinkRole::Sink => &self.pipeline.sink_health,
@@ -337,13 +361,19 @@ impl Worker {
         };
         let buffer = &self.env.buffer;
         let mut attempts = 0u32;
+        let mut failed = failed.into_iter();
         loop {
-            let result = async {
-                let written = sink.write(batch).await?;
-                sink.commit().await?;
-                Ok::<_, crate::sink::SinkError>(written)
-            }
-            .await;
+            let result = match failed.next() {
+                Some(e) => Err(e),
+                None => {
+                    async {
+                        let written = sink.write(batch).await?;
+                        sink.commit().await?;
+                        Ok::<_, crate::sink::SinkError>(written)
+                    }
+                    .await
+                }
+            };
             let error = match result {
                 Ok(written) => {
                     if let Some((stalled, stage)) = health.recovered() {
@@ -364,6 +394,10 @@ impl Worker {
                 self.env
                     .controller
                     .set_stage_stalled(self.stage, Some(Arc::from(description)));
+            }
+            if failed.len() > 0 {
+                // Another failure already met: counted, without a wait.
+                continue;
             }
             let t = Instant::now();
             let until = tokio::time::Instant::now() + buffer.retry_policy().backoff(attempts);
@@ -403,7 +437,10 @@ impl Worker {
             })
             .collect();
         let batch = SinkBatch::dead_letters(&dead, &stages, &names, &self.pipeline.name);
-        let Some(written) = self.write_through(&**dl, SinkRole::DeadLetter, batch).await else {
+        let Some(written) = self
+            .write_through(&**dl, SinkRole::DeadLetter, batch, Vec::new())
+            .await
+        else {
             return;
         };
         if let Written::Refused(refused) = written {

@@ -121,7 +121,8 @@ pub struct SinkRecord<'a> {
 ///
 /// The runtime calls `write` then `commit` for each batch, from one task per
 /// pipeline, and completes the records only when both succeeded (acks
-/// follow a commit only). Every record carries `(source, seq)`, an
+/// follow a commit only); a sink may let it write the next batches while a
+/// commit runs ([`group_commit`](Self::group_commit)). Every record carries `(source, seq)`, an
 /// idempotency key: a batch may be written again after a sink-level
 /// failure, so a sink that can should use it.
 ///
@@ -172,6 +173,27 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     fn write<'a>(&'a self, batch: SinkBatch<'a>) -> SinkFuture<'a, Written>;
     /// Makes everything written so far durable; an error is sink-level.
     fn commit(&self) -> SinkFuture<'_>;
+    /// Group commit: how many batches the runtime may write while a commit
+    /// runs (one commit then covers all of them). `1`, the default: the
+    /// runtime writes, commits, writes… in turn.
+    ///
+    /// A sink returning more promises, and the runtime relies on it:
+    ///
+    /// - `write` may be called while a `commit` future is pending;
+    /// - `commit` covers every batch whose `write` future completed before
+    ///   `commit` was *called* (not first polled), and none of its effect
+    ///   is lost to a `write` that completes later;
+    /// - a batch written and then lost (the file removed, a failed write
+    ///   whose error surfaces later) fails the first commit called after
+    ///   its `write` completed.
+    ///
+    /// The runtime then completes (acks) a batch only after a commit called
+    /// after its write returned `Ok`; after a failed commit it writes nothing
+    /// new until every batch not known to be committed was written again, one
+    /// by one (at-least-once: a batch may then be in the output twice).
+    fn group_commit(&self) -> usize {
+        1
+    }
 }
 
 /// The batch a [`Sink`] writes: its records in order, each made into a

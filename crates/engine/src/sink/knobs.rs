@@ -89,6 +89,9 @@ impl Sink for Knobs {
     fn commit(&self) -> SinkFuture<'_> {
         self.inner.commit()
     }
+    fn group_commit(&self) -> usize {
+        self.inner.group_commit()
+    }
 }
 
 /// A switchable sink-level outage around another sink, for tests: while it
@@ -152,5 +155,8 @@ impl Sink for Outage {
             self.check()?;
             self.inner.commit().await
         })
+    }
+    fn group_commit(&self) -> usize {
+        self.inner.group_commit()
     }
 }

@@ -19,7 +19,8 @@
 //! stage, the error, the retry count and the payload as the source sent it.
 
 //!
-//! One file per sink: [`file`](FileSink), [`stdout`](StdoutSink),
+//! One file per sink: a folder for [`file`](FileSink) (its writer thread),
+//! [`stdout`](StdoutSink),
 //! [`null`](NullSink), a folder for [`postgres`](PostgresSink), one for [`nats`](NatsSink), the [`Knobs`] wrapper (delay, injected record
 //! failures) and the [`Outage`] wrapper (an injected sink-level outage);
 //! [`SinkBatch`] is the batch they are handed, [`json_line`] the record
@@ -60,8 +61,12 @@ pub async fn build_sink(pipeline: &str, spec: &SinkSpec) -> Result<Arc<dyn Sink>
             prefix,
             rotate_bytes,
             fsync,
+            group_commit_batches,
             ..
-        } => Arc::new(FileSink::open(dir, prefix, *rotate_bytes, *fsync)?),
+        } => Arc::new(
+            FileSink::open(dir, prefix, *rotate_bytes, *fsync)?
+                .with_group_commit(*group_commit_batches),
+        ),
         SinkSpec::Stdout { .. } => Arc::new(StdoutSink),
         SinkSpec::Null { .. } => Arc::new(NullSink),
         SinkSpec::Postgres(p) => Arc::new(PostgresSink::connect(p).await?),
@@ -175,6 +180,7 @@ mod tests {
             prefix: "dead-letters".into(),
             rotate_bytes: 1 << 20,
             fsync: true,
+            group_commit_batches: 4,
             delay: Duration::ZERO,
             fail_rate: 0.0,
         };
@@ -288,6 +294,119 @@ mod tests {
         assert_eq!(fresh.write(batch[..1].into()).await.unwrap(), Written::All);
         fresh.commit().await.unwrap();
         assert_eq!(lines(&dir).len(), 1);
+    }
+
+    /// A commit covers exactly the writes made before it was called: a
+    /// write made while it runs waits for the next one. The counters are
+    /// up to date when a commit returns.
+    #[tokio::test]
+    async fn file_sink_group_commit_covers_writes_made_during_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path(), "records", 1 << 20, true).unwrap();
+        assert_eq!(
+            sink.group_commit(),
+            sluice_config::DEFAULT_GROUP_COMMIT_BATCHES
+        );
+        let recs: Vec<EngineRecord> = (0..30)
+            .map(|i| EngineRecord::from_payload(format!("{{\"i\":{i}}}").into_bytes()))
+            .collect();
+        let batch = sink_records("s", 1, &recs);
+        sink.write(batch[..10].into()).await.unwrap();
+        let first = sink.commit();
+        sink.write(batch[10..20].into()).await.unwrap();
+        first.await.unwrap();
+        assert_eq!(
+            sink.durable_lines(),
+            10,
+            "the first commit covers the first write only"
+        );
+        assert_eq!(sink.syncs(), 1);
+        sink.write(batch[20..].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        assert_eq!((sink.durable_lines(), sink.syncs()), (30, 2));
+        let seqs: Vec<u64> = lines(dir.path())
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    }
+
+    /// Batches written before one commit rotate where a line would pass
+    /// `rotate_bytes`, within a batch and across batches; a line longer
+    /// than `rotate_bytes` gets a file of its own. Each rotated file was
+    /// synced before it was closed.
+    #[tokio::test]
+    async fn file_sink_rotates_within_and_across_batches_before_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path(), "r", 300, true).unwrap();
+        let recs: Vec<EngineRecord> = (0..40)
+            .map(|i| {
+                let n = if i == 17 { 400 } else { i % 7 * 5 };
+                EngineRecord::from_payload(
+                    format!("{{\"i\":{i},\"s\":\"{}\"}}", "x".repeat(n)).into_bytes(),
+                )
+            })
+            .collect();
+        let batch = sink_records("s", 1, &recs);
+        for chunk in batch.chunks(6) {
+            sink.write(chunk.into()).await.unwrap();
+        }
+        sink.commit().await.unwrap();
+        let mut files = lines(dir.path());
+        // In the order written: by the number in `r-<n>.jsonl`.
+        files.sort_by_key(|(name, _)| {
+            name.trim_start_matches("r-")
+                .trim_end_matches(".jsonl")
+                .parse::<u64>()
+                .unwrap()
+        });
+        assert!(files.len() > 5, "{}", files.len());
+        let mut seqs = Vec::new();
+        for (name, values) in &files {
+            let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
+            assert!(
+                len <= 300 || values.len() == 1,
+                "{name}: {len} bytes, {} lines",
+                values.len()
+            );
+            seqs.extend(values.iter().map(|v| v["seq"].as_u64().unwrap()));
+        }
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        assert_eq!(sink.syncs(), files.len() as u64, "each file synced once");
+    }
+
+    /// A write that fails in the writer (here: the rotation finds its file
+    /// removed) is reported by the next commit, and what was written until
+    /// then is dropped, not written twice once the runtime writes it again.
+    #[tokio::test]
+    async fn file_sink_reports_a_failed_write_at_the_next_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sink");
+        let sink = FileSink::open(&dir, "records", 1, false).unwrap();
+        let recs: Vec<EngineRecord> = (0..3)
+            .map(|i| EngineRecord::from_payload(format!("{i}").into_bytes()))
+            .collect();
+        let batch = sink_records("s", 1, &recs);
+        sink.write(batch[..1].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Accepted, then lost in the writer (rotating finds the file gone)...
+        assert_eq!(sink.write(batch[1..2].into()).await.unwrap(), Written::All);
+        // ...and this one dropped until the failure is reported.
+        assert_eq!(sink.write(batch[2..].into()).await.unwrap(), Written::All);
+        let err = sink.commit().await.unwrap_err();
+        assert!(matches!(err, SinkError::Io { .. }), "{err}");
+        assert_eq!(sink.durable_lines(), 1);
+        sink.write(batch[1..].into()).await.unwrap();
+        sink.commit().await.unwrap();
+        let seqs: Vec<u64> = lines(&dir)
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(sink.durable_lines(), 3);
     }
 
     #[tokio::test]
