@@ -246,6 +246,19 @@ impl<T> Pending<T> {
         payloads.iter().chain(records.iter().map(|r| &r.payload))
     }
 
+    /// The payloads, in order, to rewrite in place (a payload's charge
+    /// stays the size it was pushed with; the engine moves a record's bytes
+    /// into an allocation of its own this way).
+    pub fn payloads_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        let (payloads, records): (&mut [T], &mut [BufferedRecord<T>]) = match &mut self.0 {
+            Kind::Payloads(p, _) => (p, &mut []),
+            Kind::Records { records, .. } => (&mut [], records),
+        };
+        payloads
+            .iter_mut()
+            .chain(records.iter_mut().map(|r| &mut r.payload))
+    }
+
     /// The charged size of each record, in order (`u32::MAX` for a payload
     /// of 4 GiB or more).
     pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {

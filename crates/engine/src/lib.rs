@@ -11,7 +11,8 @@
 //! - [`runtime`]: the stage workers, ack progress and stage timing;
 //! - [`sink`] (the [`Sink`](sink::Sink) trait and one file per sink) and
 //!   [`transform`]: what the stages do;
-//! - [`record`] (the engine's record type), [`auth`] (bearer tokens),
+//! - [`record`] (the engine's record type), [`record_memory`] (the memory
+//!   behind records' bytes, compaction), [`auth`] (bearer tokens),
 //!   [`observe`] (metric names, the Prometheus exporter), [`logging`].
 //!
 //! The `sluice` command (package `sluice`, `crates/cli`) is a thin front end
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod logging;
 pub mod observe;
 pub mod record;
+pub mod record_memory;
 pub mod runtime;
 pub mod server;
 pub mod sink;

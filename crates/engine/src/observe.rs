@@ -21,6 +21,8 @@
 //! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
 //! | [`POSTGRES_STAGED_BATCHES_TOTAL`] | counter | `table`, `reason` (`always`, `duplicate`, `record_error`) |
 //! | [`SINK_DUPLICATES_TOTAL`] | counter | `pipeline` |
+//! | [`RECORD_MEMORY_BYTES`] | gauge | none |
+//! | [`RECORDS_COMPACTED_TOTAL`] | counter | none |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
 //! backpressure episodes, the memory gate, and the one per-source flow-state
@@ -95,6 +97,13 @@ pub const SINK_RECORDS_REFUSED_TOTAL: &str = "sluice_sink_records_refused_total"
 pub const SINK_DUPLICATES_TOTAL: &str = "sluice_sink_duplicates_total";
 /// Counter: stall episodes of a sink.
 pub const SINK_STALLS_TOTAL: &str = "sluice_sink_stalls_total";
+
+/// Gauge: bytes of the message copies (and compacted copies) that records
+/// in the engine still reference: the memory held for record bytes, to
+/// compare with the bytes the buffer charges (`record_memory`).
+pub const RECORD_MEMORY_BYTES: &str = "sluice_record_memory_bytes";
+/// Counter: records moved out of their batch's copy (`record_memory`).
+pub const RECORDS_COMPACTED_TOTAL: &str = "sluice_records_compacted_total";
 
 /// How often the engine samples stage times and publishes its gauges.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
@@ -199,6 +208,10 @@ pub fn describe() {
             SINK_DUPLICATES_TOTAL,
             "Messages the sink target dropped as duplicates (resends)",
         ),
+        (
+            RECORDS_COMPACTED_TOTAL,
+            "Records moved out of their batch's copy into their own allocation",
+        ),
     ] {
         describe_counter!(name, help);
     }
@@ -225,6 +238,13 @@ pub fn describe() {
         ),
     ] {
         describe_gauge!(name, help);
+    }
+    {
+        describe_gauge!(
+            RECORD_MEMORY_BYTES,
+            Unit::Bytes,
+            "Bytes of message copies still referenced by records in the engine"
+        );
     }
     for (name, help) in [
         (

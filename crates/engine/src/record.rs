@@ -120,6 +120,53 @@ impl EngineRecord {
     pub fn attributes(&self) -> &[(String, String)] {
         self.extra.as_ref().map_or(&[], |e| &e.attributes)
     }
+
+    /// The bytes its key and payloads reference (what compaction copies,
+    /// `record_memory::compact`).
+    pub(crate) fn held_len(&self) -> usize {
+        let original = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.original_payload.as_ref())
+            .map_or(0, Bytes::len);
+        self.key.len() + self.payload.len() + original
+    }
+
+    /// Appends its key, payload and original payload to `out`, in that
+    /// order (`held_len` bytes).
+    pub(crate) fn write_parts(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.payload);
+        if let Some(original) = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.original_payload.as_ref())
+        {
+            out.extend_from_slice(original);
+        }
+    }
+
+    /// Replaces its key and payloads with slices of `own`, where
+    /// [`write_parts`](Self::write_parts) wrote them from `at`; returns the
+    /// offset after them.
+    pub(crate) fn take_parts(&mut self, own: &Bytes, at: usize) -> usize {
+        let mut at = at;
+        let mut next = |len: usize| {
+            let part = own.slice(at..at + len);
+            at += len;
+            part
+        };
+        self.key = next(self.key.len());
+        self.payload = next(self.payload.len());
+        if let Some(original) = self
+            .extra
+            .as_mut()
+            .and_then(|e| e.original_payload.as_mut())
+        {
+            *original = next(original.len());
+        }
+        at
+    }
 }
 
 impl From<v1::Record> for EngineRecord {

@@ -13,6 +13,7 @@ mod flow;
 mod group_commit;
 mod health_reflection;
 mod hostile;
+mod memory;
 mod nats;
 mod observe;
 mod postgres;

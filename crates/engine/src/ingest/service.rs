@@ -76,6 +76,7 @@ where
             let max = service.ctx.server.max_message_bytes;
             let codec = wire::IngestCodec {
                 max_records: service.ctx.max_batch_records as usize,
+                memory: service.ctx.runtime.record_memory.clone(),
             };
             let mut grpc =
                 tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));

@@ -768,6 +768,7 @@ impl Session {
             self.rewind = None;
         }
         let mut records = batch.records;
+        let batch_bytes = records.bytes();
         // The tail this session refuses itself, before the buffer sees it.
         let mut tail: Option<(RejectReason, String, u32)> = None;
         let max = self.ctx.max_batch_records as usize;
@@ -846,6 +847,11 @@ impl Session {
             tail = Some((RejectReason::SourceLimit, message, pause_ms));
         }
         let kept = records.len() as u64;
+        // A head admitted from a mostly refused batch would keep the whole
+        // copy alive: less than half of it moves out (`record_memory`).
+        if kept > 0 && records.bytes().saturating_mul(2) < batch_bytes {
+            crate::record_memory::compact(&self.ctx.runtime.record_memory, records.payloads_mut());
+        }
         let mut handled = Handled::default();
         match handle.admit(first, records) {
             Ok(admission) => {

@@ -23,6 +23,7 @@
 //! and the depth stays bounded.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use prost::DecodeError;
@@ -37,6 +38,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
 use crate::record::EngineRecord;
+use crate::record_memory::RecordMemory;
 
 /// A decoded `SourceMessage`; `None` when it has no body.
 pub(crate) type Inbound = Option<Body>;
@@ -74,10 +76,12 @@ pub(crate) struct Batch {
 
 /// The codec of the engine's `Ingest` service: responses are encoded by
 /// prost, requests decoded by [`IngestDecoder`], keeping at most
-/// `max_records` records of a batch (`Opened.max_batch_records`).
-#[derive(Debug, Clone, Copy)]
+/// `max_records` records of a batch (`Opened.max_batch_records`), its
+/// batch copies counted in `memory`.
+#[derive(Debug, Clone)]
 pub(crate) struct IngestCodec {
     pub(crate) max_records: usize,
+    pub(crate) memory: Arc<RecordMemory>,
 }
 
 impl Codec for IngestCodec {
@@ -93,15 +97,17 @@ impl Codec for IngestCodec {
     fn decoder(&mut self) -> Self::Decoder {
         IngestDecoder {
             max_records: self.max_records,
+            memory: self.memory.clone(),
         }
     }
 }
 
 /// Decodes one `SourceMessage` per gRPC frame, keeping at most
 /// `max_records` records of a batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct IngestDecoder {
     max_records: usize,
+    memory: Arc<RecordMemory>,
 }
 
 impl Decoder for IngestDecoder {
@@ -109,17 +115,19 @@ impl Decoder for IngestDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Inbound>, Status> {
-        decode_source_message(buf, self.max_records)
+        decode_source_message(buf, self.max_records, &self.memory)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
 /// Decodes a whole `SourceMessage` from `buf` (all of it), keeping at most
-/// `max_records` records of a batch (see [`Batch::beyond`]).
+/// `max_records` records of a batch (see [`Batch::beyond`]), its copy
+/// counted in `memory`.
 pub(crate) fn decode_source_message(
     buf: &mut impl Buf,
     max_records: usize,
+    memory: &Arc<RecordMemory>,
 ) -> Result<Inbound, DecodeError> {
     let ctx = DecodeContext::default();
     let mut body: Inbound = None;
@@ -142,7 +150,7 @@ pub(crate) fn decode_source_message(
                     Some(Body::Batch(batch)) => batch,
                     _ => Batch::default(),
                 };
-                merge_batch(wire_type, &mut batch, buf, ctx.clone(), max_records)
+                merge_batch(wire_type, &mut batch, buf, ctx.clone(), max_records, memory)
                     .map_err(|e| at(e, "SourceMessage", "body"))?;
                 body = Some(Body::Batch(batch));
             }
@@ -183,6 +191,7 @@ fn merge_batch(
     buf: &mut impl Buf,
     ctx: DecodeContext,
     max_records: usize,
+    memory: &Arc<RecordMemory>,
 ) -> Result<(), DecodeError> {
     check_wire_type(WireType::LengthDelimited, wire_type)?;
     let room = max_records.saturating_sub(batch.records.len());
@@ -193,29 +202,15 @@ fn merge_batch(
     // as that buffer lives, incremented here for every record while the
     // sink's worker decrements it for every record it drops on the other
     // core: that cache line bounced between the cores once per record. A
-    // copy of the batch (one memcpy) gets a count of its own.
+    // copy of the batch (one memcpy) gets a count of its own, and is
+    // counted in `memory` while any record references it (`record_memory`).
     // The batch with its length prefix, if it is all in this chunk.
     if let Some(framed) = value_range(buf.chunk()).map(|value| value.end) {
-        let mut own = Bytes::from_owner(OwnLine(buf.chunk()[..framed].to_vec()));
+        let mut own = memory.copy(&buf.chunk()[..framed]);
         buf.advance(framed);
         return merge_batch_fields(batch, &mut own, ctx, max_records);
     }
     merge_batch_fields(batch, buf, ctx, max_records)
-}
-
-/// A batch's copy, as the owner of its records' slices. The alignment
-/// gives its reference count (kept next to it by `Bytes::from_owner`) a
-/// cache line of its own: counts of successive batches allocated side by
-/// side shared a line, which the session's increments for one batch and
-/// the sink worker's decrements for an earlier one kept bouncing between
-/// the cores (false sharing).
-#[repr(align(64))]
-struct OwnLine(Vec<u8>);
-
-impl AsRef<[u8]> for OwnLine {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 /// Where the value of the length-delimited field at the start of `bytes`
@@ -379,7 +374,8 @@ mod tests {
 
     /// What this module's decoder makes of `bytes`.
     fn with_ours(mut bytes: impl Buf) -> Decoded {
-        let m = decode_source_message(&mut bytes, usize::MAX).map_err(|_| ())?;
+        let m =
+            decode_source_message(&mut bytes, usize::MAX, &Default::default()).map_err(|_| ())?;
         Ok(m.map(|b| match b {
             Body::Open(o) => Shape::Open(o),
             Body::Batch(b) => Shape::Batch(b.first_seq, b.batch_id, b.records.into_payloads()),
@@ -535,14 +531,18 @@ mod tests {
         assert_eq!(count_records(&batch[1..]), 100);
         assert_eq!(count_records(&batch[1..batch.len() - 1]), 0, "cut short");
         let mut buf = &batch[..];
-        let Some(Body::Batch(b)) = decode_source_message(&mut buf, usize::MAX).unwrap() else {
+        let Some(Body::Batch(b)) =
+            decode_source_message(&mut buf, usize::MAX, &Default::default()).unwrap()
+        else {
             panic!("not a batch");
         };
         assert_eq!(b.records.len(), 100);
         assert_eq!(b.records.capacity(), 100);
         // With a limit, the rest is counted, not kept (nor reserved for).
         let mut buf = &batch[..];
-        let Some(Body::Batch(b)) = decode_source_message(&mut buf, 10).unwrap() else {
+        let Some(Body::Batch(b)) =
+            decode_source_message(&mut buf, 10, &Default::default()).unwrap()
+        else {
             panic!("not a batch");
         };
         assert_eq!((b.records.len(), b.beyond), (10, 90));
@@ -551,7 +551,7 @@ mod tests {
         let mut bad = batch.clone();
         let last = bad.len() - 1;
         bad[last - 10] = 15; // the last payload claims more bytes than its record has
-        assert!(decode_source_message(&mut &bad[..], 10).is_err());
+        assert!(decode_source_message(&mut &bad[..], 10, &Default::default()).is_err());
         assert!(with_prost(&bad).is_err());
     }
 }

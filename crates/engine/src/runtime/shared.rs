@@ -9,6 +9,7 @@ use super::acks::AckHub;
 use super::pipeline::{Buffer, PipelineRuntime};
 use super::timing::StageClocks;
 use crate::record::EngineRecord;
+use crate::record_memory::RecordMemory;
 
 /// The running pipelines and what they share: the buffer, flow control, the
 /// ack progress, each stage's clock. Built once by the server; ingest feeds
@@ -27,4 +28,6 @@ pub(crate) struct Runtime {
     pub(crate) clocks: StageClocks,
     /// The memory gate's state.
     pub(crate) gate: watch::Receiver<GateState>,
+    /// The memory behind records' bytes (batch copies still referenced).
+    pub(crate) record_memory: Arc<RecordMemory>,
 }

@@ -17,6 +17,7 @@ use super::health::SinkHealth;
 use super::pipeline::{Buffer, PipelineRuntime, StageWork};
 use super::timing::{StageTimes, add};
 use crate::record::EngineRecord;
+use crate::record_memory::{self, RecordMemory};
 use crate::sink::{Sink, SinkBatch, SourceNames, Written};
 use crate::transform::{Outcome, Transform};
 
@@ -61,6 +62,8 @@ pub(crate) struct WorkerEnv {
     pub(crate) gate: Option<watch::Receiver<GateState>>,
     /// The high watermark (0–1).
     pub(crate) high_watermark: f64,
+    /// Where compacted records' copies are counted.
+    pub(crate) record_memory: Arc<RecordMemory>,
 }
 
 /// A batch as the buffer handed it out: whole queued batches, in order.
@@ -197,6 +200,7 @@ impl Worker {
     /// Returns false when the worker should stop (the buffer shut down).
     async fn transform(&self, tf: &Transform, batch: Vec<BufferedRecord<EngineRecord>>) -> bool {
         let t = Instant::now();
+        let part_bytes: u64 = batch.iter().map(|r| r.size()).sum();
         let mut keep = batch;
         // What happened to each record taken out of `keep`, in order:
         // `None` filtered, `Some(error)` failed. Kept records stay where
@@ -226,6 +230,21 @@ impl Worker {
                 Some(error) => failed.push((r, error)),
             }
         }
+        // Records that stay behind their batch move out of its copy
+        // (`record_memory`): the failed ones before their backoff, the
+        // kept ones when they are less than half of the part.
+        self.compact_failed(&mut failed);
+        if !filtered.is_empty() || !failed.is_empty() {
+            let kept_bytes: u64 = keep.iter().map(|r| r.size()).sum();
+            if kept_bytes.saturating_mul(2) < part_bytes {
+                record_memory::compact(
+                    &self.env.record_memory,
+                    keep.iter_mut()
+                        .filter(|r| r.retry_count() == 0)
+                        .map(|r| &mut r.payload),
+                );
+            }
+        }
         let buffer = &self.env.buffer;
         if !filtered.is_empty() {
             crate::observe::ack_latency(&self.pipeline.name, &filtered);
@@ -252,6 +271,15 @@ impl Worker {
         let forwarded = buffer.forward(keep, next).await;
         add(&self.times.blocked_ns, t);
         forwarded.is_ok()
+    }
+
+    /// Moves each record failing for the first time into an allocation of
+    /// its own (`record_memory`): it waits out its backoff without keeping
+    /// its batch's copy alive. A retried record was moved on its first failure.
+    fn compact_failed(&self, failed: &mut [(BufferedRecord<EngineRecord>, Arc<str>)]) {
+        for (r, _) in failed.iter_mut().filter(|(r, _)| r.retry_count() == 0) {
+            record_memory::compact(&self.env.record_memory, [&mut r.payload]);
+        }
     }
 
     fn source_name(&self, source: SourceId) -> Arc<str> {
@@ -327,6 +355,7 @@ impl Worker {
                     }
                 }
                 tracing::debug!(pipeline = %self.pipeline.name, refused = failed.len(), "the sink refused records, retrying them");
+                self.compact_failed(&mut failed);
                 if !delivered.is_empty() {
                     crate::observe::ack_latency(&self.pipeline.name, &delivered);
                     let done = buffer.complete(delivered);

@@ -211,12 +211,14 @@ impl EngineBuilder {
                 batch: spec.batch.clone(),
             }));
         }
+        let record_memory = Arc::new(crate::record_memory::RecordMemory::default());
         let env = WorkerEnv {
             buffer: buffer.clone(),
             controller: controller.clone(),
             hub: hub.clone(),
             gate: Some(gate.clone()),
             high_watermark: settings.buffer.high_watermark,
+            record_memory: record_memory.clone(),
         };
         let mut workers = Vec::new();
         let mut stage_times = HashMap::new();
@@ -250,6 +252,7 @@ impl EngineBuilder {
             pipelines,
             clocks: StageClocks::new(stage_times),
             gate,
+            record_memory,
         });
         let ingest = Arc::new(IngestContext::new(
             runtime.clone(),

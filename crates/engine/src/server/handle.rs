@@ -59,6 +59,13 @@ impl EngineHandle {
         &self.state.runtime.hub
     }
 
+    /// The memory behind records' bytes: the message copies (and
+    /// compacted copies) records in the engine still reference
+    /// (`sluice_record_memory_bytes`).
+    pub fn record_memory(&self) -> &Arc<crate::record_memory::RecordMemory> {
+        &self.state.runtime.record_memory
+    }
+
     /// What `Admin.Stats` would answer now.
     pub fn stats(&self) -> v1::StatsResponse {
         self.state.stats()
