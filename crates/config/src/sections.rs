@@ -25,6 +25,8 @@ const MIB: u64 = 1024 * 1024;
 /// open_timeout = "10s"
 /// max_sessions_per_connection = 100
 /// max_unacked_per_session = 100000
+/// http2_stream_window = 1048576
+/// http2_connection_window = 1048576
 ///
 /// [server.auth]            # optional: bearer tokens (off when no token is listed)
 /// tokens = [
@@ -76,6 +78,17 @@ pub struct ServerSettings {
     /// it), so a source that obeys its credit is never rejected for it;
     /// records beyond it are rejected `SOURCE_LIMIT`. Default 100 000.
     pub max_unacked_per_session: u64,
+    /// The HTTP/2 receive window of each stream (its
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`), in bytes: how much a source may
+    /// send on a stream that the engine has not read yet. Between 65 535
+    /// and 2 147 483 647; default 1 MiB (hyper's). One of the transport
+    /// buffers outside the byte limits (docs/architecture.md, "Memory
+    /// budget").
+    pub http2_stream_window: u32,
+    /// The HTTP/2 receive window of each connection, in bytes: how much all
+    /// streams of a connection together may have sent and the engine not
+    /// read yet. Between 65 535 and 2 147 483 647; default 1 MiB (hyper's).
+    pub http2_connection_window: u32,
     /// `[server.auth]`: bearer tokens. No token listed (the default): no
     /// authentication.
     pub auth: AuthSettings,
@@ -384,6 +397,8 @@ impl Default for ServerSettings {
             open_timeout: Duration::from_secs(10),
             max_sessions_per_connection: 100,
             max_unacked_per_session: 100_000,
+            http2_stream_window: MIB as u32,
+            http2_connection_window: MIB as u32,
             auth: AuthSettings::default(),
             tls: None,
         }

@@ -154,6 +154,19 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
         "server.max_unacked_per_session",
         sv.max_unacked_per_session,
     );
+    for (key, value) in [
+        ("server.http2_stream_window", sv.http2_stream_window),
+        ("server.http2_connection_window", sv.http2_connection_window),
+    ] {
+        // RFC 9113 §6.9.2: a window is at most 2^31 − 1; below the
+        // protocol's initial 65 535 a window only slows every stream.
+        if !(65_535..=0x7fff_ffff).contains(&value) {
+            e.push(
+                key,
+                format!("{key} must be between 65535 and 2147483647 bytes, got {value}"),
+            );
+        }
+    }
     auth(s, e);
     if let Some(tls) = &sv.tls {
         for (key, path) in [

@@ -360,6 +360,25 @@ fn per_connection_limits_must_be_positive() {
 }
 
 #[test]
+fn http2_windows_are_bounded_and_named() {
+    let d = Settings::default().server;
+    assert_eq!(
+        (d.http2_stream_window, d.http2_connection_window),
+        (1 << 20, 1 << 20)
+    );
+    only_after(
+        |s| s.server.http2_stream_window = 1000,
+        "server.http2_stream_window",
+        "server.http2_stream_window must be between 65535 and 2147483647 bytes, got 1000",
+    );
+    only_after(
+        |s| s.server.http2_connection_window = u32::MAX,
+        "server.http2_connection_window",
+        "server.http2_connection_window must be between 65535 and 2147483647 bytes, got 4294967295",
+    );
+}
+
+#[test]
 fn open_timeout_must_be_positive() {
     assert_eq!(
         Settings::default().server.open_timeout,

@@ -295,7 +295,11 @@ impl EngineBuilder {
             .http2_keepalive_interval(non_zero(state.settings.server.keepalive_interval))
             .http2_keepalive_timeout(non_zero(state.settings.server.keepalive_timeout))
             // Per connection: the HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
-            .max_concurrent_streams(Some(state.settings.server.max_sessions_per_connection));
+            .max_concurrent_streams(Some(state.settings.server.max_sessions_per_connection))
+            // The transport buffers outside the byte limits
+            // (docs/architecture.md, "Memory budget").
+            .initial_stream_window_size(state.settings.server.http2_stream_window)
+            .initial_connection_window_size(state.settings.server.http2_connection_window);
         if let Some(tls) = tls {
             server = server.tls_config(tls)?;
         }
