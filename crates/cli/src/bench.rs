@@ -24,6 +24,7 @@
 //! that covers it, per record, in an HDR histogram. `lost` is
 //! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
 
+pub mod flood;
 pub mod idle;
 pub mod lean;
 pub mod nats;
@@ -209,6 +210,26 @@ pub struct BenchArgs {
     /// (`retry.max_retries`).
     #[arg(long, default_value_t = 3)]
     pub max_retries: u32,
+    /// Adversarial: a `sample` stage in front of the sink of the
+    /// in-process engine that keeps 1 record in N (by a hash of its
+    /// sequence number) and filters out the rest: each survivor's batch is
+    /// otherwise dropped.
+    #[arg(long, value_name = "N")]
+    pub filter_keep: Option<u64>,
+    /// Adversarial: connections held during the sluice run that each open a
+    /// stream, declare a batch of `--max-message-bytes` and send all of it
+    /// but its last byte as fast as HTTP/2 flow control lets them, and
+    /// never read (`bench/flood.rs`): the transport buffers outside the
+    /// buffer manager, filled.
+    #[arg(long, default_value_t = 0)]
+    pub flood_connections: usize,
+    /// `server.max_message_bytes` of the in-process engine (default 16 MiB).
+    #[arg(long)]
+    pub max_message_bytes: Option<usize>,
+    /// `server.http2_stream_window` and `server.http2_connection_window`
+    /// of the in-process engine (default 1 MiB each).
+    #[arg(long)]
+    pub http2_window: Option<u32>,
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
@@ -360,6 +381,13 @@ pub struct RunReport {
     pub peak_rss_bytes: Option<u64>,
     /// Buffer byte budget of the in-process engine (global bytes limit).
     pub buffer_bytes: Option<u64>,
+    /// VmRSS once the in-process engine is up, before any load (bytes).
+    pub idle_rss_bytes: Option<u64>,
+    /// Peak of the engine's record memory (`sluice_record_memory_bytes`:
+    /// message copies records still reference), sampled every 100 ms.
+    pub peak_record_memory_bytes: Option<u64>,
+    /// Bytes the `--flood-connections` streams got into the engine.
+    pub flood_bytes: Option<u64>,
     /// Sources whose stream failed (error text).
     pub errors: Vec<String>,
 }
@@ -376,7 +404,9 @@ impl RunReport {
             // `--fail-rate` (the no-failures baseline has it too, failing
             // nothing); the other baselines (raw, copy, nats) have none.
             stages: if matches!(target, "sluice" | "baseline") {
-                args.stages + usize::from(args.fail_rate > 0.0)
+                args.stages
+                    + usize::from(args.fail_rate > 0.0)
+                    + usize::from(args.filter_keep.is_some())
             } else {
                 0
             },
@@ -398,6 +428,9 @@ impl RunReport {
             latency: Latency::default(),
             peak_rss_bytes: None,
             buffer_bytes: None,
+            idle_rss_bytes: None,
+            peak_record_memory_bytes: None,
+            flood_bytes: None,
             errors: Vec::new(),
         }
     }
@@ -599,6 +632,13 @@ async fn run_sluice(
     settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.server.shutdown_timeout = Duration::from_secs(5);
     settings.metrics.enabled = false;
+    if let Some(m) = args.max_message_bytes {
+        settings.server.max_message_bytes = m;
+    }
+    if let Some(w) = args.http2_window {
+        settings.server.http2_stream_window = w;
+        settings.server.http2_connection_window = w;
+    }
     if let Some(b) = args.buffer_bytes {
         settings.buffer.global.bytes = b;
         cap(&mut settings.buffer.per_stage, None, Some(b));
@@ -625,6 +665,14 @@ async fn run_sluice(
                 transform: sluice_config::TransformSpec::Identity,
             })
             .collect();
+        if let Some(n) = args.filter_keep {
+            p.stages.push(sluice_config::StageSpec {
+                name: "sample".into(),
+                transform: sluice_config::TransformSpec::Sample {
+                    keep: 1.0 / n.max(1) as f64,
+                },
+            });
+        }
         // The baseline of a failing run has the same stage, failing nothing.
         if failing {
             p.stages.push(sluice_config::StageSpec {
@@ -673,12 +721,40 @@ async fn run_sluice(
             ..ControllerConfig::default()
         });
     }
-    let rss = RssSampler::start();
+    let max_message = u32::try_from(settings_max_message(args)).unwrap_or(u32::MAX);
     let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
+    // The engine's idle RSS, before any load (the sampler's thread and
+    // the load generator's connections come after it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_rss = read_rss();
+    let rss = RssSampler::start();
+    let record_memory = {
+        let memory = engine.record_memory().clone();
+        let peak = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                loop {
+                    peak.fetch_max(memory.held_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        (peak, task)
+    };
     let idle = idle::IdleStreams::open(engine.local_addr(), args.idle_streams).await?;
+    let flood = if args.flood_connections > 0 {
+        Some(flood::Flood::open(engine.local_addr(), args.flood_connections, max_message).await?)
+    } else {
+        None
+    };
     let result = drive(target, engine.local_addr(), args, rate).await;
+    let flood_bytes = flood.as_ref().map(flood::Flood::sent_bytes);
     drop(idle);
+    drop(flood);
     let peak = rss.stop();
+    record_memory.1.abort();
+    let peak_record_memory = record_memory.0.load(Ordering::Relaxed);
     if let Err(e) = engine.shutdown().await {
         eprintln!("sluice bench: engine shutdown: {e}");
     }
@@ -687,6 +763,9 @@ async fn run_sluice(
     }
     let mut report = result?;
     report.peak_rss_bytes = Some(peak);
+    report.idle_rss_bytes = idle_rss;
+    report.peak_record_memory_bytes = Some(peak_record_memory);
+    report.flood_bytes = flood_bytes;
     report.buffer_bytes = Some(budget);
     report.fail_rate = fail_rate;
     if let Some(db) = db {
@@ -700,6 +779,12 @@ async fn run_sluice(
         }
     }
     Ok(report)
+}
+
+/// The in-process engine's `server.max_message_bytes` under `args`.
+fn settings_max_message(args: &BenchArgs) -> usize {
+    args.max_message_bytes
+        .unwrap_or_else(|| Settings::default().server.max_message_bytes)
 }
 
 fn cap(limit: &mut Limit, records: Option<u64>, bytes: Option<u64>) {
@@ -914,7 +999,11 @@ pub fn render_table(report: &BenchReport) -> String {
         .collect();
     let mut out = String::new();
     let _ = writeln!(out, "{:<22}{}", "", cols(&runs, |r| r.target.clone()));
-    let rows: [Row<'_>; 20] = [
+    let mib = |b: Option<u64>| {
+        b.map(|b| format!("{:.1}", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: [Row<'_>; 24] = [
         ("sources × batch", &|r| {
             format!("{} × {}", r.sources, r.batch)
         }),
@@ -948,6 +1037,21 @@ pub fn render_table(report: &BenchReport) -> String {
                 .map(|b| format!("{:.1}", b as f64 / 1048576.0))
                 .unwrap_or_else(|| "-".into())
         }),
+        ("idle RSS (MiB)", &|r| mib(r.idle_rss_bytes)),
+        (
+            "(peak−idle)/budget",
+            &|r| match (r.peak_rss_bytes, r.idle_rss_bytes, r.buffer_bytes) {
+                (Some(p), Some(i), Some(b)) if b > 0 => {
+                    format!("{:.2}", p.saturating_sub(i) as f64 / b as f64)
+                }
+                _ => "-".into(),
+            },
+        ),
+        (
+            "peak record mem (MiB)",
+            &|r| mib(r.peak_record_memory_bytes),
+        ),
+        ("flood bytes in (MiB)", &|r| mib(r.flood_bytes)),
         ("signals slow/pause/res", &|r| {
             format!(
                 "{}/{}/{}",

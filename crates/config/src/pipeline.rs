@@ -155,12 +155,21 @@ pub enum TransformSpec {
         #[serde(default = "one")]
         rate: f64,
     },
+    /// Keeps a deterministic fraction `keep` (0–1) of the records it sees,
+    /// chosen by a hash of their sequence number, and filters out the rest
+    /// (sampling; `sluice bench --filter-keep` uses it as a filter that
+    /// keeps 1 record in N).
+    Sample {
+        /// Fraction of records kept, in [0, 1].
+        keep: f64,
+    },
 }
 
 impl TransformSpec {
     /// The `kind` names, as written in a config file.
-    pub const KINDS: &'static [&'static str] =
-        &["filter", "set", "rename", "drop", "identity", "fail"];
+    pub const KINDS: &'static [&'static str] = &[
+        "filter", "set", "rename", "drop", "identity", "fail", "sample",
+    ];
 
     /// Accepted aliases of kinds.
     const ALIASES: &'static [&'static str] = &["passthrough"];
@@ -174,6 +183,7 @@ impl TransformSpec {
             Self::Drop { .. } => "drop",
             Self::Identity => "identity",
             Self::Fail { .. } => "fail",
+            Self::Sample { .. } => "sample",
         }
     }
 }

@@ -447,6 +447,7 @@ fn transform(key: &str, t: &TransformSpec, e: &mut ValidationErrors) {
         }
         TransformSpec::Identity => {}
         TransformSpec::Fail { rate } => fraction(e, format!("{key}.rate"), *rate),
+        TransformSpec::Sample { keep } => fraction(e, format!("{key}.keep"), *keep),
     }
 }
 

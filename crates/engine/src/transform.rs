@@ -84,6 +84,12 @@ pub enum Transform {
         /// Fraction in [0, 1].
         rate: f64,
     },
+    /// Keeps a deterministic fraction of records (by another hash of their
+    /// sequence number than `Fail`'s), filters out the rest.
+    Sample {
+        /// Fraction kept, in [0, 1].
+        keep: f64,
+    },
 }
 
 fn split(path: &str) -> Vec<String> {
@@ -111,6 +117,7 @@ impl From<&TransformSpec> for Transform {
             },
             TransformSpec::Identity => Transform::Identity,
             TransformSpec::Fail { rate } => Transform::Fail { rate: *rate },
+            TransformSpec::Sample { keep } => Transform::Sample { keep: *keep },
         }
     }
 }
@@ -242,6 +249,11 @@ impl Transform {
     pub fn apply(&self, seq: u64, record: &mut EngineRecord) -> Result<Outcome, TransformError> {
         match self {
             Transform::Identity => Ok(Outcome::Keep),
+            Transform::Sample { keep } => Ok(if hits(!seq, *keep) {
+                Outcome::Keep
+            } else {
+                Outcome::Filtered
+            }),
             Transform::Fail { rate } => {
                 if hits(seq, *rate) {
                     Err(TransformError::Injected { rate: *rate })
@@ -435,5 +447,16 @@ mod tests {
         assert!(all.apply(1, &mut rec(json!({}))).is_err());
         let none = Transform::Fail { rate: 0.0 };
         assert!(none.apply(1, &mut rec(json!({}))).is_ok());
+    }
+
+    #[test]
+    fn sample_keeps_its_fraction_and_filters_the_rest() {
+        let t = Transform::from(&TransformSpec::Sample { keep: 0.01 });
+        let kept = (1..=100_000u64)
+            .filter(|&seq| t.apply(seq, &mut rec(json!({}))).unwrap() == Outcome::Keep)
+            .count();
+        assert!((800..1_200).contains(&kept), "{kept}");
+        let all = Transform::Sample { keep: 1.0 };
+        assert_eq!(all.apply(1, &mut rec(json!({}))).unwrap(), Outcome::Keep);
     }
 }
