@@ -8,6 +8,7 @@
 //! both the engine and the client.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod bench;
 pub mod demo;
 pub mod flags;

@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sluice_cli::alloc::tune();
     let cli = Cli::parse();
     if let Some(f) = &cli.log_format {
         sluice_engine::logging::set_format_override(if f == "json" {
