@@ -309,7 +309,7 @@ fn unknown_transform_kind_is_refused_naming_the_key_and_the_kinds() {
     );
     assert_eq!(
         message,
-        r#"unknown transform "frobnicate" (known: filter, set, rename, drop, identity, fail)"#
+        r#"unknown transform "frobnicate" (known: filter, set, rename, drop, identity, fail, sample)"#
     );
     assert!(
         text.contains(r#"pipelines[0].stages[1].transform.kind: unknown transform "frobnicate""#),
