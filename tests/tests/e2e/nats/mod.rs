@@ -50,6 +50,40 @@ fn nats_settings(dir: &std::path::Path, nats: &NatsServer) -> Settings {
     s
 }
 
+/// Waits (at most 20 s) until the source whose events are `events` is told
+/// PAUSE with reason SINK.
+async fn paused_by_the_sink(events: &Events) {
+    wait_for("PAUSE with reason SINK", Duration::from_secs(20), || {
+        signals(events, SignalKind::Pause)
+            .iter()
+            .any(|(reason, ..)| *reason == SignalReason::Sink)
+    })
+    .await;
+}
+
+/// After a sink stall that ended: every record `1..=n` of `source`
+/// delivered and acked (`summary`), the source told RESUME with reason
+/// SINK, nothing dead-lettered (under `dir`), each id once in the stream.
+async fn assert_recovered_from_a_stall(
+    nats: &NatsServer,
+    dir: &Path,
+    events: &Events,
+    summary: &Summary,
+    source: &str,
+    n: u64,
+) {
+    assert_all_delivered(summary, n);
+    assert!(
+        signals(events, SignalKind::Resume)
+            .iter()
+            .any(|(reason, ..)| *reason == SignalReason::Sink),
+        "RESUME with reason SINK"
+    );
+    assert!(read_jsonl(&dir.join("dead")).is_empty());
+    let messages = nats.messages(STREAM).await;
+    assert_ids_exactly_once(&messages, ids(&[source], 1..=n));
+}
+
 /// The ids `<source>:<seq>` of `seqs` for every source.
 fn ids(sources: &[&str], seqs: std::ops::RangeInclusive<u64>) -> Vec<String> {
     (sources.iter())
@@ -224,26 +258,12 @@ async fn a_nats_outage_stalls_the_sink_and_loses_nothing() {
         )
         .await;
         nats.stop();
-        wait_for("PAUSE with reason SINK", Duration::from_secs(20), || {
-            signals(&events, SignalKind::Pause)
-                .iter()
-                .any(|(reason, ..)| *reason == SignalReason::Sink)
-        })
-        .await;
+        paused_by_the_sink(&events).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         nats.start();
         sending.await.unwrap();
         let summary = finish(c).await;
-        assert_all_delivered(&summary, N);
-        assert!(
-            signals(&events, SignalKind::Resume)
-                .iter()
-                .any(|(reason, ..)| *reason == SignalReason::Sink),
-            "RESUME with reason SINK"
-        );
-        assert!(read_jsonl(&dir.path().join("dead")).is_empty());
-        let messages = nats.messages(STREAM).await;
-        assert_ids_exactly_once(&messages, ids(&["outage"], 1..=N));
+        assert_recovered_from_a_stall(&nats, dir.path(), &events, &summary, "outage", N).await;
         engine.shutdown().await.unwrap();
     })
     .await;

@@ -89,12 +89,7 @@ async fn a_full_stream_stalls_the_sink_until_room_is_made() {
         let (c, events) = events_client_at(&url(&engine), "full", patient()).await;
         let c = Arc::new(c);
         let sending = tokio::spawn(send_range(c.clone(), 1..=N));
-        wait_for("PAUSE with reason SINK", Duration::from_secs(20), || {
-            signals(&events, SignalKind::Pause)
-                .iter()
-                .any(|(reason, ..)| *reason == SignalReason::Sink)
-        })
-        .await;
+        paused_by_the_sink(&events).await;
         // Stalled: nothing more is acked, nothing is dead-lettered, the
         // stream holds what fitted.
         let progress = c.progress();
@@ -114,16 +109,7 @@ async fn a_full_stream_stalls_the_sink_until_room_is_made() {
         js.update_stream(&config).await.expect("stream updated");
         sending.await.unwrap();
         let summary = finish(c).await;
-        assert_all_delivered(&summary, N);
-        assert!(
-            signals(&events, SignalKind::Resume)
-                .iter()
-                .any(|(reason, ..)| *reason == SignalReason::Sink),
-            "RESUME with reason SINK"
-        );
-        assert!(read_jsonl(&dir.path().join("dead")).is_empty());
-        let messages = nats.messages(STREAM).await;
-        assert_ids_exactly_once(&messages, ids(&["full"], 1..=N));
+        assert_recovered_from_a_stall(&nats, dir.path(), &events, &summary, "full", N).await;
         engine.shutdown().await.unwrap();
     })
     .await;
