@@ -72,7 +72,8 @@ class Signal:
         retry_after_ms: The engine's suggested wait (0: none).
         stage: The stage, for reasons STAGE and SINK.
         sink: The stalled sink, for reason SINK.
-        target_records_per_second: For SLOW_DOWN, the pipeline's drain rate.
+        target_records_per_second: For SLOW_DOWN, the rate at which the engine
+            completes this source's records (records/s; 0 when unknown).
     """
 
     kind: str
