@@ -179,7 +179,8 @@ class Core:
         self.paused_until = 0.0
         self.slowed = False
         self.slow_delay = DEFAULT_SLOW_DELAY
-        #: Under SLOW_DOWN: the rate at which the engine completes this source's records (records/s), 0 when unknown.
+        #: Under SLOW_DOWN: the rate at which the engine completes this
+        #: source's records (records/s), 0 when unknown.
         self.slow_rate = 0.0
         self.not_before = 0.0
         self.control: deque[bytes] = deque()
