@@ -56,7 +56,7 @@ pub use client::{
 };
 pub use external::{REQUIRE_EXTERNAL, external_program, missing};
 pub use nats::{NatsServer, StreamMessage, TestConnect, assert_ids_exactly_once};
-pub use nginx::{Nginx, nginx_config};
+pub use nginx::{Nginx, nginx_command, nginx_config};
 pub use postgres::Postgres;
 pub use process::{
     EngineProcess, engine_child_command, in_own_process, log_tail, serve_if_engine_child,

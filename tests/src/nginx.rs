@@ -72,6 +72,19 @@ http {{
     )
 }
 
+/// `nginx` (the binary `bin`) run with its prefix and error log in `dir`
+/// and the main configuration `conf`, as an unprivileged process does.
+pub fn nginx_command(bin: &Path, dir: &Path, conf: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(conf);
+    cmd
+}
+
 /// An nginx process (see the [module docs](self)).
 pub struct Nginx {
     dir: tempfile::TempDir,
@@ -89,13 +102,7 @@ impl Nginx {
         let addr = free_port();
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, nginx_config(addr, upstreams, dir.path())).expect("nginx.conf");
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf)
+        let child = nginx_command(&bin, dir.path(), &conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -524,14 +524,8 @@ fn nginx_t() {
     );
     let conf = dir.path().join("nginx.conf");
     std::fs::write(&conf, main).unwrap();
-    let out = Command::new(nginx)
+    let out = nginx_command(&nginx, dir.path(), &conf)
         .arg("-t")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .arg("-c")
-        .arg(&conf)
         .output()
         .expect("nginx -t runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -103,6 +103,15 @@ mod tests {
 
     use super::*;
 
+    /// The `seq` of every line under `dir`, file by file in name order.
+    fn seqs(dir: &Path) -> Vec<u64> {
+        lines(dir)
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect()
+    }
+
     fn lines(dir: &Path) -> Vec<(String, Vec<Value>)> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -227,11 +236,7 @@ mod tests {
         sink.commit().await.unwrap();
         assert!((10..50).contains(&refused.len()), "{}", refused.len());
         assert!(refused.windows(2).all(|w| w[0].index < w[1].index));
-        let written: Vec<u64> = lines(dir.path())
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .map(|v| v["seq"].as_u64().unwrap())
-            .collect();
+        let written: Vec<u64> = seqs(dir.path());
         let expect: Vec<u64> = (0..100)
             .filter(|i| !refused.iter().any(|f| f.index as u64 == *i))
             .collect();
@@ -280,12 +285,8 @@ mod tests {
         // Written again: the directory is back, with the batch once.
         assert_eq!(sink.write(batch[2..].into()).await.unwrap(), Written::All);
         sink.commit().await.unwrap();
-        let seqs: Vec<u64> = lines(&dir)
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .map(|v| v["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, vec![3, 4]);
+        let written = seqs(&dir);
+        assert_eq!(written, vec![3, 4]);
 
         // Removed between batches (no file open): created at the next write.
         std::fs::remove_dir_all(&dir).unwrap();
@@ -324,12 +325,8 @@ mod tests {
         sink.write(batch[20..].into()).await.unwrap();
         sink.commit().await.unwrap();
         assert_eq!((sink.durable_lines(), sink.syncs()), (30, 2));
-        let seqs: Vec<u64> = lines(dir.path())
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .map(|v| v["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+        let written = seqs(dir.path());
+        assert_eq!(written, (1..=30).collect::<Vec<_>>());
     }
 
     /// Batches written before one commit rotate where a line would pass
@@ -400,12 +397,8 @@ mod tests {
         assert_eq!(sink.durable_lines(), 1);
         sink.write(batch[1..].into()).await.unwrap();
         sink.commit().await.unwrap();
-        let seqs: Vec<u64> = lines(&dir)
-            .into_iter()
-            .flat_map(|(_, v)| v)
-            .map(|v| v["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, vec![2, 3]);
+        let written = seqs(&dir);
+        assert_eq!(written, vec![2, 3]);
         assert_eq!(sink.durable_lines(), 3);
     }
 
