@@ -1,7 +1,22 @@
 //! `sluice bench` in-process: a tiny run loses nothing and reports valid JSON.
 //! No speed assertions.
 
-use sluice_cli::bench::{Baseline, BenchArgs, BenchPayload, BenchReport, BenchSink, run_bench};
+use sluice_cli::bench::{
+    Baseline, BenchArgs, BenchPayload, BenchReport, BenchSink, RunReport, run_bench,
+};
+
+/// The baseline's and sluice's runs of `report`: both present, neither with
+/// errors.
+fn both_runs(report: &BenchReport) -> [&RunReport; 2] {
+    let runs = [
+        report.raw.as_ref().expect("the baseline run"),
+        report.sluice.as_ref().expect("the sluice run"),
+    ];
+    for r in runs {
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    runs
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_loses_nothing_and_reports_json() {
@@ -17,9 +32,7 @@ async fn tiny_bench_loses_nothing_and_reports_json() {
     let parsed: BenchReport = serde_json::from_str(&json).expect("JSON parses");
     let value: serde_json::Value = serde_json::from_str(&json).expect("JSON parses");
     assert!(value["sluice"]["records_per_s"].is_number());
-    for run in [parsed.raw.as_ref(), parsed.sluice.as_ref()] {
-        let run = run.expect("both runs present");
-        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    for run in both_runs(&parsed) {
         assert_eq!(run.sent, 4_000, "{run:?}");
         assert_eq!(run.lost, 0, "{run:?}");
         assert_eq!(run.acked, 4_000, "{run:?}");
@@ -66,9 +79,8 @@ async fn tiny_bench_with_failing_records_loses_nothing() {
         ..BenchArgs::default()
     };
     let report = run_bench(&args).await.expect("bench runs");
-    let (base, run) = (report.raw.expect("baseline"), report.sluice.expect("run"));
-    for r in [&base, &run] {
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let [base, run] = both_runs(&report);
+    for r in [base, run] {
         assert_eq!(
             (r.sent, r.acked, r.lost, r.rejects),
             (4_000, 4_000, 0, 0),
@@ -98,9 +110,7 @@ async fn tiny_bench_into_postgres_against_copy_loses_nothing() {
         ..BenchArgs::default()
     };
     let report = run_bench(&args).await.expect("bench runs");
-    for run in [report.raw.as_ref(), report.sluice.as_ref()] {
-        let run = run.expect("both runs present");
-        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    for run in both_runs(&report) {
         assert_eq!(
             (run.acked, run.delivered, run.lost),
             (3_000, 3_000, 0),
@@ -128,9 +138,7 @@ async fn tiny_bench_into_nats_and_its_baseline_lose_nothing() {
         ..BenchArgs::default()
     };
     let report = run_bench(&args).await.expect("bench runs");
-    for run in [report.raw.as_ref(), report.sluice.as_ref()] {
-        let run = run.expect("both runs present");
-        assert!(run.errors.is_empty(), "{:?}", run.errors);
+    for run in both_runs(&report) {
         assert_eq!(
             (run.sent, run.acked, run.lost),
             (2_000, 2_000, 0),
