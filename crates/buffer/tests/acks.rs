@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use sluice_buffer::{AckState, BufferManager, BufferedRecord, Limits, SeqRange, SourceId};
+use sluice_buffer::{
+    AckState, BufferManager, BufferedRecord, Limits, PipelineInfo, SeqRange, SourceId,
+};
 
 /// The most ranges an `Ack` carries (`ingest.proto`).
 const MAX: usize = 64;
@@ -120,13 +122,19 @@ fn paged(buffer: &BufferManager<()>, source: SourceId) -> Vec<SeqRange> {
     }
 }
 
-fn run(case: Case) -> Result<(), TestCaseError> {
+/// A buffer with one pipeline `p` of one stage and one source `s`.
+fn one_source() -> (BufferManager<()>, PipelineInfo, SourceId) {
     let buffer = BufferManager::<()>::builder(Limits::default())
         .pipeline("p", ["sink"])
         .build()
         .unwrap();
     let p = buffer.pipeline_by_name("p").unwrap().clone();
     let source = buffer.register_source("s", p.id).unwrap();
+    (buffer, p, source)
+}
+
+fn run(case: Case) -> Result<(), TestCaseError> {
+    let (buffer, p, source) = one_source();
     let mut seq = case.first_seq;
     for &n in &case.runs {
         let a = buffer.admit(source, seq, vec![(); n]).unwrap();
@@ -195,12 +203,7 @@ proptest! {
 /// More than 64 ranges: an `Ack` lists the lowest 64, paging reaches all.
 #[test]
 fn more_than_64_ranges_are_listed_lowest_first_and_paged() {
-    let buffer = BufferManager::<()>::builder(Limits::default())
-        .pipeline("p", ["sink"])
-        .build()
-        .unwrap();
-    let p = buffer.pipeline_by_name("p").unwrap().clone();
-    let source = buffer.register_source("s", p.id).unwrap();
+    let (buffer, p, source) = one_source();
     let _ = buffer.admit(source, 1, vec![(); 400]).unwrap();
     let all = buffer.try_batch(p.stages[0], usize::MAX);
     // Every odd record stays in the works: 199 ranges of one record each.
