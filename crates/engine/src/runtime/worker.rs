@@ -200,7 +200,6 @@ impl Worker {
     /// Returns false when the worker should stop (the buffer shut down).
     async fn transform(&self, tf: &Transform, batch: Vec<BufferedRecord<EngineRecord>>) -> bool {
         let t = Instant::now();
-        let part_bytes: u64 = batch.iter().map(|r| r.size()).sum();
         let mut keep = batch;
         // What happened to each record taken out of `keep`, in order:
         // `None` filtered, `Some(error)` failed. Kept records stay where
@@ -222,6 +221,9 @@ impl Worker {
                 }
             })
             .collect();
+        // Sized only when something left the part (not on the path where
+        // every record is kept).
+        let removed_bytes: u64 = removed.iter().map(|r| r.size()).sum();
         let mut filtered = Vec::new();
         let mut failed: Vec<(BufferedRecord<EngineRecord>, Arc<str>)> = Vec::new();
         for (r, outcome) in removed.into_iter().zip(outcomes) {
@@ -234,9 +236,10 @@ impl Worker {
         // (`record_memory`): the failed ones before their backoff, the
         // kept ones when they are less than half of the part.
         self.compact_failed(&mut failed);
-        if !filtered.is_empty() || !failed.is_empty() {
+        if removed_bytes > 0 {
+            // Less than half of the part: kept < removed.
             let kept_bytes: u64 = keep.iter().map(|r| r.size()).sum();
-            if kept_bytes.saturating_mul(2) < part_bytes {
+            if kept_bytes < removed_bytes {
                 record_memory::compact(
                     &self.env.record_memory,
                     keep.iter_mut()
