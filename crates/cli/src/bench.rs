@@ -8,7 +8,9 @@
 //! Two targets:
 //!
 //! - `sluice`: an engine started in-process (null sink by default, or a file
-//!   sink, optionally slowed down), or an engine at `--addr`;
+//!   sink, optionally slowed down), or the same engine in a child process
+//!   of its own ([`child`], `--engine-process`: the memory figures are then
+//!   the engine's alone), or an engine at `--addr`;
 //! - `raw` ([`raw`]): a bare `sluice.v1.Ingest` server that only counts
 //!   records, acks each batch at once and grants unlimited credit: the
 //!   transport's ceiling on this machine;
@@ -24,26 +26,26 @@
 //! that covers it, per record, in an HDR histogram. `lost` is
 //! `sent − delivered − filtered − dead-lettered` at the end and must be 0.
 
+pub mod child;
 pub mod flood;
 pub mod idle;
+mod in_process;
 pub mod lean;
 pub mod nats;
 pub mod postgres;
 pub mod raw;
+mod rss;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use sluice_buffer::{ControllerConfig, Credit};
 use sluice_config::{Limit, Settings};
-use sluice_engine::EngineBuilder;
-use sluice_engine::sink::{FileSink, NatsSink, NullSink, PostgresSink, Sink, with_knobs};
 
 /// Which sink the in-process engine writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -230,6 +232,15 @@ pub struct BenchArgs {
     /// of the in-process engine (default 1 MiB each).
     #[arg(long)]
     pub http2_window: Option<u32>,
+    /// Run the engine in a child process of its own (`sluice serve` on a
+    /// generated configuration file) instead of in this process, so that
+    /// the RSS figures are the engine's alone, without the load generator
+    /// (`bench/child.rs`). Only for what the configuration can express
+    /// (`--window` only up to `--record-bytes 512`, as
+    /// `buffer.credit_window_records`); the record memory peak is then read from the
+    /// engine's Prometheus metric, once per second.
+    #[arg(long, conflicts_with = "addr")]
+    pub engine_process: bool,
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
@@ -376,15 +387,24 @@ pub struct RunReport {
     pub mb_per_s: f64,
     /// Ack latency.
     pub latency: Latency,
-    /// Peak VmRSS sampled every 100 ms during the run (bytes), when the
-    /// target runs in this process (it includes the load generator).
+    /// Peak RSS during the run (bytes): of this process when the target
+    /// runs in it (VmRSS sampled every 100 ms; it includes the load
+    /// generator), or of the engine's child process with
+    /// `--engine-process` (its VmHWM at the end of the load: the exact peak).
     pub peak_rss_bytes: Option<u64>,
+    /// With `--engine-process`: the pid of the engine's child process, the
+    /// process the RSS figures are of; `None`: they are of this process.
+    #[serde(default)]
+    pub engine_pid: Option<u32>,
     /// Buffer byte budget of the in-process engine (global bytes limit).
     pub buffer_bytes: Option<u64>,
-    /// VmRSS once the in-process engine is up, before any load (bytes).
+    /// VmRSS once the engine is up, before any load (bytes): of this
+    /// process, or of the engine's child process with `--engine-process`.
     pub idle_rss_bytes: Option<u64>,
     /// Peak of the engine's record memory (`sluice_record_memory_bytes`:
-    /// message copies records still reference), sampled every 100 ms.
+    /// message copies records still reference), sampled every 100 ms
+    /// in-process; with `--engine-process` scraped from the child's
+    /// metrics once per second (what the engine publishes: a lower bound).
     pub peak_record_memory_bytes: Option<u64>,
     /// Bytes the `--flood-connections` streams got into the engine.
     pub flood_bytes: Option<u64>,
@@ -427,6 +447,7 @@ impl RunReport {
             mb_per_s: 0.0,
             latency: Latency::default(),
             peak_rss_bytes: None,
+            engine_pid: None,
             buffer_bytes: None,
             idle_rss_bytes: None,
             peak_record_memory_bytes: None,
@@ -598,8 +619,8 @@ async fn run_raw(args: &BenchArgs) -> Result<RunReport, String> {
         .await
         .map_err(|e| format!("raw server: {e}"))?;
     let addr = server.local_addr();
-    let rss = RssSampler::start();
-    let result = drive("raw", addr, args, args.rate).await;
+    let rss = rss::RssSampler::start(rss::Proc::This);
+    let result = drive("raw", addr, args, args.rate, rss::Proc::This).await;
     let peak = rss.stop();
     server.stop().await;
     let mut report = result?;
@@ -626,7 +647,7 @@ async fn run_sluice(
             .trim_start_matches("http://")
             .parse()
             .map_err(|e| format!("--addr {addr}: {e}"))?;
-        return drive(target, addr, args, rate).await;
+        return drive(target, addr, args, rate, rss::Proc::This).await;
     }
     let mut settings = Settings::default();
     settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -685,87 +706,14 @@ async fn run_sluice(
         }
     }
     let budget = settings.buffer.global.bytes;
-    let mut tmp_dir = None;
-    let sink: Arc<dyn Sink> = match args.sink {
-        BenchSink::Null => Arc::new(NullSink),
-        BenchSink::File => {
-            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-            let s = FileSink::open(&dir, "bench", 64 * 1024 * 1024, args.fsync)
-                .map_err(|e| format!("file sink: {e}"))?;
-            tmp_dir = Some(dir);
-            Arc::new(s)
-        }
-        BenchSink::Postgres => {
-            let db = db.ok_or("--sink postgres: no database")?;
-            db.empty(postgres::SLUICE_TABLE).await?;
-            let spec = db.spec(postgres::SLUICE_TABLE, args.pg_staging.into());
-            Arc::new(
-                PostgresSink::connect(&spec)
-                    .await
-                    .map_err(|e| format!("postgres sink: {e}"))?,
-            )
-        }
-        BenchSink::Nats => {
-            let nats = nats.ok_or("--sink nats: no NATS server")?;
-            Arc::new(NatsSink::new(&nats.sink_spec(), "default").map_err(|e| e.to_string())?)
-        }
-    };
-    let sink = with_knobs(sink, args.sink_delay.unwrap_or_default(), 0.0);
-    let mut builder = EngineBuilder::new(settings)
-        .sink("default", sink)
-        .dead_letter_sink("default", Arc::new(NullSink));
-    if let Some(w) = args.window {
-        let w = w.max(1);
-        builder = builder.controller_config(ControllerConfig {
-            window: Credit::new(w, w * (args.record_bytes as u64).max(1) * 2),
-            ..ControllerConfig::default()
-        });
+    if let Some(db) = db {
+        db.empty(postgres::SLUICE_TABLE).await?;
     }
-    let max_message = u32::try_from(settings_max_message(args)).unwrap_or(u32::MAX);
-    let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
-    // The engine's idle RSS, before any load (the sampler's thread and
-    // the load generator's connections come after it).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let idle_rss = read_rss();
-    let rss = RssSampler::start();
-    let record_memory = {
-        let memory = engine.record_memory().clone();
-        let peak = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let peak = peak.clone();
-            async move {
-                loop {
-                    peak.fetch_max(memory.held_bytes(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        (peak, task)
-    };
-    let idle = idle::IdleStreams::open(engine.local_addr(), args.idle_streams).await?;
-    let flood = if args.flood_connections > 0 {
-        Some(flood::Flood::open(engine.local_addr(), args.flood_connections, max_message).await?)
+    let mut report = if args.engine_process {
+        child::run(args, settings, db, nats, target, rate).await?
     } else {
-        None
+        in_process::run(args, settings, db, nats, target, rate).await?
     };
-    let result = drive(target, engine.local_addr(), args, rate).await;
-    let flood_bytes = flood.as_ref().map(flood::Flood::sent_bytes);
-    drop(idle);
-    drop(flood);
-    let peak = rss.stop();
-    record_memory.1.abort();
-    let peak_record_memory = record_memory.0.load(Ordering::Relaxed);
-    if let Err(e) = engine.shutdown().await {
-        eprintln!("sluice bench: engine shutdown: {e}");
-    }
-    if let Some(dir) = tmp_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let mut report = result?;
-    report.peak_rss_bytes = Some(peak);
-    report.idle_rss_bytes = idle_rss;
-    report.peak_record_memory_bytes = Some(peak_record_memory);
-    report.flood_bytes = flood_bytes;
     report.buffer_bytes = Some(budget);
     report.fail_rate = fail_rate;
     if let Some(db) = db {
@@ -779,6 +727,31 @@ async fn run_sluice(
         }
     }
     Ok(report)
+}
+
+/// The load of a sluice run against the engine at `addr`: the sources of
+/// `args`, with its idle streams and flood connections held meanwhile
+/// (progress lines show `mem`'s RSS). The sources' report, and the bytes
+/// the flood got into the engine.
+async fn load(
+    target: &str,
+    addr: SocketAddr,
+    args: &BenchArgs,
+    rate: f64,
+    mem: rss::Proc,
+) -> Result<(Result<RunReport, String>, Option<u64>), String> {
+    let max_message = u32::try_from(settings_max_message(args)).unwrap_or(u32::MAX);
+    let idle = idle::IdleStreams::open(addr, args.idle_streams).await?;
+    let flood = if args.flood_connections > 0 {
+        Some(flood::Flood::open(addr, args.flood_connections, max_message).await?)
+    } else {
+        None
+    };
+    let result = drive(target, addr, args, rate, mem).await;
+    let flood_bytes = flood.as_ref().map(flood::Flood::sent_bytes);
+    drop(idle);
+    drop(flood);
+    Ok((result, flood_bytes))
 }
 
 /// The in-process engine's `server.max_message_bytes` under `args`.
@@ -802,6 +775,7 @@ async fn drive(
     addr: SocketAddr,
     args: &BenchArgs,
     rate: f64,
+    mem: rss::Proc,
 ) -> Result<RunReport, String> {
     let n = args.sources;
     let per_source_records = args.records.map(|total| {
@@ -849,7 +823,7 @@ async fn drive(
                     start.elapsed().as_secs_f64(),
                     sent - last_sent,
                     acked - last_acked,
-                    read_rss().unwrap_or(0) >> 20,
+                    mem.rss().unwrap_or(0) >> 20,
                 );
                 (last_sent, last_acked) = (sent, acked);
             }
@@ -942,54 +916,6 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     h
 }
 
-/// Samples this process's VmRSS every 100 ms on a thread; keeps the peak.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(read_rss().unwrap_or(0)));
-        let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::Builder::new()
-                .name("bench-rss".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Some(rss) = read_rss() {
-                            peak.fetch_max(rss, Ordering::Relaxed);
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                })
-                .ok()
-        };
-        Self { stop, peak, thread }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Some(rss) = read_rss() {
-            self.peak.fetch_max(rss, Ordering::Relaxed);
-        }
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-/// This process's resident set size in bytes (`VmRSS` of `/proc/self/status`).
-fn read_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// The report as a plain-text table.
 pub fn render_table(report: &BenchReport) -> String {
     use std::fmt::Write;
@@ -1003,7 +929,7 @@ pub fn render_table(report: &BenchReport) -> String {
         b.map(|b| format!("{:.1}", b as f64 / 1048576.0))
             .unwrap_or_else(|| "-".into())
     };
-    let rows: [Row<'_>; 24] = [
+    let rows: [Row<'_>; 25] = [
         ("sources × batch", &|r| {
             format!("{} × {}", r.sources, r.batch)
         }),
@@ -1031,6 +957,11 @@ pub fn render_table(report: &BenchReport) -> String {
             r.peak_rss_bytes
                 .map(|b| format!("{:.1}", b as f64 / 1048576.0))
                 .unwrap_or_else(|| "-".into())
+        }),
+        ("RSS of", &|r| match (r.engine_pid, r.peak_rss_bytes) {
+            (Some(pid), _) => format!("engine process {pid}"),
+            (None, Some(_)) => "this process".into(),
+            (None, None) => "-".into(),
         }),
         ("buffer budget (MiB)", &|r| {
             r.buffer_bytes
