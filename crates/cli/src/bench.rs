@@ -237,10 +237,16 @@ pub struct BenchArgs {
     /// the RSS figures are the engine's alone, without the load generator
     /// (`bench/child.rs`). Only for what the configuration can express
     /// (`--window` only up to `--record-bytes 512`, as
-    /// `buffer.credit_window_records`); the record memory peak is then read from the
-    /// engine's Prometheus metric, once per second.
+    /// `buffer.credit_window_records`). Its metrics endpoint is off, as
+    /// in-process, so there is no record memory peak (see `--engine-metrics`).
     #[arg(long, conflicts_with = "addr")]
     pub engine_process: bool,
+    /// With `--engine-process`: the engine serves its metrics, and the
+    /// bench reads the record memory peak from them once per second. The
+    /// RSS then includes what the metrics exporter holds (every ack-latency
+    /// sample until a scrape drains it).
+    #[arg(long, requires = "engine_process")]
+    pub engine_metrics: bool,
     /// Run a baseline first and report the sluice/baseline ratio.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
@@ -403,8 +409,9 @@ pub struct RunReport {
     pub idle_rss_bytes: Option<u64>,
     /// Peak of the engine's record memory (`sluice_record_memory_bytes`:
     /// message copies records still reference), sampled every 100 ms
-    /// in-process; with `--engine-process` scraped from the child's
-    /// metrics once per second (what the engine publishes: a lower bound).
+    /// in-process; with `--engine-process --engine-metrics` scraped from
+    /// the child's metrics once per second (what the engine publishes: a
+    /// lower bound), else `None`.
     pub peak_record_memory_bytes: Option<u64>,
     /// Bytes the `--flood-connections` streams got into the engine.
     pub flood_bytes: Option<u64>,

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use sluice_cli::bench::BenchReport;
 
 /// One second of failing records (retried once after 100 ms, then
-/// dead-lettered) against the child: nothing lost, the RSS is the child's
-/// (its pid, not the bench's), and the child and its directory are gone
-/// when the bench has exited.
+/// dead-lettered) against the child, with its metrics on: nothing lost, the
+/// RSS is the child's (its pid, not the bench's), the record memory peak
+/// comes from its metrics, and the child and its directory are gone when
+/// the bench has exited.
 #[test]
 fn the_bench_measures_the_engine_process() {
     let tmp = tempfile::tempdir().expect("a temporary directory");
@@ -23,6 +24,7 @@ fn the_bench_measures_the_engine_process() {
         .args([
             "bench",
             "--engine-process",
+            "--engine-metrics",
             "--json",
             "--quiet",
             "--duration",
@@ -82,6 +84,8 @@ fn the_bench_measures_the_engine_process() {
     );
     assert!(idle > 0 && peak >= idle, "{run:?}");
     assert_eq!(run.buffer_bytes, Some(33_554_432));
+    // `--engine-metrics`: read from the child's Prometheus endpoint.
+    assert!(run.peak_record_memory_bytes.is_some(), "{run:?}");
     // The bench stopped and reaped its engine, and removed its directory.
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),

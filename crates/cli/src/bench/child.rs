@@ -9,9 +9,15 @@
 //! - `server.listen = 127.0.0.1:0`: the child logs (in JSON) the address
 //!   it bound, `"sluice engine listening"` with `local_addr`, which the
 //!   bench reads from its standard error (no port is picked and dropped);
-//! - the Prometheus endpoint on a free loopback port, from which the bench
-//!   reads `sluice_record_memory_bytes` once per second (the engine
-//!   publishes it once per second: a lower bound of the peak);
+//! - the Prometheus endpoint off, as in-process (so the two differ only by
+//!   the process), or with `--engine-metrics` on a free loopback port, from
+//!   which the bench reads `sluice_record_memory_bytes` once per second
+//!   (the engine publishes it once per second: a lower bound of the peak).
+//!   The exporter keeps every ack-latency sample (8 bytes per acked
+//!   record: `record_many` records the value once per record) until a
+//!   scrape or its upkeep (every 5 s) drains them, so with metrics on the
+//!   RSS grows with the acked rate between scrapes (BENCHMARKS.md,
+//!   "Adversarial memory");
 //! - the environment without `SLUICE_CONFIG`, `SLUICE__…` overrides and
 //!   `RUST_LOG`, so the child runs exactly the bench's settings.
 //!
@@ -122,7 +128,7 @@ pub enum ChildError {
 /// Writes into `settings` what the child needs beyond what the bench would
 /// run in-process: the sink of `args` (with its delay) as a configured
 /// sink, a null dead-letter sink, the listen address, JSON logs and the
-/// metrics endpoint. `dir` is the run's temporary directory (the file
+/// metrics endpoint (off unless `--engine-metrics`). `dir` is the run's temporary directory (the file
 /// sink's files go in `dir/sink`).
 pub(crate) fn engine_settings(
     args: &BenchArgs,
@@ -152,8 +158,10 @@ pub(crate) fn engine_settings(
         format: LogFormat::Json,
         filter: "info".into(),
     };
-    settings.metrics.enabled = true;
-    settings.metrics.listen = free_port().map_err(ChildError::Port)?;
+    settings.metrics.enabled = args.engine_metrics;
+    if args.engine_metrics {
+        settings.metrics.listen = free_port().map_err(ChildError::Port)?;
+    }
     let delay = args.sink_delay.unwrap_or_default();
     let sink = match args.sink {
         BenchSink::Null => SinkSpec::Null {
@@ -202,7 +210,7 @@ pub(crate) fn engine_settings(
 /// A sluice run of `target` against an engine in a child process running
 /// `settings` with the sink of `args`: the memory figures are the child's
 /// (idle VmRSS before the load, VmHWM after it, record memory from its
-/// metrics).
+/// metrics with `--engine-metrics`).
 pub(crate) async fn run(
     args: &BenchArgs,
     settings: Settings,
@@ -222,28 +230,35 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle_rss = proc.rss();
     let rss = RssSampler::start(proc);
-    let (record_memory, scraped, scraper) = engine.sample_record_memory();
+    let record_memory = engine.sample_record_memory();
     let loaded = super::load(target, engine.addr(), args, rate, proc).await;
     // The exact peak, read while the child still runs (its shutdown
     // comes after the load and is not measured).
     let hwm = proc.hwm();
     let sampled = rss.stop();
-    scraper.abort();
+    if let Some((_, _, task)) = &record_memory {
+        task.abort();
+    }
     let stopped = engine.stop().await;
     let (result, flood_bytes) = loaded?;
     let mut report = result?;
     report.peak_rss_bytes = Some(hwm.unwrap_or(0).max(sampled));
     report.engine_pid = Some(pid);
     report.idle_rss_bytes = idle_rss;
-    report.peak_record_memory_bytes = scraped
-        .load(Ordering::Relaxed)
-        .then(|| record_memory.load(Ordering::Relaxed));
+    report.peak_record_memory_bytes = record_memory.and_then(|(peak, seen, _)| {
+        seen.load(Ordering::Relaxed)
+            .then(|| peak.load(Ordering::Relaxed))
+    });
     report.flood_bytes = flood_bytes;
     if let Err(e) = stopped {
         report.errors.push(e);
     }
     Ok(report)
 }
+
+/// The peak record memory, whether a scrape succeeded, and the scraping task.
+pub(crate) type RecordMemorySampler =
+    (Arc<AtomicU64>, Arc<AtomicBool>, tokio::task::JoinHandle<()>);
 
 /// A free loopback port (bound, then released for the child to bind).
 fn free_port() -> std::io::Result<SocketAddr> {
@@ -257,7 +272,8 @@ pub(crate) struct EngineChild {
     child: Option<Child>,
     pid: u32,
     addr: SocketAddr,
-    metrics: SocketAddr,
+    /// The metrics endpoint, when the child serves one.
+    metrics: Option<SocketAddr>,
     /// The thread reading the child's log; it ends with the child's
     /// standard error and returns the last lines.
     log: Option<std::thread::JoinHandle<VecDeque<String>>>,
@@ -322,7 +338,7 @@ impl EngineChild {
             child: Some(child),
             pid,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            metrics: settings.metrics.listen,
+            metrics: settings.metrics.enabled.then_some(settings.metrics.listen),
             log,
             _dir: dir,
         };
@@ -360,15 +376,13 @@ impl EngineChild {
         self.addr
     }
 
-    /// Samples the child's `sluice_record_memory_bytes` once per second in
-    /// a task; the task's peak is in the returned counter (0 while no
-    /// scrape succeeded, and the task is aborted by the caller).
-    pub(crate) fn sample_record_memory(
-        &self,
-    ) -> (Arc<AtomicU64>, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    /// With metrics on: samples the child's `sluice_record_memory_bytes`
+    /// once per second in a task (aborted by the caller); the peak is in
+    /// the counter, the flag says whether a scrape succeeded.
+    pub(crate) fn sample_record_memory(&self) -> Option<RecordMemorySampler> {
         let peak = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicBool::new(false));
-        let metrics = self.metrics;
+        let metrics = self.metrics?;
         let task = tokio::spawn({
             let (peak, seen) = (peak.clone(), seen.clone());
             async move {
@@ -383,7 +397,7 @@ impl EngineChild {
                 }
             }
         });
-        (peak, seen, task)
+        Some((peak, seen, task))
     }
 
     /// Stops the child: SIGTERM, then at most [`STOP_TIMEOUT`] for its
