@@ -47,11 +47,11 @@ use super::rss::{Proc, RssSampler};
 use super::{BenchArgs, BenchSink, RunReport, nats::BenchNats, postgres};
 
 /// Longest wait for the child to log its address and accept connections.
-pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest wait for the child to exit after SIGTERM before it is killed
 /// (its `server.shutdown_timeout` is 5 s).
-pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The last lines of the child's log kept for error messages.
 const LOG_TAIL: usize = 20;
