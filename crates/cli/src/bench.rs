@@ -685,6 +685,15 @@ async fn run_sluice(
         }
     }
     let budget = settings.buffer.global.bytes;
+    // A flood stream declares the largest message the engine reads beyond
+    // a stream's credit (`server.uncovered_message_bytes`): a larger one
+    // ends its stream at once, so that is the most a hostile stream holds.
+    let flood_message = u32::try_from(
+        settings
+            .uncovered_message_bytes()
+            .min(settings.server.max_message_bytes),
+    )
+    .unwrap_or(u32::MAX);
     let mut tmp_dir = None;
     let sink: Arc<dyn Sink> = match args.sink {
         BenchSink::Null => Arc::new(NullSink),
@@ -721,7 +730,6 @@ async fn run_sluice(
             ..ControllerConfig::default()
         });
     }
-    let max_message = u32::try_from(settings_max_message(args)).unwrap_or(u32::MAX);
     let engine = builder.start().await.map_err(|e| format!("engine: {e}"))?;
     // The engine's idle RSS, before any load (the sampler's thread and
     // the load generator's connections come after it).
@@ -744,7 +752,7 @@ async fn run_sluice(
     };
     let idle = idle::IdleStreams::open(engine.local_addr(), args.idle_streams).await?;
     let flood = if args.flood_connections > 0 {
-        Some(flood::Flood::open(engine.local_addr(), args.flood_connections, max_message).await?)
+        Some(flood::Flood::open(engine.local_addr(), args.flood_connections, flood_message).await?)
     } else {
         None
     };
@@ -779,12 +787,6 @@ async fn run_sluice(
         }
     }
     Ok(report)
-}
-
-/// The in-process engine's `server.max_message_bytes` under `args`.
-fn settings_max_message(args: &BenchArgs) -> usize {
-    args.max_message_bytes
-        .unwrap_or_else(|| Settings::default().server.max_message_bytes)
 }
 
 fn cap(limit: &mut Limit, records: Option<u64>, bytes: Option<u64>) {
