@@ -109,19 +109,25 @@ async fn a_message_beyond_credit_waits_for_the_pool_and_a_stalled_one_is_cut_at_
         tokio::time::sleep(Duration::from_millis(200)).await;
         let b = Partial::open(addr, "stall-b", 60 * 1024, 30 * 1024).await;
         let started = tokio::time::Instant::now();
+        // Each stream's end, timed as it comes.
+        let ended = |p: Partial| {
+            tokio::spawn(async move {
+                let (code, message) = p.status().await;
+                (code, message, started.elapsed())
+            })
+        };
+        let (a, b) = (ended(a), ended(b));
         // A source within its credit is read at once, pool or not.
         let (summary, _) =
             send_all(&url(&engine), "good", 2_000, 100, ClientOptions::default()).await;
         assert_all_delivered(&summary, 2_000);
-        let (code, message) = a.status().await;
-        let a_ended = started.elapsed();
+        let (code, message, a_ended) = a.await.unwrap();
         assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
         assert!(
             message.contains("server.message_timeout") && message.contains("stall-a"),
             "names the setting and the source: {message}"
         );
-        let (code, message) = b.status().await;
-        let b_ended = started.elapsed();
+        let (code, message, b_ended) = b.await.unwrap();
         assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
         assert!(message.contains("stall-b"), "{message}");
         // `b`'s two seconds started only once `a` had let the pool go.
