@@ -713,13 +713,27 @@ async fn run_sluice(
         }
     }
     let budget = settings.buffer.global.bytes;
+    // A flood stream declares the largest message the engine reads beyond
+    // a stream's credit (`server.uncovered_message_bytes`): a larger one
+    // ends its stream at once, so that is the most a hostile stream holds.
+    let flood_message = u32::try_from(
+        settings
+            .uncovered_message_bytes()
+            .min(settings.server.max_message_bytes),
+    )
+    .unwrap_or(u32::MAX);
     if let Some(db) = db {
         db.empty(postgres::SLUICE_TABLE).await?;
     }
+    let load = Load {
+        target,
+        rate,
+        flood_message,
+    };
     let mut report = if args.engine_process {
-        child::run(args, settings, db, nats, target, rate).await?
+        child::run(args, settings, db, nats, load).await?
     } else {
-        in_process::run(args, settings, db, nats, target, rate).await?
+        in_process::run(args, settings, db, nats, load).await?
     };
     report.buffer_bytes = Some(budget);
     report.fail_rate = fail_rate;
@@ -736,35 +750,39 @@ async fn run_sluice(
     Ok(report)
 }
 
-/// The load of a sluice run against the engine at `addr`: the sources of
-/// `args`, with its idle streams and flood connections held meanwhile
-/// (progress lines show `mem`'s RSS). The sources' report, and the bytes
-/// the flood got into the engine.
+/// What a sluice run's load is, besides `args`: its label, its offered
+/// rate, and the message size its flood streams declare.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load<'a> {
+    /// `sluice` or `baseline`.
+    pub(crate) target: &'a str,
+    /// The offered rate cap (records/s, 0 = none).
+    pub(crate) rate: f64,
+    /// The batch size each `--flood-connections` stream declares.
+    pub(crate) flood_message: u32,
+}
+
+/// Runs `load` against the engine at `addr`: the sources of `args`, with
+/// its idle streams and flood connections held meanwhile (progress lines
+/// show `mem`'s RSS). The sources' report, and the bytes the flood got
+/// into the engine.
 async fn load(
-    target: &str,
+    load: Load<'_>,
     addr: SocketAddr,
     args: &BenchArgs,
-    rate: f64,
     mem: rss::Proc,
 ) -> Result<(Result<RunReport, String>, Option<u64>), String> {
-    let max_message = u32::try_from(settings_max_message(args)).unwrap_or(u32::MAX);
     let idle = idle::IdleStreams::open(addr, args.idle_streams).await?;
     let flood = if args.flood_connections > 0 {
-        Some(flood::Flood::open(addr, args.flood_connections, max_message).await?)
+        Some(flood::Flood::open(addr, args.flood_connections, load.flood_message).await?)
     } else {
         None
     };
-    let result = drive(target, addr, args, rate, mem).await;
+    let result = drive(load.target, addr, args, load.rate, mem).await;
     let flood_bytes = flood.as_ref().map(flood::Flood::sent_bytes);
     drop(idle);
     drop(flood);
     Ok((result, flood_bytes))
-}
-
-/// The in-process engine's `server.max_message_bytes` under `args`.
-fn settings_max_message(args: &BenchArgs) -> usize {
-    args.max_message_bytes
-        .unwrap_or_else(|| Settings::default().server.max_message_bytes)
 }
 
 fn cap(limit: &mut Limit, records: Option<u64>, bytes: Option<u64>) {

@@ -128,6 +128,18 @@ impl Settings {
         load::load(path, Some(env))
     }
 
+    /// `server.uncovered_message_bytes`, or its default when absent: the
+    /// smaller of `server.max_message_bytes` and an eighth of
+    /// `buffer.global.bytes` (so that messages read before their capacity
+    /// is reserved add at most an eighth to the byte budget; at the default
+    /// 256 MiB budget that is one message of the default 16 MiB).
+    pub fn uncovered_message_bytes(&self) -> usize {
+        self.server.uncovered_message_bytes.unwrap_or_else(|| {
+            let eighth = usize::try_from(self.buffer.global.bytes / 8).unwrap_or(usize::MAX);
+            self.server.max_message_bytes.min(eighth).max(1)
+        })
+    }
+
     /// Checks the rules that span values (limits against each other,
     /// watermarks, percentages, pipeline names…) and returns every problem.
     pub fn validate(&self) -> Result<(), ValidationErrors> {

@@ -27,6 +27,9 @@ const MIB: u64 = 1024 * 1024;
 /// max_unacked_per_session = 100000
 /// http2_stream_window = 1048576
 /// http2_connection_window = 1048576
+/// max_connections = 1024
+/// message_timeout = "30s"
+/// # uncovered_message_bytes = 4194304   # default: derived, see the field
 ///
 /// [server.auth]            # optional: bearer tokens (off when no token is listed)
 /// tokens = [
@@ -89,6 +92,34 @@ pub struct ServerSettings {
     /// streams of a connection together may have sent and the engine not
     /// read yet. Between 65 535 and 2 147 483 647; default 1 MiB (hyper's).
     pub http2_connection_window: u32,
+    /// Most client connections served at once; a connection beyond it
+    /// waits in the listen backlog until one closes (with one warning per
+    /// episode). Each connection may hold up to `http2_connection_window`
+    /// bytes the engine has not read, outside the byte limits
+    /// (docs/architecture.md, "Memory budget"). Default 1024.
+    pub max_connections: u32,
+    /// Most bytes of messages *not covered by credit* the engine reads at
+    /// once, over all streams. A batch that fits in the byte credit its
+    /// stream holds (the capacity reserved for it) is read at once; any other
+    /// message of more than 16 KiB (an `Open` before any credit, a resend of
+    /// records already admitted, a record under the large-record rule, a
+    /// batch beyond the credit) first takes its size from this pool, and its
+    /// stream is not read further until it can: such messages wait, in
+    /// order, instead of each holding up to `max_message_bytes` in the
+    /// decoder. A message larger than the pool that its credit does not
+    /// cover ends the stream `OUT_OF_RANGE` (`Opened.max_record_bytes` is
+    /// capped so that a record up to it always fits). Default (absent): the
+    /// smaller of `max_message_bytes` and an eighth of `buffer.global.bytes`
+    /// ([`Settings::uncovered_message_bytes`](crate::Settings::uncovered_message_bytes)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncovered_message_bytes: Option<usize>,
+    /// How long a message that holds room in the uncovered-message pool
+    /// (`uncovered_message_bytes`) may take to arrive whole; past it the
+    /// stream ends `DEADLINE_EXCEEDED` and the room returns to the pool, so
+    /// that a client sending the start of a message and never its end holds
+    /// the pool for at most this long. Default `30s` (16 MiB at 0.5 MiB/s).
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
     /// `[server.auth]`: bearer tokens. No token listed (the default): no
     /// authentication.
     pub auth: AuthSettings,
@@ -399,6 +430,9 @@ impl Default for ServerSettings {
             max_unacked_per_session: 100_000,
             http2_stream_window: MIB as u32,
             http2_connection_window: MIB as u32,
+            max_connections: 1024,
+            uncovered_message_bytes: None,
+            message_timeout: Duration::from_secs(30),
             auth: AuthSettings::default(),
             tls: None,
         }

@@ -154,6 +154,16 @@ fn server(s: &Settings, e: &mut ValidationErrors) {
         "server.max_unacked_per_session",
         sv.max_unacked_per_session,
     );
+    positive(e, "server.max_connections", u64::from(sv.max_connections));
+    if let Some(n) = sv.uncovered_message_bytes {
+        positive(e, "server.uncovered_message_bytes", n as u64);
+    }
+    if sv.message_timeout.is_zero() {
+        e.push(
+            "server.message_timeout",
+            "server.message_timeout must be greater than 0s",
+        );
+    }
     for (key, value) in [
         ("server.http2_stream_window", sv.http2_stream_window),
         ("server.http2_connection_window", sv.http2_connection_window),

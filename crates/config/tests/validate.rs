@@ -379,6 +379,35 @@ fn http2_windows_are_bounded_and_named() {
 }
 
 #[test]
+fn the_message_gate_settings_are_named_and_the_pool_is_derived() {
+    let d = Settings::default();
+    assert_eq!(d.server.max_connections, 1024);
+    assert_eq!(d.server.message_timeout, Duration::from_secs(30));
+    // Absent: the smaller of max_message_bytes and an eighth of the budget.
+    assert_eq!(d.uncovered_message_bytes(), 16 << 20);
+    let mut s = Settings::default();
+    s.buffer.global.bytes = 32 << 20;
+    assert_eq!(s.uncovered_message_bytes(), 4 << 20);
+    s.server.uncovered_message_bytes = Some(12345);
+    assert_eq!(s.uncovered_message_bytes(), 12345);
+    only_after(
+        |s| s.server.max_connections = 0,
+        "server.max_connections",
+        "server.max_connections must be greater than 0",
+    );
+    only_after(
+        |s| s.server.uncovered_message_bytes = Some(0),
+        "server.uncovered_message_bytes",
+        "server.uncovered_message_bytes must be greater than 0",
+    );
+    only_after(
+        |s| s.server.message_timeout = Duration::ZERO,
+        "server.message_timeout",
+        "server.message_timeout must be greater than 0s",
+    );
+}
+
+#[test]
 fn open_timeout_must_be_positive() {
     assert_eq!(
         Settings::default().server.open_timeout,

@@ -21,7 +21,7 @@
 //! | [`SINK_FAILURES_TOTAL`], [`SINK_RECORDS_REFUSED_TOTAL`], [`SINK_STALLS_TOTAL`] | counter | `pipeline`, `sink` |
 //! | [`POSTGRES_STAGED_BATCHES_TOTAL`] | counter | `table`, `reason` (`always`, `duplicate`, `record_error`) |
 //! | [`SINK_DUPLICATES_TOTAL`] | counter | `pipeline` |
-//! | [`RECORD_MEMORY_BYTES`] | gauge | none |
+//! | [`RECORD_MEMORY_BYTES`], [`UNCOVERED_MESSAGE_BYTES`] | gauge | none |
 //! | [`RECORDS_COMPACTED_TOTAL`] | counter | none |
 //!
 //! plus everything [`sluice_buffer::metrics`] records (buffer levels,
@@ -102,6 +102,10 @@ pub const SINK_STALLS_TOTAL: &str = "sluice_sink_stalls_total";
 /// in the engine still reference: the memory held for record bytes, to
 /// compare with the bytes the buffer charges (`record_memory`).
 pub const RECORD_MEMORY_BYTES: &str = "sluice_record_memory_bytes";
+/// Gauge: bytes of the pool for messages beyond their stream's credit
+/// (`server.uncovered_message_bytes`) that messages read and not yet
+/// handled hold (`ingest/gate.rs`).
+pub const UNCOVERED_MESSAGE_BYTES: &str = "sluice_uncovered_message_bytes";
 /// Counter: records moved out of their batch's copy (`record_memory`).
 pub const RECORDS_COMPACTED_TOTAL: &str = "sluice_records_compacted_total";
 
@@ -244,6 +248,11 @@ pub fn describe() {
             RECORD_MEMORY_BYTES,
             Unit::Bytes,
             "Bytes of message copies still referenced by records in the engine"
+        );
+        describe_gauge!(
+            UNCOVERED_MESSAGE_BYTES,
+            Unit::Bytes,
+            "Bytes of messages beyond their stream's credit read and not yet handled"
         );
     }
     for (name, help) in [

@@ -14,6 +14,7 @@ mod group_commit;
 mod health_reflection;
 mod hostile;
 mod memory;
+mod message_gate;
 mod nats;
 mod observe;
 mod postgres;

@@ -76,6 +76,18 @@ class IngestServicer:
         message); `DEADLINE_EXCEEDED` when no first message arrives within the
         engine's `server.open_timeout` (default 10 s). Overload is never a
         status: it is a `Reject`.
+
+        How much the engine reads before it has the capacity for it: a message
+        the stream's byte credit covers (with a few bytes of framing per record
+        credit) is read at once. Any other message of more than 16 KiB (a batch
+        beyond the credit, a resend of records already admitted, a record under
+        the large-record rule) waits, in arrival order, for room in an
+        engine-wide pool (`server.uncovered_message_bytes`); the stream is not
+        read meanwhile. Such a message ends the stream `OUT_OF_RANGE` when it is
+        larger than that pool (a record up to `Opened.max_record_bytes` always
+        fits), and `DEADLINE_EXCEEDED` when it does not arrive whole within the
+        engine's `server.message_timeout` (default 30 s) of getting its room. A
+        source that sends within its credit never waits for the pool.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -207,7 +207,7 @@ pub(crate) fn engine_settings(
     Ok(settings)
 }
 
-/// A sluice run of `target` against an engine in a child process running
+/// A sluice run of `load` against an engine in a child process running
 /// `settings` with the sink of `args`: the memory figures are the child's
 /// (idle VmRSS before the load, VmHWM after it, record memory from its
 /// metrics with `--engine-metrics`).
@@ -216,8 +216,7 @@ pub(crate) async fn run(
     settings: Settings,
     db: Option<&postgres::BenchDb>,
     nats: Option<&BenchNats>,
-    target: &str,
-    rate: f64,
+    load: super::Load<'_>,
 ) -> Result<RunReport, String> {
     let dir = EngineChild::temp_dir().map_err(|e| e.to_string())?;
     let settings =
@@ -231,7 +230,7 @@ pub(crate) async fn run(
     let idle_rss = proc.rss();
     let rss = RssSampler::start(proc);
     let record_memory = engine.sample_record_memory();
-    let loaded = super::load(target, engine.addr(), args, rate, proc).await;
+    let loaded = super::load(load, engine.addr(), args, proc).await;
     // The exact peak, read while the child still runs (its shutdown
     // comes after the load and is not measured).
     let hwm = proc.hwm();

@@ -1,6 +1,7 @@
 //! Flood connections for `sluice bench --flood-connections N`: connections
 //! that each open an `Ingest.Stream`, send `Open`, then the start of a
-//! batch message as large as the engine accepts (`server.max_message_bytes`)
+//! batch message as large as the engine reads beyond a stream's credit
+//! (`server.uncovered_message_bytes`, at most `server.max_message_bytes`)
 //! and data until HTTP/2 flow control stops them, and never read what the
 //! engine sends. Each holds what one stream can make the engine hold
 //! outside the buffer manager (its receive window and the decoder's partial
@@ -29,7 +30,7 @@ pub struct Flood {
 
 impl Flood {
     /// Opens `n` flood connections to `addr`, each declaring a batch of
-    /// `message_bytes` bytes (at most the engine's `max_message_bytes`) and
+    /// `message_bytes` bytes (what the engine reads beyond credit) and
     /// sending all but its last byte, as fast as flow control lets it.
     pub async fn open(addr: SocketAddr, n: usize, message_bytes: u32) -> Result<Self, String> {
         let sent = Arc::new(AtomicU64::new(0));

@@ -15,15 +15,14 @@ use sluice_engine::sink::{FileSink, NatsSink, NullSink, PostgresSink, Sink, with
 
 use super::{BenchArgs, BenchSink, RunReport, nats, postgres, rss};
 
-/// A sluice run of `target` against an engine in this process running
+/// A sluice run of `load` against an engine in this process running
 /// `settings` (its sink per `args`): the memory figures are this process's.
 pub(crate) async fn run(
     args: &BenchArgs,
     settings: Settings,
     db: Option<&postgres::BenchDb>,
     nats: Option<&nats::BenchNats>,
-    target: &str,
-    rate: f64,
+    load: super::Load<'_>,
 ) -> Result<RunReport, String> {
     let mut tmp_dir = None;
     let sink: Arc<dyn Sink> = match args.sink {
@@ -80,7 +79,7 @@ pub(crate) async fn run(
         });
         (peak, task)
     };
-    let loaded = super::load(target, engine.local_addr(), args, rate, rss::Proc::This).await;
+    let loaded = super::load(load, engine.local_addr(), args, rss::Proc::This).await;
     let peak = rss.stop();
     record_memory.1.abort();
     let peak_record_memory = record_memory.0.load(Ordering::Relaxed);

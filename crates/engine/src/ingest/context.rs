@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_config::ServerSettings;
 use tokio_util::sync::CancellationToken;
 
+use super::gate::MessagePool;
 use super::streams::StreamRegistry;
 use crate::auth::Authenticator;
 use crate::observe::WarnLimiter;
@@ -31,6 +32,8 @@ pub(crate) struct IngestContext {
     pub(crate) stop: CancellationToken,
     /// The open streams.
     pub(crate) streams: StreamRegistry,
+    /// `server.uncovered_message_bytes`: room for messages beyond credit.
+    pub(crate) message_pool: Arc<MessagePool>,
     /// Rate limit of the "records rejected" warning, per source.
     rejections: WarnLimiter,
 }
@@ -42,8 +45,15 @@ impl IngestContext {
         server: ServerSettings,
         max_batch_records: u32,
         auth: Option<Authenticator>,
+        uncovered_message_bytes: usize,
     ) -> Self {
+        let message_pool = Arc::new(MessagePool::new(
+            uncovered_message_bytes,
+            server.message_timeout,
+            server.max_message_bytes,
+        ));
         Self {
+            message_pool,
             runtime,
             server,
             max_batch_records,

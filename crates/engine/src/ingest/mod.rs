@@ -9,6 +9,8 @@
 //! - `admission`: the only place the admission and credit policy is
 //!   written (what a batch's credit covers, when credit may be granted);
 //! - `streams`: the registry of open streams, one per source;
+//! - `gate`: how much of a stream is read before its capacity is counted
+//!   (the credit it holds, or the pool of `server.uncovered_message_bytes`);
 //! - `rate`: a source's drain rate, sent with SLOW_DOWN;
 //! - `convert`: the buffer's types in their proto form.
 //!
@@ -18,6 +20,7 @@
 mod admission;
 mod context;
 mod convert;
+mod gate;
 mod rate;
 mod service;
 mod session;

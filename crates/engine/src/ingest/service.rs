@@ -10,6 +10,7 @@ use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::context::IngestContext;
+use super::gate::{GatedBody, StreamGate};
 use super::{session, wire};
 
 /// The `sluice.v1.Ingest` service.
@@ -37,7 +38,12 @@ impl IngestService {
         request: Request<Streaming<wire::Inbound>>,
     ) -> Result<Response<EngineStream>, Status> {
         let grant = crate::auth::check(self.ctx.auth.as_ref(), request.metadata())?;
-        let rx = session::open(self.ctx.clone(), request.into_inner(), grant).await?;
+        let gate = request
+            .extensions()
+            .get::<Arc<StreamGate>>()
+            .cloned()
+            .ok_or_else(|| Status::internal("the stream has no message gate"))?;
+        let rx = session::open(self.ctx.clone(), request.into_inner(), grant, gate).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -72,11 +78,20 @@ where
                 )
             });
         }
+        // Every message is let in by the stream's gate before tonic buffers
+        // it (ingest/gate.rs); the session and the decoder share the gate.
+        let gate = Arc::new(StreamGate::new(service.ctx.message_pool.clone()));
+        let mut req = req.map({
+            let gate = gate.clone();
+            move |body| GatedBody::new(body, gate)
+        });
+        req.extensions_mut().insert(gate.clone());
         Box::pin(async move {
             let max = service.ctx.server.max_message_bytes;
             let codec = wire::IngestCodec {
                 max_records: service.ctx.max_batch_records as usize,
                 memory: service.ctx.runtime.record_memory.clone(),
+                gate: Some(gate),
             };
             let mut grpc =
                 tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));

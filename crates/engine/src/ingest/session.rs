@@ -32,6 +32,7 @@ use tonic::{Status, Streaming};
 use super::admission;
 use super::context::IngestContext;
 use super::convert::{credit_msg, msg, reject_reason, reject_text, signal_msg};
+use super::gate::StreamGate;
 use super::rate::DrainRate;
 use super::wire::{self, Body, Inbound};
 use crate::record::EngineRecord;
@@ -56,6 +57,7 @@ pub(crate) async fn open(
     ctx: Arc<IngestContext>,
     mut inbound: Streaming<Inbound>,
     grant: Option<crate::auth::Grant>,
+    gate: Arc<StreamGate>,
 ) -> Result<mpsc::Receiver<Outbound>, Status> {
     let open_timeout = ctx.server.open_timeout;
     let first = tokio::select! {
@@ -71,6 +73,7 @@ pub(crate) async fn open(
         },
         _ = ctx.stop.cancelled() => return Err(Status::unavailable("the engine is shutting down")),
     };
+    gate.handled();
     let open = match first.flatten() {
         Some(Body::Open(open)) => open,
         Some(Body::Batch(_)) => return Err(not_open("Batch")),
@@ -132,6 +135,7 @@ pub(crate) async fn open(
             BufferError::Closed => Status::unavailable("the engine is shutting down"),
             other => Status::internal(other.to_string()),
         })?;
+    gate.opened(buffer.clone(), source, &open.source_id);
     let version = open.protocol_version.clamp(1, PROTOCOL_VERSION);
     let mode = if version >= 2 {
         CreditMode::Leased
@@ -186,7 +190,9 @@ pub(crate) async fn open(
             0
         },
         max_unacked_records: ctx.server.max_unacked_per_session,
-        max_record_bytes: buffer.limits().max_record_bytes(),
+        max_record_bytes: ctx
+            .message_pool
+            .largest_record(buffer.limits().max_record_bytes(), window.bytes),
         large_record_bytes: window.bytes / 2,
     }));
     // The channel is new and has room: these cannot fail.
@@ -224,6 +230,7 @@ pub(crate) async fn open(
         batches: 0,
         last_signal: status.seq,
         drain: DrainRate::default(),
+        gate,
     };
     let span = tracing::info_span!("source", source = %session.name, pipeline = %pipeline.name);
     tokio::spawn(tracing::Instrument::instrument(
@@ -332,6 +339,8 @@ struct Session {
     last_signal: u64,
     /// The source's completion rate, for `Signal.target_records_per_second`.
     drain: DrainRate,
+    /// What the stream may make the engine read (ingest/gate.rs).
+    gate: Arc<StreamGate>,
 }
 
 /// Moves `source`'s sequence up to `through` when the engine holds nothing
@@ -401,23 +410,28 @@ impl Session {
                 }
                 _ = self.tx.closed() => break StreamEnd::Gone,
                 m = inbound.message(), if input_open => match m {
-                    Ok(Some(m)) => match self.on_message(m) {
-                        Ok(out) => {
-                            if self.send_all(out).await.is_err() {
-                                break StreamEnd::Gone;
+                    Ok(Some(m)) => {
+                        let out = self.on_message(m);
+                        // What the message took at the gate is let go once it is handled.
+                        self.gate.handled();
+                        match out {
+                            Ok(out) => {
+                                if self.send_all(out).await.is_err() {
+                                    break StreamEnd::Gone;
+                                }
+                            }
+                            Err(status) => {
+                                // An engine that stopped tells the source how far
+                                // it got before the stream ends.
+                                if status.code() == tonic::Code::Unavailable
+                                    && self.send_ack().await.is_err()
+                                {
+                                    break StreamEnd::Gone;
+                                }
+                                break StreamEnd::Status(Some(status));
                             }
                         }
-                        Err(status) => {
-                            // An engine that stopped tells the source how far
-                            // it got before the stream ends.
-                            if status.code() == tonic::Code::Unavailable
-                                && self.send_ack().await.is_err()
-                            {
-                                break StreamEnd::Gone;
-                            }
-                            break StreamEnd::Status(Some(status));
-                        }
-                    },
+                    }
                     Ok(None) => {
                         input_open = false;
                         self.half_closed.store(true, Ordering::Relaxed);
@@ -485,6 +499,10 @@ impl Session {
     /// (for example one larger than `server.max_message_bytes`) learns why.
     /// If the source is gone instead, nobody receives it, which is harmless.
     fn inbound_failed(&self, status: Status) -> Status {
+        // The gate's own statuses name their settings already.
+        if let Some(status) = self.gate.failure() {
+            return status;
+        }
         let limit = self.ctx.server.max_message_bytes;
         tracing::info!(source = %self.name, code = ?status.code(), message = status.message(),
             "reading from the source failed");

@@ -37,6 +37,7 @@ use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
+use super::gate::StreamGate;
 use crate::record::EngineRecord;
 use crate::record_memory::RecordMemory;
 
@@ -82,6 +83,8 @@ pub(crate) struct Batch {
 pub(crate) struct IngestCodec {
     pub(crate) max_records: usize,
     pub(crate) memory: Arc<RecordMemory>,
+    /// The stream's message gate, told of each message decoded.
+    pub(crate) gate: Option<Arc<StreamGate>>,
 }
 
 impl Codec for IngestCodec {
@@ -98,6 +101,7 @@ impl Codec for IngestCodec {
         IngestDecoder {
             max_records: self.max_records,
             memory: self.memory.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl Codec for IngestCodec {
 pub(crate) struct IngestDecoder {
     max_records: usize,
     memory: Arc<RecordMemory>,
+    gate: Option<Arc<StreamGate>>,
 }
 
 impl Decoder for IngestDecoder {
@@ -115,6 +120,9 @@ impl Decoder for IngestDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Inbound>, Status> {
+        if let Some(gate) = &self.gate {
+            gate.decoding(buf.remaining() as u64);
+        }
         decode_source_message(buf, self.max_records, &self.memory)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))

@@ -259,6 +259,7 @@ impl EngineBuilder {
             settings.server.clone(),
             max_batch_records,
             crate::auth::Authenticator::from_settings(&settings.server.auth),
+            settings.uncovered_message_bytes(),
         ));
         let state = Arc::new(EngineState {
             runtime,
@@ -315,7 +316,10 @@ impl EngineBuilder {
                 // unacknowledged data (and the peer's delayed ACK) for up to
                 // tens of milliseconds, which capped a source at ~0.5 M
                 // records/s with the CPU idle (BENCHMARKS.md).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                super::connections::limit(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    state.settings.server.max_connections,
+                ),
                 server_stop.clone().cancelled_owned(),
             );
         let server = tokio::spawn(server);

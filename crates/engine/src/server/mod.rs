@@ -8,6 +8,7 @@
 //! - `health`: the names grpc.health.v1 reports;
 //! - `state`: what the services share; `admin`: the `Admin` service;
 //!   `publish`: the metrics publishing task; [`tls`]: server TLS;
+//!   `connections`: `server.max_connections`;
 //! - [`EngineError`]: why an engine could not start.
 //!
 //! Start it with an [`EngineBuilder`] (which also injects a memory probe,
@@ -20,6 +21,7 @@
 
 mod admin;
 pub mod builder;
+mod connections;
 mod error;
 pub mod handle;
 mod health;

@@ -39,6 +39,7 @@ fn tick(state: &EngineState) {
     let stats = state.stats();
     let snap = runtime.buffer.snapshot();
     gauge!(RECORD_MEMORY_BYTES).set(runtime.record_memory.held_bytes() as f64);
+    gauge!(UNCOVERED_MESSAGE_BYTES).set(state.ingest.message_pool.in_use() as f64);
     counter!(RECORDS_COMPACTED_TOTAL).absolute(runtime.record_memory.compacted_records());
     let secs = |ns: &AtomicU64| ns.load(Ordering::Relaxed) / 1_000_000_000;
     for s in &snap.stages {
