@@ -224,15 +224,41 @@ async fn metrics_and_stats() {
             .filter(|s| s.name == "sluice_ack_latency_seconds_bucket")
             .collect();
         assert!(buckets.len() > 5, "{buckets:?}");
+        // One observation per run of records admitted together, not per
+        // record (the exporter holds each observation until it drains them).
+        let count = get("sluice_ack_latency_seconds_count", &lat);
+        assert!((1.0..=50.0).contains(&count), "{count}");
         assert_eq!(
             get(
                 "sluice_ack_latency_seconds_bucket",
                 &[("pipeline", "default"), ("le", "+Inf")]
             ),
-            50.0
+            count
         );
-        assert_eq!(get("sluice_ack_latency_seconds_count", &lat), 50.0);
         assert!(get("sluice_ack_latency_seconds_sum", &lat) > 0.0);
+        {
+            // One batch is one observation, however many records it holds.
+            let mut raw =
+                sluice_tests::raw::raw_stream(&addr, sluice_tests::raw::open_msg("obs-batch", ""))
+                    .await
+                    .expect("raw stream");
+            let credit = raw.opened().await.expect("opened").credit.expect("credit");
+            let n = credit.records.min(credit.bytes / 200).max(2);
+            raw.must_send(sluice_tests::raw::batch_msg(1, n, 100)).await;
+            let (_, rejects) = raw.until_ack(n, Duration::from_secs(10)).await;
+            assert!(rejects.is_empty(), "{rejects:?}");
+            let mut after = count;
+            for _ in 0..50 {
+                let samples = parse(&scrape(metrics_addr).await);
+                after = find(&samples, "sluice_ack_latency_seconds_count", &lat)
+                    .map_or(count, |s| s.value);
+                if after > count {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(after, count + 1.0, "{n} records in one batch");
+        }
         // The handle renders the same registry.
         assert!(
             handle
