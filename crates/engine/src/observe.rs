@@ -301,10 +301,10 @@ pub(crate) fn ack_latency<'a>(
     let now = Instant::now();
     let mut run: Option<Instant> = None;
     for r in records {
-        if run != Some(r.buffered_at()) {
-            if let Some(at) = run.replace(r.buffered_at()) {
-                h.record(now.saturating_duration_since(at).as_secs_f64());
-            }
+        if run != Some(r.buffered_at())
+            && let Some(at) = run.replace(r.buffered_at())
+        {
+            h.record(now.saturating_duration_since(at).as_secs_f64());
         }
     }
     if let Some(at) = run {
