@@ -103,10 +103,10 @@ async fn a_message_beyond_credit_waits_for_the_pool_and_a_stalled_one_is_cut_at_
         settings.server.message_timeout = Duration::from_secs(2);
         let engine = start_engine(settings, |b| b).await;
         let addr = engine.local_addr();
-        // `a` takes 60 KiB of the 64 KiB pool and stalls; `b` must wait
-        // for it: its room comes only when `a` is cut.
+        // Two half-sent 60 KiB messages and a 64 KiB pool: whichever gets
+        // the room first holds it until it is cut, and only then can the
+        // other take it, so the two ends are a timeout apart.
         let a = Partial::open(addr, "stall-a", 60 * 1024, 30 * 1024).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let b = Partial::open(addr, "stall-b", 60 * 1024, 30 * 1024).await;
         let started = tokio::time::Instant::now();
         // Each stream's end, timed as it comes.
@@ -121,19 +121,22 @@ async fn a_message_beyond_credit_waits_for_the_pool_and_a_stalled_one_is_cut_at_
         let (summary, _) =
             send_all(&url(&engine), "good", 2_000, 100, ClientOptions::default()).await;
         assert_all_delivered(&summary, 2_000);
-        let (code, message, a_ended) = a.await.unwrap();
-        assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
+        let mut ends = Vec::new();
+        for (source, end) in [("stall-a", a), ("stall-b", b)] {
+            let (code, message, at) = end.await.unwrap();
+            assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
+            assert!(
+                message.contains("server.message_timeout") && message.contains(source),
+                "names the setting and the source: {message}"
+            );
+            ends.push(at);
+        }
+        ends.sort();
+        // The second one's two seconds started only once the first had
+        // let the pool go.
         assert!(
-            message.contains("server.message_timeout") && message.contains("stall-a"),
-            "names the setting and the source: {message}"
-        );
-        let (code, message, b_ended) = b.await.unwrap();
-        assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
-        assert!(message.contains("stall-b"), "{message}");
-        // `b`'s two seconds started only once `a` had let the pool go.
-        assert!(
-            b_ended >= a_ended + Duration::from_secs(1),
-            "b ended {b_ended:?}, a {a_ended:?}: b did not wait for the pool"
+            ends[1] >= ends[0] + Duration::from_secs(1),
+            "ends at {ends:?}: the second did not wait for the pool"
         );
         engine.shutdown().await.unwrap();
     })
