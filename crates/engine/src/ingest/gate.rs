@@ -121,8 +121,7 @@ impl MessagePool {
 /// What a message larger than [`SMALL_MESSAGE`] took when it was let in.
 #[derive(Debug)]
 enum Took {
-    /// Covered by the stream's credit: these bytes count in
-    /// `StreamGate::covered_in_flight`.
+    /// Covered by the stream's credit: this many bytes of it.
     Covered(u64),
     /// Room in the pool.
     Pooled {
@@ -149,31 +148,36 @@ pub(crate) struct StreamGate {
     /// What each message let in and not yet decoded took, in stream order,
     /// and what the message being handled took.
     ///
-    /// Invariant: `covered_in_flight` is the sum of the `Took::Covered`
-    /// bytes in `queue` and `handling`. It is only raised (by the body)
-    /// after the check against the reservation and only lowered (by
-    /// `handled`) after the session admitted the message's records, which
-    /// lowered the reservation first: a reading of the two in between
-    /// errs on the strict side.
+    /// A covered message enters the ledger (by the body) only after the
+    /// check against the reservation, and leaves it (by `handled`) only
+    /// after the session admitted its records, which lowered the
+    /// reservation first: a check in between errs on the strict side.
     took: Mutex<Ledger>,
     /// The status the gate ended the stream with, for the session to send
     /// as it is.
-    failure: Mutex<Option<Status>>,
+    failure: OnceLock<Status>,
 }
 
-/// What a stream's messages took (see `StreamGate::took`).
+/// What a stream's messages took (see `StreamGate::took`); dropping an
+/// entry lets it go.
 #[derive(Debug, Default)]
 struct Ledger {
     queue: VecDeque<Took>,
     handling: Option<Took>,
-    covered_in_flight: u64,
 }
 
 impl Ledger {
-    fn release(&mut self, t: Option<Took>) {
-        if let Some(Took::Covered(n)) = t {
-            self.covered_in_flight -= n;
-        }
+    /// Bytes of covered messages let in and not yet handled (a message or
+    /// two: the ledger holds what the decoder has not reached).
+    fn covered_in_flight(&self) -> u64 {
+        self.queue
+            .iter()
+            .chain(&self.handling)
+            .map(|t| match t {
+                Took::Covered(n) => *n,
+                Took::Pooled { .. } => 0,
+            })
+            .sum()
     }
 }
 
@@ -192,7 +196,7 @@ impl StreamGate {
             pool,
             opened: OnceLock::new(),
             took: Mutex::new(Ledger::default()),
-            failure: Mutex::new(None),
+            failure: OnceLock::new(),
         }
     }
 
@@ -219,22 +223,18 @@ impl StreamGate {
             return;
         }
         let mut t = self.took.lock();
-        let next = t.queue.pop_front();
-        let previous = std::mem::replace(&mut t.handling, next);
-        t.release(previous);
+        t.handling = t.queue.pop_front();
     }
 
     /// The session has handled the last message it read: what it took is
     /// let go.
     pub(crate) fn handled(&self) {
-        let mut t = self.took.lock();
-        let previous = t.handling.take();
-        t.release(previous);
+        self.took.lock().handling = None;
     }
 
     /// The status the gate ended the stream with, if it did.
     pub(crate) fn failure(&self) -> Option<Status> {
-        self.failure.lock().clone()
+        self.failure.get().cloned()
     }
 
     fn who(&self) -> String {
@@ -260,8 +260,7 @@ impl StreamGate {
                 .bytes
                 .saturating_add(r.records.saturating_mul(FRAMING_PER_RECORD))
                 .saturating_add(FRAMING_PER_MESSAGE);
-            if t.covered_in_flight.saturating_add(len) <= covers {
-                t.covered_in_flight += len;
+            if t.covered_in_flight().saturating_add(len) <= covers {
                 t.queue.push_back(Took::Covered(len));
                 return Ok(Admit::Now);
             }
@@ -285,7 +284,7 @@ impl StreamGate {
 
     fn fail(&self, status: Status) -> Status {
         tracing::info!(code = ?status.code(), message = status.message(), "message gate ended a stream");
-        *self.failure.lock() = Some(status.clone());
+        let _ = self.failure.set(status.clone());
         status
     }
 }
