@@ -50,6 +50,7 @@
 mod channel;
 mod error;
 mod flow;
+mod layout;
 mod limits;
 mod manager;
 mod memory;
@@ -77,8 +78,8 @@ pub use memory::{
 };
 
 pub use channel::{
-    Consumer, DEFAULT_BATCH, Producer, Producers, Recv, Send, SendError, SendFailure, TryRecvError,
-    TrySendError, channel,
+    Batch, BatchIter, Consumer, DEFAULT_BATCH, Producer, Producers, RecordRef, Recv, Send,
+    SendError, SendFailure, TryRecvError, TrySendError, channel,
 };
 pub use error::{AdmitError, BufferError, BuildError, Level, RejectReason, Unit};
 pub use limits::{

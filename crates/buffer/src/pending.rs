@@ -3,24 +3,27 @@
 
 use std::time::Instant;
 
+use crate::layout::{Layout, charged};
 use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 
-/// Payloads on their way into [`BufferManager::admit`](crate::BufferManager::admit):
-/// a `Vec<T>` as it is, or a batch built straight into the layout the
-/// stage queues keep records in.
+/// Payloads on their way into [`BufferManager::admit`](crate::BufferManager::admit)
+/// (and [`Producer::send`](crate::Producer::send)): a `Vec<T>` as it is,
+/// or a batch built straight into the record layout the engine's stages
+/// work on.
 ///
-/// Why it exists: a queued record is a [`BufferedRecord`], the payload plus
-/// the buffer's bookkeeping. Admitting a `Vec<T>` writes every record once
-/// more, into a new allocation. A receiver that builds its payloads straight
-/// into a `Pending` (one [`push`](Self::push) per decoded record, into a
-/// `Pending` made [`with_capacity`](Self::with_capacity)) has them admitted
-/// in place: `admit` queues the allocation as it is, and the bookkeeping is
-/// written when a consumer takes the records, outside the lock. The
-/// engine's gRPC decoder does this (see BENCHMARKS.md).
-///
-/// A `Vec<T>` converts into a `Pending` for free and is laid out by `admit`
-/// in one pass, so `admit` takes either. The charged size of each payload
-/// ([`ByteSize`]) is taken at `push`, or at admission for a `Vec`.
+/// Which to use: a `Vec<T>` (it converts into a `Pending` for free) is
+/// queued as it is, its bookkeeping kept once for the whole batch, and a
+/// [`Consumer`](crate::Consumer) that takes it whole gets it as it is: the
+/// fastest way through the handles, as fast as a channel of `Vec`s
+/// (BENCHMARKS.md). A `Pending` built with [`push`](Self::push) (into one
+/// made [`with_capacity`](Self::with_capacity)) lays each payload out as a
+/// [`BufferedRecord`], the payload plus the buffer's per-record
+/// bookkeeping, as it is pushed: for a receiver whose records are taken
+/// as `BufferedRecord`s anyway ([`next_batch`](crate::BufferManager::next_batch),
+/// the engine's gRPC decoder), which then get them without another copy;
+/// the bookkeeping is written when they are taken, outside the lock. The
+/// charged size of each payload ([`ByteSize`]) is taken at `push`, or at
+/// admission for a `Vec` (and must not change while the buffer holds it).
 ///
 /// A payload type that does not implement [`ByteSize`] (a type of another
 /// crate, which a newtype would otherwise have to wrap) is sized by the
@@ -62,9 +65,12 @@ pub struct Pending<T>(Kind<T>);
 
 #[derive(Debug)]
 enum Kind<T> {
-    /// Payloads as handed in, with the function that sizes each; laid out
-    /// at admission.
-    Payloads(Vec<T>, fn(&T) -> usize),
+    /// Payloads as handed in, with the function that sizes each and, once
+    /// counted, their totals (counted where the payload type is known, so
+    /// that the sizing is inlined: through the function pointer it was a
+    /// call per record on the producer's core, BENCHMARKS.md; `None` once
+    /// the payloads may have been rewritten, counted again at admission).
+    Payloads(Vec<T>, fn(&T) -> usize, Option<Totals>),
     /// Records in the queues' layout. Bookkeeping other than `payload` and
     /// `size` is a placeholder until `admit` fills it in; a `Pending` never
     /// hands its records out, so no placeholder is ever seen.
@@ -80,6 +86,30 @@ enum Kind<T> {
     },
 }
 
+/// The sum of a batch's charged sizes, and a bound on its largest.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    bytes: u64,
+    /// At least the largest size (exact when counted; a refused tail keeps
+    /// its whole batch's): what admission needs to decide a batch at once.
+    largest: u32,
+}
+
+impl Totals {
+    /// Counts `payloads`, each charged `size_of(payload)`: generic, so that
+    /// a known sizing function is inlined into the loop.
+    #[inline]
+    fn count<T>(payloads: &[T], size_of: impl Fn(&T) -> usize) -> Self {
+        let (mut bytes, mut largest) = (0u64, 0u32);
+        for p in payloads {
+            let size = charged(size_of(p));
+            bytes += u64::from(size);
+            largest = largest.max(size);
+        }
+        Totals { bytes, largest }
+    }
+}
+
 /// Where and when admitted records enter: the bookkeeping `admit` fills in
 /// (record `i` of a batch gets `first_seq + i`).
 #[derive(Debug, Clone, Copy)]
@@ -92,11 +122,32 @@ pub(crate) struct PendingRecord {
 }
 
 impl PendingRecord {
-    /// The bookkeeping of the records from the `at`-th on.
+    /// The bookkeeping of the records from the `at`-th on. (Saturating:
+    /// the empty rest of a batch that ends at `u64::MAX` numbers nothing.)
     pub(crate) fn from(self, at: usize) -> Self {
         Self {
-            first_seq: self.first_seq + at as u64,
+            first_seq: self.first_seq.saturating_add(at as u64),
             ..self
+        }
+    }
+
+    /// The `i`-th record of a batch numbered from here, laid out.
+    #[inline]
+    pub(crate) fn record<T>(
+        &self,
+        i: usize,
+        payload: T,
+        size_of: fn(&T) -> usize,
+    ) -> BufferedRecord<T> {
+        BufferedRecord {
+            size: charged(size_of(&payload)),
+            payload,
+            seq: self.first_seq + i as u64,
+            source: self.source,
+            pipeline: self.pipeline,
+            stage: self.stage,
+            buffered_at: self.now,
+            retry: None,
         }
     }
 
@@ -113,20 +164,13 @@ impl PendingRecord {
     }
 }
 
-/// Admitted records in the queues' layout, with their totals.
+/// Admitted records in the layout they are queued in, with their totals.
 pub(crate) struct Laid<T> {
-    pub(crate) records: Vec<BufferedRecord<T>>,
+    pub(crate) layout: Layout<T>,
     /// The sum of their sizes.
     pub(crate) bytes: u64,
     /// The largest size.
     pub(crate) largest: u64,
-    /// The bookkeeping still to write into `records` (`None`: written).
-    /// Why deferred: a built batch is queued as it is, and its bookkeeping
-    /// is written when a consumer takes it, outside the lock, on the core
-    /// that reads the records next; written at admission, every record was
-    /// touched on the producer's core and again on the consumer's
-    /// (`lay_out` was 37 % of the workers' time, BENCHMARKS.md).
-    pub(crate) fill: Option<PendingRecord>,
 }
 
 impl<T> Default for Pending<T> {
@@ -158,7 +202,7 @@ impl<T> Pending<T> {
         match &mut self.0 {
             // Appending to a converted `Vec`: lay it out first (rare).
             Kind::Payloads(..) => {
-                let Kind::Payloads(payloads, size_of) =
+                let Kind::Payloads(payloads, size_of, _) =
                     std::mem::replace(&mut self.0, Kind::empty(0))
                 else {
                     return;
@@ -189,13 +233,14 @@ impl<T> Pending<T> {
     /// `Vec` form of [`push_sized`](Self::push_sized), laid out at admission
     /// in one pass like a `Vec` of [`ByteSize`] payloads.
     pub fn from_vec_sized(payloads: Vec<T>, size_of: fn(&T) -> usize) -> Self {
-        Self(Kind::Payloads(payloads, size_of))
+        let totals = Totals::count(&payloads, size_of);
+        Self(Kind::Payloads(payloads, size_of, Some(totals)))
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p, _) => p.len(),
+            Kind::Payloads(p, ..) => p.len(),
             Kind::Records { records, .. } => records.len(),
         }
     }
@@ -208,7 +253,7 @@ impl<T> Pending<T> {
     /// Makes room for at least `additional` more records.
     pub fn reserve(&mut self, additional: usize) {
         match &mut self.0 {
-            Kind::Payloads(p, _) => p.reserve(additional),
+            Kind::Payloads(p, ..) => p.reserve(additional),
             Kind::Records { records, .. } => records.reserve(additional),
         }
     }
@@ -216,7 +261,7 @@ impl<T> Pending<T> {
     /// How many records fit without reallocating.
     pub fn capacity(&self) -> usize {
         match &self.0 {
-            Kind::Payloads(p, _) => p.capacity(),
+            Kind::Payloads(p, ..) => p.capacity(),
             Kind::Records { records, .. } => records.capacity(),
         }
     }
@@ -224,7 +269,12 @@ impl<T> Pending<T> {
     /// Keeps the first `n` records and drops the rest.
     pub fn truncate(&mut self, n: usize) {
         match &mut self.0 {
-            Kind::Payloads(p, _) => p.truncate(n),
+            Kind::Payloads(p, _, totals) => {
+                if n < p.len() {
+                    p.truncate(n);
+                    *totals = None;
+                }
+            }
             Kind::Records {
                 records,
                 bytes,
@@ -251,7 +301,11 @@ impl<T> Pending<T> {
     /// into an allocation of its own this way).
     pub fn payloads_mut(&mut self) -> impl Iterator<Item = &mut T> {
         let (payloads, records): (&mut [T], &mut [BufferedRecord<T>]) = match &mut self.0 {
-            Kind::Payloads(p, _) => (p, &mut []),
+            Kind::Payloads(p, _, totals) => {
+                // Their sizes may change: counted again at admission.
+                *totals = None;
+                (p, &mut [])
+            }
             Kind::Records { records, .. } => (&mut [], records),
         };
         payloads
@@ -264,7 +318,7 @@ impl<T> Pending<T> {
     pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {
         let (payloads, records) = self.forms();
         let size_of = match &self.0 {
-            Kind::Payloads(_, f) => *f,
+            Kind::Payloads(_, f, _) => *f,
             Kind::Records { .. } => |_: &T| 0,
         };
         payloads
@@ -277,7 +331,7 @@ impl<T> Pending<T> {
     /// empty.
     fn forms(&self) -> (&[T], &[BufferedRecord<T>]) {
         match &self.0 {
-            Kind::Payloads(p, _) => (p, &[]),
+            Kind::Payloads(p, ..) => (p, &[]),
             Kind::Records { records, .. } => (&[], records),
         }
     }
@@ -285,6 +339,7 @@ impl<T> Pending<T> {
     /// The sum of the records' charged sizes.
     pub fn bytes(&self) -> u64 {
         match &self.0 {
+            Kind::Payloads(_, _, Some(t)) => t.bytes,
             Kind::Payloads(..) => self.sizes().sum(),
             Kind::Records { bytes, .. } => *bytes,
         }
@@ -301,60 +356,51 @@ impl<T> Pending<T> {
     /// Takes the payloads back out.
     pub fn into_payloads(self) -> Vec<T> {
         match self.0 {
-            Kind::Payloads(p, _) => p,
+            Kind::Payloads(p, ..) => p,
             Kind::Records { records, .. } => records.into_iter().map(|r| r.payload).collect(),
         }
     }
 
-    /// Records laid out earlier (a refused tail, a batch `admit` could not
-    /// take), back as a batch in the same layout: no copy, and the next
-    /// attempt admits them in place again.
-    pub(crate) fn from_laid(records: Vec<BufferedRecord<T>>) -> Self {
-        let (mut bytes, mut largest) = (0u64, 0u32);
-        for r in &records {
-            bytes += u64::from(r.size);
-            largest = largest.max(r.size);
+    /// Records `admit` could not take (a refused tail, a batch refused
+    /// whole), back as a batch in the layout they came in, with their
+    /// `bytes` and a bound on their largest size (the whole batch's): no
+    /// copy, and the next attempt admits them in place again.
+    pub(crate) fn from_laid(layout: Layout<T>, bytes: u64, largest: u64) -> Self {
+        let largest = u32::try_from(largest).unwrap_or(u32::MAX);
+        match layout {
+            Layout::Payloads {
+                payloads, size_of, ..
+            } => Self(Kind::Payloads(
+                payloads,
+                size_of,
+                Some(Totals { bytes, largest }),
+            )),
+            Layout::Records { records, .. } => Self(Kind::Records {
+                // Exact, as `push` keeps it.
+                largest: records.iter().map(|r| r.size).max().unwrap_or(0),
+                records,
+                bytes,
+                created: Instant::now(),
+            }),
         }
-        Self(Kind::Records {
-            records,
-            bytes,
-            largest,
-            created: Instant::now(),
-        })
     }
 
-    /// The records in the queues' layout: a `Vec<T>` laid out in one pass
-    /// with its bookkeeping from `entry`, a built batch as it is, its
-    /// bookkeeping (`Laid::fill`) left to write when it is taken.
-    pub(crate) fn lay_out(self, entry: &PendingRecord) -> Laid<T> {
+    /// The records in the layout they are queued in, their bookkeeping to
+    /// come from `at`: a `Vec<T>` as it is (its totals counted in one pass
+    /// over the payloads), a built batch as it is (see [`Layout`]).
+    pub(crate) fn lay_out(self, at: PendingRecord) -> Laid<T> {
         match self.0 {
-            Kind::Payloads(payloads, size_of) => {
-                let (mut bytes, mut largest) = (0u64, 0u32);
-                // One pass: each record written once, bookkeeping included.
-                let records: Vec<_> = payloads
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, payload)| {
-                        let size = charged(size_of(&payload));
-                        bytes += u64::from(size);
-                        largest = largest.max(size);
-                        BufferedRecord {
-                            payload,
-                            seq: entry.first_seq + i as u64,
-                            source: entry.source,
-                            pipeline: entry.pipeline,
-                            stage: entry.stage,
-                            size,
-                            buffered_at: entry.now,
-                            retry: None,
-                        }
-                    })
-                    .collect();
+            Kind::Payloads(payloads, size_of, totals) => {
+                let Totals { bytes, largest } =
+                    totals.unwrap_or_else(|| Totals::count(&payloads, size_of));
                 Laid {
-                    records,
+                    layout: Layout::Payloads {
+                        payloads,
+                        size_of,
+                        at,
+                    },
                     bytes,
                     largest: u64::from(largest),
-                    fill: None,
                 }
             }
             Kind::Records {
@@ -363,10 +409,12 @@ impl<T> Pending<T> {
                 largest,
                 ..
             } => Laid {
-                records,
+                layout: Layout::Records {
+                    records,
+                    fill: Some(at),
+                },
                 bytes,
                 largest: u64::from(largest),
-                fill: Some(*entry),
             },
         }
     }
@@ -392,7 +440,10 @@ impl<T: ByteSize> FromIterator<T> for Pending<T> {
 
 impl<T: ByteSize> From<Vec<T>> for Pending<T> {
     fn from(payloads: Vec<T>) -> Self {
-        Self::from_vec_sized(payloads, T::byte_size)
+        // Counted here, with `byte_size` known (inlined), not through the
+        // stored function pointer.
+        let totals = Totals::count(&payloads, T::byte_size);
+        Self(Kind::Payloads(payloads, T::byte_size, Some(totals)))
     }
 }
 
@@ -405,13 +456,6 @@ impl<T> Kind<T> {
             created: Instant::now(),
         }
     }
-}
-
-/// The size a payload is charged for; u32::MAX stands for "this size or
-/// more" (4 GiB: larger than any byte limit can take, so refused `TooLarge`).
-#[inline]
-fn charged(size: usize) -> u32 {
-    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// A record whose bookkeeping (but its size) `admit` fills in.
@@ -465,13 +509,10 @@ mod tests {
         let built: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into_iter().collect();
         let converted: Pending<Vec<u8>> = vec![vec![1], vec![2, 2]].into();
         for p in [built, converted] {
-            let mut laid = p.lay_out(&entry);
+            let laid = p.lay_out(entry);
             assert_eq!((laid.bytes, laid.largest), (3, 2));
-            if let Some(fill) = laid.fill {
-                fill.apply(&mut laid.records);
-            }
-            let got: Vec<_> = laid
-                .records
+            let records = laid.layout.into_records();
+            let got: Vec<_> = records
                 .iter()
                 .map(|r| (r.seq, r.source, r.pipeline, r.stage, r.size, r.buffered_at))
                 .collect();

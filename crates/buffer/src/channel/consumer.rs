@@ -6,11 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::batch::Batch;
 use super::error::TryRecvError;
 use super::waiters::WaiterId;
 use crate::error::BufferError;
 use crate::manager::{BatchSize, BufferManager, Completion, End, Take};
-use crate::record::{BufferedRecord, DeadLetter, StageId};
+use crate::record::{DeadLetter, StageId};
 
 /// The batch size a consumer takes by default: 256 records, the batch size
 /// the benchmarks (BENCHMARKS.md) amortise one lock per batch over.
@@ -73,7 +74,7 @@ impl<T> Consumer<T> {
     }
 
     /// Takes what is ready now, without waiting.
-    pub fn try_recv(&self) -> Result<Vec<BufferedRecord<T>>, TryRecvError> {
+    pub fn try_recv(&self) -> Result<Batch<T>, TryRecvError> {
         let mut take = std::pin::pin!(self.recv());
         let waker = std::task::Waker::noop();
         match take.as_mut().poll(&mut Context::from_waker(waker)) {
@@ -85,8 +86,10 @@ impl<T> Consumer<T> {
 
     /// Completes records that are done: frees their room at every level
     /// and advances their sources' acks (see [`BufferManager::complete`]).
-    pub fn complete(&self, records: Vec<BufferedRecord<T>>) -> Completion {
-        self.manager.complete(records)
+    /// A batch as it was received, or records taken apart from one
+    /// ([`Batch::into_records`]).
+    pub fn complete(&self, batch: impl Into<Batch<T>>) -> Completion {
+        self.manager.complete_batch(batch.into())
     }
 
     /// Returns failed records for another try after the retry policy's
@@ -94,10 +97,10 @@ impl<T> Consumer<T> {
     /// counted (see [`BufferManager::retry`]).
     pub fn retry(
         &self,
-        records: Vec<BufferedRecord<T>>,
+        records: impl Into<Batch<T>>,
         error: impl Into<Arc<str>>,
     ) -> Vec<DeadLetter<T>> {
-        self.manager.retry(records, error)
+        self.manager.retry(records.into().into_records(), error)
     }
 
     /// Completes dead letters once they are written somewhere
@@ -141,10 +144,13 @@ impl<T> std::fmt::Debug for Consumer<T> {
 pub struct Recv<'a, T>(Take<'a, T>);
 
 impl<T> Future for Recv<'_, T> {
-    type Output = Option<Vec<BufferedRecord<T>>>;
+    type Output = Option<Batch<T>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // `Take` is `Unpin` (its timer is boxed).
-        Pin::new(&mut self.get_mut().0).poll(cx)
+        // `Take` is `Unpin` (its timer is boxed). The batch's bookkeeping is
+        // written (if it must be) here, after the lock.
+        Pin::new(&mut self.get_mut().0)
+            .poll(cx)
+            .map(|taken| taken.map(Batch::from_taken))
     }
 }

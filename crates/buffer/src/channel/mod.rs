@@ -30,16 +30,20 @@
 //! - `producer.rs`: [`Producers`] (a pipeline's factory of producers) and
 //!   [`Producer`] with its [`Send`] future.
 //! - `consumer.rs`: [`Consumer`] and its [`Recv`] future.
+//! - `batch.rs`: [`Batch`], what a consumer takes: a producer's `Vec` as
+//!   it was sent when taken whole, else laid-out records; [`RecordRef`].
 //! - `waiters.rs`: the wait lists under the manager's lock, one per level,
 //!   that make the wake-ups exact (no lost one, no herd).
 //! - `error.rs`: [`SendError`], [`TrySendError`], [`TryRecvError`]: every
 //!   failed send hands its records back.
 
+mod batch;
 mod consumer;
 mod error;
 mod producer;
 pub(crate) mod waiters;
 
+pub use batch::{Batch, BatchIter, RecordRef};
 pub use consumer::{Consumer, DEFAULT_BATCH, Recv};
 pub use error::{SendError, SendFailure, TryRecvError, TrySendError};
 pub use producer::{Producer, Producers, Send};

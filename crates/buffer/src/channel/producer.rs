@@ -264,6 +264,15 @@ impl<T> Future for Send<'_, T> {
             // Polled again after it resolved.
             return Poll::Ready(Ok(this.producer.admitted_through()));
         };
+        // A send spends the task's cooperative budget, as a tokio
+        // channel's does (see `Take`'s poll).
+        let coop = match tokio::task::coop::poll_proceed(cx) {
+            Poll::Ready(coop) => coop,
+            Poll::Pending => {
+                this.records = Some(records);
+                return Poll::Pending;
+            }
+        };
         let first_seq = this.at.unwrap_or(this.producer.next_seq);
         let wait = Wait {
             id: this.producer.id,
@@ -274,6 +283,9 @@ impl<T> Future for Send<'_, T> {
             Ok(out) => out,
             Err(e) => return Poll::Ready(Err(e.at(first_seq))),
         };
+        if admission.admitted > 0 {
+            coop.made_progress();
+        }
         match admission.rejected {
             None => Poll::Ready(Ok(admission.admitted_through)),
             Some(r) if !r.reason.is_transient() => Poll::Ready(Err(SendError {

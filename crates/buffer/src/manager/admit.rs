@@ -315,11 +315,10 @@ impl<T> BufferManager<T> {
         // fits and to queue them: sessions admit while stage workers take
         // and complete.
         let Laid {
-            records: mut chunk,
+            layout: mut chunk,
             bytes: batch_bytes,
             largest,
-            mut fill,
-        } = records.lay_out(&PendingRecord {
+        } = records.lay_out(PendingRecord {
             first_seq: guess,
             source,
             pipeline,
@@ -340,7 +339,7 @@ impl<T> BufferManager<T> {
         let refuse = |error, chunk| {
             Err(AdmitError {
                 error,
-                records: Pending::from_laid(chunk),
+                records: Pending::from_laid(chunk, batch_bytes, largest),
             })
         };
         if st.shutdown || st.pipelines[pipeline.index()].closed {
@@ -380,14 +379,7 @@ impl<T> BufferManager<T> {
                     };
                     return refuse(error, chunk);
                 };
-                match &mut fill {
-                    Some(f) => f.first_seq = first,
-                    None => {
-                        for (i, r) in chunk.iter_mut().enumerate() {
-                            r.seq = first + i as u64;
-                        }
-                    }
-                }
+                chunk.number_from(first);
                 first
             }
         };
@@ -429,8 +421,8 @@ impl<T> BufferManager<T> {
             new = Credit::new(n as u64, batch_bytes);
             fit = n;
         }
-        for r in &chunk[fit..] {
-            let size = u64::from(r.size);
+        for size in chunk.sizes_from(fit) {
+            let size = u64::from(size);
             if size > max_size || size >= u64::from(u32::MAX) {
                 reason = Some(self.too_large(size, entry, source));
                 break;
@@ -459,20 +451,14 @@ impl<T> BufferManager<T> {
         // Rare (a limit hit, a resend): split the tail off, copying the
         // shorter part, so that a refused batch (a waiting producer's
         // retry) is handed back as it is.
-        let rejected_records = if fit == 0 {
-            std::mem::take(&mut chunk)
-        } else if fit < chunk.len() - fit {
-            let head: Vec<_> = chunk.drain(..fit).collect();
-            std::mem::replace(&mut chunk, head)
-        } else {
-            chunk.split_off(fit)
-        };
-        let duplicates = if skip > 0 {
+        let head = chunk.split_head(fit);
+        let rejected_records = std::mem::replace(&mut chunk, head);
+        // The admitted records start after the `skip` duplicates (and are
+        // numbered from there).
+        let duplicates = (skip > 0).then(|| {
             let admitted_records = chunk.split_off(skip);
             std::mem::replace(&mut chunk, admitted_records)
-        } else {
-            Vec::new()
-        };
+        });
         let admitted_bytes = new.bytes + consumed.bytes;
         if admitted > 0 {
             st.global.add(new);
@@ -480,10 +466,7 @@ impl<T> BufferManager<T> {
             let stage = &mut st.stages[entry.index()];
             stage.usage.add(new);
             stage.reserved.sub(consumed);
-            // The admitted records start after the `skip` duplicates.
-            stage
-                .ready
-                .push_chunk(chunk, admitted_bytes, fill.map(|f| f.from(skip)));
+            stage.ready.push_chunk(chunk, admitted_bytes);
             stage
                 .queued
                 .add(Credit::new(admitted as u64, admitted_bytes));
@@ -499,16 +482,18 @@ impl<T> BufferManager<T> {
             s.admitted_through = first_seq + (fit as u64 - 1);
             s.admitted += admitted as u64;
         }
+        // The refused tail's bytes: known from the totals unless duplicates
+        // were dropped (rare).
+        let tail_bytes = if skip == 0 {
+            batch_bytes - admitted_bytes
+        } else {
+            rejected_records.sizes().map(u64::from).sum()
+        };
         let mut waiting_at = None;
         if let (Some(RejectReason::Limit { level, .. }), Some(wait)) = (reason, wait) {
             // Registered where the level refused: a release of it after
             // this point that makes the room it waits for takes the waker
             // (see `channel/waiters.rs`).
-            let tail_bytes = if skip == 0 {
-                batch_bytes - admitted_bytes
-            } else {
-                rejected_records.iter().map(|r| u64::from(r.size)).sum()
-            };
             let tail = Credit::new(rejected_records.len() as u64, tail_bytes);
             let need = self.wake_need(level, refused_need, tail, res_left);
             st.waiters(level).register(wait.id, wait.waker, need);
@@ -522,7 +507,8 @@ impl<T> BufferManager<T> {
         drop(duplicates);
         let rejected = reason.map(|reason| Rejected {
             first_seq: first_seq + fit as u64,
-            records: Pending::from_laid(rejected_records),
+            // The batch's largest bounds its tail's (all `admit` needs).
+            records: Pending::from_laid(rejected_records, tail_bytes, largest),
             reason,
         });
         let admission = Admission {

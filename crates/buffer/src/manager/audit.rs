@@ -89,7 +89,7 @@ impl<T> BufferManager<T> {
             let q_records = (s.ready.len() + s.delayed.len()) as u64;
             // Summed record by record, not from the queue's chunk totals,
             // which are checked against the same sum here.
-            let ready_bytes: u64 = s.ready.iter().map(|r| u64::from(r.size)).sum();
+            let ready_bytes: u64 = s.ready.sizes().map(u64::from).sum();
             if s.ready.bytes() != ready_bytes {
                 problems.push(format!(
                     "stage {i}: queue chunk totals {} bytes != records {ready_bytes} bytes",

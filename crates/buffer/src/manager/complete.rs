@@ -3,6 +3,7 @@
 //! cumulative acks. The only way a record leaves the counts (invariant 3).
 
 use super::{BufferManager, Completion, Credit, SourceProgress};
+use crate::channel::Batch;
 use crate::channel::waiters::Wakeups;
 use crate::record::{BufferedRecord, DeadLetter, SourceId, StageId};
 
@@ -54,13 +55,6 @@ impl<T> BufferManager<T> {
         // and stage with contiguous sequence numbers (a batch is usually a
         // few such runs), so the critical section works per run, not per
         // record.
-        struct Run {
-            source: SourceId,
-            stage: StageId,
-            start: u64,
-            end: u64,
-            used: Credit,
-        }
         let mut runs: Vec<Run> = Vec::new();
         for r in records {
             let size = u64::from(r.size);
@@ -82,25 +76,35 @@ impl<T> BufferManager<T> {
                 }),
             }
         }
-        let mut touched: Vec<(SourceId, u64)> = Vec::new();
-        let mut stages_freed: Vec<StageId> = Vec::new();
-        for run in &runs {
-            if !stages_freed.contains(&run.stage) {
-                stages_freed.push(run.stage);
-            }
-            match touched.iter_mut().find(|(src, _)| *src == run.source) {
-                Some((_, n)) => *n += run.used.records,
-                None => touched.push((run.source, run.used.records)),
-            }
+        self.finish_runs(&runs, end)
+    }
+
+    /// Completes a batch as [`Consumer::complete`](crate::Consumer::complete)
+    /// does: a batch taken as its producer sent it is one run, known from
+    /// its bookkeeping without reading a record.
+    pub(crate) fn complete_batch(&self, batch: Batch<T>) -> Completion {
+        match batch.into_run() {
+            Ok(run) => self.finish_runs(std::slice::from_ref(&run), End::Delivered),
+            Err(records) => self.complete(records),
         }
+    }
+
+    /// Releases `runs` (the critical section of every completion).
+    fn finish_runs(&self, runs: &[Run], end: End) -> Completion {
+        // A run is the first of its source (or stage) in `runs` when no
+        // earlier one has it; a batch holds a few sources, so this is
+        // cheaper than collecting them (and allocates nothing).
+        let first_of_source = |i: usize| runs[..i].iter().all(|r| r.source != runs[i].source);
+        let first_of_stage = |i: usize| runs[..i].iter().all(|r| r.stage != runs[i].stage);
+        let distinct_sources = (0..runs.len()).filter(|&i| first_of_source(i)).count();
         let mut wakeups = Wakeups::default();
         // Allocated before the lock: nothing allocates inside it.
-        let mut sources = Vec::with_capacity(touched.len());
+        let mut sources = Vec::with_capacity(distinct_sources);
         {
             let mut st = self.state.lock();
             let st = &mut *st;
             let mut total = Credit::ZERO;
-            for run in &runs {
+            for run in runs {
                 total.add(run.used);
                 st.stages[run.stage.index()].usage.sub(run.used);
                 let s = &mut st.sources[run.source.index()];
@@ -114,7 +118,7 @@ impl<T> BufferManager<T> {
             }
             st.global.sub(total);
             // Once every level is down: wake who now has the room.
-            for run in &runs {
+            for run in runs {
                 st.freed(&self.limits, run.source, run.stage, &mut wakeups);
                 let pipeline = self.stages[run.stage.index()].pipeline;
                 if st.pipelines[pipeline.index()].closed {
@@ -125,25 +129,46 @@ impl<T> BufferManager<T> {
                     }
                 }
             }
-            sources.extend(touched.iter().map(|&(source, n)| {
-                let s = &st.sources[source.index()];
-                SourceProgress {
-                    source,
+            for (i, run) in runs.iter().enumerate() {
+                if !first_of_source(i) {
+                    continue;
+                }
+                let completed_now = runs[i..]
+                    .iter()
+                    .filter(|r| r.source == run.source)
+                    .map(|r| r.used.records)
+                    .sum();
+                let s = &st.sources[run.source.index()];
+                sources.push(SourceProgress {
+                    source: run.source,
                     acked_through: s.acks.through,
-                    completed_now: n,
+                    completed_now,
                     delivered: s.delivered,
                     filtered: s.filtered,
                     dead_lettered: s.dead_lettered,
                     outstanding: s.outstanding(),
                     ranges: s.acks.pending.len(),
-                }
-            }));
+                });
+            }
         }
         wakeups.wake();
-        for s in &stages_freed {
-            self.signals[s.index()].space.notify_waiters();
+        for (i, run) in runs.iter().enumerate() {
+            if first_of_stage(i) {
+                self.signals[run.stage.index()].space.notify_waiters();
+            }
         }
         self.freed.notify_waiters();
         Completion { sources }
     }
+}
+
+/// Completed records of one source and stage with contiguous sequence
+/// numbers `start..=end`, and what they held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) source: SourceId,
+    pub(crate) stage: StageId,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) used: Credit,
 }

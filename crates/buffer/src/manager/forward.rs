@@ -7,6 +7,7 @@ use super::take::{End, Take};
 use super::{BatchSize, BufferManager, Credit};
 use crate::channel::waiters::{WaiterId, Wakeups};
 use crate::error::BufferError;
+use crate::layout::Layout;
 use crate::queue::Taken;
 use crate::record::{BufferedRecord, StageId};
 
@@ -33,7 +34,9 @@ impl<T> BufferManager<T> {
         stage: StageId,
         max: impl Into<BatchSize>,
     ) -> Option<Vec<BufferedRecord<T>>> {
-        Take::new(self, stage, max.into(), End::AtShutdown, WaiterId::next()).await
+        Take::new(self, stage, max.into(), End::AtShutdown, WaiterId::next())
+            .await
+            .map(Taken::into_records)
     }
 
     /// Takes up to `max` ready records of `stage` without waiting, like
@@ -60,11 +63,15 @@ impl<T> BufferManager<T> {
     /// Records move in order, as many as fit at a time. If the manager shuts
     /// down, or the future is dropped, the records not yet moved go back to
     /// their current stage's queue, still counted: nothing is lost.
+    ///
+    /// `records`: records taken by [`next_batch`](Self::next_batch), or a
+    /// [`Batch`](crate::Batch) a [`Consumer`](crate::Consumer) received.
     pub async fn forward(
         &self,
-        records: Vec<BufferedRecord<T>>,
+        records: impl Into<Vec<BufferedRecord<T>>>,
         next: StageId,
     ) -> Result<(), BufferError> {
+        let records = records.into();
         let target = self.stage(next).ok_or(BufferError::UnknownStage(next))?;
         if let Some(r) = records.iter().find(|r| r.pipeline != target.pipeline) {
             return Err(BufferError::WrongPipeline {
@@ -122,14 +129,15 @@ impl<T> BufferManager<T> {
                 dst.queued.add(queued);
                 dst.usage.add(moved);
                 if n == pending.records.len() {
-                    dst.ready
-                        .push_chunk(std::mem::take(&mut pending.records), queued.bytes, None);
+                    dst.ready.push_chunk(
+                        Layout::records(std::mem::take(&mut pending.records)),
+                        queued.bytes,
+                    );
                 } else {
                     let rest = pending.records.split_off(n);
                     dst.ready.push_chunk(
-                        std::mem::replace(&mut pending.records, rest),
+                        Layout::records(std::mem::replace(&mut pending.records, rest)),
                         queued.bytes,
-                        None,
                     );
                 }
                 if n > 0 {

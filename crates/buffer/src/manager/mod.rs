@@ -45,6 +45,7 @@ mod take;
 
 pub(crate) use admit::{Numbering, Route, Wait};
 pub use builder::BufferManagerBuilder;
+pub(crate) use complete::Run;
 use state::{AckFrontier, SourceAccount, State, Usage};
 pub(crate) use take::{End, Take};
 
