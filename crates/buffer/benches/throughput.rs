@@ -3,14 +3,15 @@
 //! Run: `cargo bench -p sluice-buffer --bench throughput`.
 //!
 //! * `single_thread`: one task cycles 256-record batches: through the
-//!   handles (`try_send` → `try_recv` → `complete`) and through the
-//!   lower-level calls (`admit` → `next_batch` → `complete`).
+//!   handles (`try_send` of a `Vec` → `try_recv` → `complete`) and through
+//!   the lower-level calls (`admit` of a `Pending` built in the record
+//!   layout → `next_batch` → `complete`).
 //! * `contenders/{1p1c,2p1c,4p2c}/{per_record,pre_built}/…`: producers move
 //!   `RECORDS` records to consumers, with the same capacity in records for
 //!   every contender (`CAPACITY`):
-//!   - `sluice`: `Producer::send` of 256-record `Pending` batches,
-//!     `Consumer::recv` + `complete`; global, per-stage and per-source
-//!     limits all enforced, in records and bytes;
+//!   - `sluice`: `Producer::send` of `Vec`s of 256 records (as a user of
+//!     the handles sends them), `Consumer::recv` + `complete`; global,
+//!     per-stage and per-source limits all enforced, in records and bytes;
 //!   - `mpsc_vecs`: a tokio `mpsc` of `Vec`s of 256 records, bounded to
 //!     `CAPACITY / 256` batches (it bounds nothing per source or in bytes);
 //!   - `mpsc_records`: a tokio `mpsc` of records, `send` per record,
@@ -18,7 +19,8 @@
 //!
 //!   `per_record`: each producer builds every record in the timed section
 //!   (into its batch type); `pre_built`: the batches exist before it, each
-//!   contender's in its own batch type. Two consumers share an mpsc
+//!   contender's in its own batch type (the same `Vec`s for `sluice` and
+//!   `mpsc_vecs`). Two consumers share an mpsc
 //!   receiver behind a `tokio::sync::Mutex` (as a user would have to); the
 //!   buffer's consumer is cloned.
 //! * After criterion, `alternating`: the same scenarios, contenders run in
@@ -115,7 +117,6 @@ impl Contender {
 enum Input {
     /// Built in the timed section: the producer's share of record indices.
     PerRecord(std::ops::Range<usize>),
-    Pending(Vec<Pending<Record>>),
     Vecs(Vec<Vec<Record>>),
     Records(Vec<Record>),
 }
@@ -135,12 +136,7 @@ fn inputs(c: Contender, build: Build, producers: usize, f: &Bytes) -> Vec<Input>
                     .map(|s| s..(s + BATCH).min(range.end))
             };
             match c {
-                Contender::Sluice => Input::Pending(
-                    chunks()
-                        .map(|r| r.map(|i| record(i, f)).collect())
-                        .collect(),
-                ),
-                Contender::MpscVecs => Input::Vecs(
+                Contender::Sluice | Contender::MpscVecs => Input::Vecs(
                     chunks()
                         .map(|r| r.map(|i| record(i, f)).collect())
                         .collect(),
@@ -171,11 +167,11 @@ async fn run_sluice(consumers: usize, inputs: Vec<Input>, f: &Bytes) -> Duration
         tasks.push(tokio::spawn(async move {
             match input {
                 Input::PerRecord(range) => {
-                    let mut batch = Pending::with_capacity(BATCH);
+                    let mut batch = Vec::with_capacity(BATCH);
                     for i in range {
                         batch.push(record(i, &f));
                         if batch.len() == BATCH {
-                            let full = std::mem::replace(&mut batch, Pending::with_capacity(BATCH));
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                             producer.send(full).await.unwrap();
                         }
                     }
@@ -183,7 +179,7 @@ async fn run_sluice(consumers: usize, inputs: Vec<Input>, f: &Bytes) -> Duration
                         producer.send(batch).await.unwrap();
                     }
                 }
-                Input::Pending(batches) => {
+                Input::Vecs(batches) => {
                     for batch in batches {
                         producer.send(batch).await.unwrap();
                     }
@@ -345,6 +341,7 @@ fn single_thread(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    let vec = || (0..BATCH).map(|i| record(i, &f)).collect::<Vec<Record>>();
     let batch = || {
         (0..BATCH)
             .map(|i| record(i, &f))
@@ -355,11 +352,25 @@ fn single_thread(c: &mut Criterion) {
     let mut producer = producers.producer("s").unwrap();
     g.bench_function("send_recv_complete_256", |b| {
         b.iter_batched(
-            batch,
+            vec,
             |batch| {
                 producer.try_send(batch).unwrap();
                 let got = consumer.try_recv().unwrap();
                 consumer.complete(got)
+            },
+            CBatch::SmallInput,
+        )
+    });
+
+    // The same cycle through a tokio `mpsc` of `Vec`s, as a baseline.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Record>>(CAPACITY / BATCH);
+    g.bench_function("mpsc_vecs_send_recv_256", |b| {
+        b.iter_batched(
+            vec,
+            |batch| {
+                tx.try_send(batch).unwrap();
+                // Dropped here, as `complete` drops what it completes.
+                rx.try_recv().unwrap().len()
             },
             CBatch::SmallInput,
         )

@@ -32,6 +32,11 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 //!
+//! A consumer receives a [`Batch`]: a `Vec` a producer sent, taken whole,
+//! is that same `Vec`, numbered by its first record and completed as one
+//! run, so the buffer writes no record between the two (see
+//! [`Pending`] for the other layout, and BENCHMARKS.md).
+//!
 //! This crate has no gRPC or protobuf dependency and is generic over the
 //! payload type (anything that implements [`ByteSize`], or sized by the
 //! caller with [`Pending::push_sized`]). See the crate's README for limits

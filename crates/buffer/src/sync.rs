@@ -25,7 +25,7 @@
 //! controller sends on its watch channels and reads the memory gate's while
 //! holding lock 1, and nothing of this crate is locked inside them.
 //! Wake-ups of the manager happen after its lock is released: its
-//! `Notify`s (`forward`, `drain`, `capacity_freed`), and the wakers of the
+//! `Notify` (`drain`, `capacity_freed`), and the wakers of the
 //! wait lists (`channel/waiters.rs`), which are kept under lock 2 and
 //! collected there, then woken once it is dropped.
 

@@ -1,5 +1,5 @@
-//! The handles (`Producer`, `Consumer`, `channel`): waiting sends woken by
-//! the limit that refused them and by no other, every error handing the
+//! The handles (`Producer`, `Consumer`, `channel`): waiting sends (and
+//! forwards) woken by the limit that refused them and by no other, every error handing the
 //! records back, channel-like ending, shutdown that leaves nothing
 //! unreachable, and records-only / bytes-only limits.
 
@@ -413,4 +413,61 @@ fn a_channel_is_one_pipeline_of_one_stage() {
         two.channel::<Vec<u8>>().unwrap_err(),
         sluice_buffer::BuildError::NotAChannel
     );
+}
+
+/// `forward` waits on its target stage's limit like a producer: only room
+/// made there wakes it (not a completion in another stage), and only once
+/// the room suffices for what it waits for. (Before, every completion in
+/// the target stage notified a per-stage `Notify`, whatever it freed.)
+#[test]
+fn a_forward_is_woken_only_by_enough_room_in_its_target_stage() {
+    let sized = |sizes: &[usize]| sizes.iter().map(|&n| vec![0u8; n]).collect::<Vec<_>>();
+    let buf = BufferManager::<Vec<u8>>::builder(Limits::records(100).per_stage(Limit::new(10, 10)))
+        .pipeline("p", ["a", "b"])
+        .pipeline("q", ["c"])
+        .build()
+        .unwrap();
+    let p = buf.pipeline_by_name("p").unwrap().clone();
+    let q = buf.pipeline_by_name("q").unwrap().clone();
+    let (a, b, c) = (p.stages[0], p.stages[1], q.stages[0]);
+    let src = buf.register_source("s", p.id).unwrap();
+    let other = buf.register_source("o", q.id).unwrap();
+    let _ = buf.admit(src, 1, sized(&[5, 4, 1])).unwrap();
+    let first = buf.try_batch(a, 3);
+    futures_block_on(buf.forward(first, b)).unwrap(); // b's 10 bytes are full
+    let _ = buf.admit(src, 4, sized(&[5, 5])).unwrap();
+    let _ = buf.admit(other, 1, sized(&[1])).unwrap();
+    let second = buf.try_batch(a, 2);
+
+    let (count, waker) = counting();
+    let mut cx = Context::from_waker(&waker);
+    let mut fwd = pin!(buf.forward(second, b));
+    assert!(fwd.as_mut().poll(&mut cx).is_pending());
+    buf.audit().unwrap();
+    // Room in another pipeline's stage: no wake.
+    let in_c = buf.try_batch(c, 1);
+    buf.complete(in_c);
+    // 1 byte of room in `b`, where the first record waiting needs 5: no wake.
+    let mut in_b = buf.try_batch(b, 3);
+    let small = in_b.pop().unwrap();
+    buf.complete(vec![small]);
+    assert_eq!(woken(&count), 0);
+    // Room for them: woken once, and both move.
+    buf.complete(in_b);
+    assert_eq!(woken(&count), 1);
+    assert!(fwd.as_mut().poll(&mut cx).is_ready());
+    assert_eq!(buf.try_batch(b, 10).len(), 2);
+    buf.audit().unwrap();
+}
+
+/// Polls a future to its end on this thread.
+fn futures_block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let (_, waker) = counting();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
 }

@@ -47,6 +47,13 @@ enum Op {
         stage: usize,
         max: usize,
     },
+    /// Take through a `Consumer` (a batch in the layout it was queued in),
+    /// and complete it whole or hold its records.
+    Receive {
+        stage: usize,
+        max: usize,
+        whole: bool,
+    },
     Forward {
         take: usize,
     },
@@ -83,6 +90,11 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize, prop::collection::vec(0..60u8, 0..12), 0..3u8)
             .prop_map(|(src, sizes, resend)| Op::Admit { src, sizes, resend }),
         (0..3usize, 1..8usize).prop_map(|(stage, max)| Op::Take { stage, max }),
+        (0..3usize, 1..8usize, any::<bool>()).prop_map(|(stage, max, whole)| Op::Receive {
+            stage,
+            max,
+            whole
+        }),
         (0..6usize).prop_map(|take| Op::Forward { take }),
         (0..6usize).prop_map(|take| Op::Complete { take }),
         (0..6usize).prop_map(|take| Op::Filter { take }),
@@ -232,8 +244,9 @@ impl Harness {
                 let reserved = self.buf.reserved(id).unwrap();
                 let payloads: Vec<Vec<u8>> =
                     sizes.iter().map(|&n| vec![src as u8; n as usize]).collect();
-                // Both forms: a `Vec` (laid out at admission) and a built
-                // batch (queued as it is, its bookkeeping written when taken).
+                // Both layouts: a `Vec` (queued as it is, numbered by its
+                // first record) and a built batch (laid out as pushed, its
+                // bookkeeping written when taken).
                 let payloads: Pending<Vec<u8>> = if resend % 2 == 0 {
                     payloads.into()
                 } else {
@@ -272,6 +285,25 @@ impl Harness {
                 let b = self.buf.try_batch(self.stages[stage], max);
                 assert!(b.len() <= max);
                 self.held.extend(b);
+            }
+            Op::Receive { stage, max, whole } => {
+                let consumer = self
+                    .buf
+                    .consumer(self.stages[stage])
+                    .unwrap()
+                    .with_batch_size(max);
+                if let Ok(batch) = consumer.try_recv() {
+                    assert!(!batch.is_empty() && batch.len() <= max);
+                    assert_eq!(batch.bytes(), batch.iter().map(|r| r.size()).sum::<u64>());
+                    assert!(batch.iter().all(|r| r.stage() == self.stages[stage]));
+                    if whole {
+                        let keys: Vec<_> = batch.iter().map(|r| (r.source(), r.seq())).collect();
+                        consumer.complete(batch);
+                        self.finish(DELIVERED, keys);
+                    } else {
+                        self.held.extend(batch.into_records());
+                    }
+                }
             }
             Op::Forward { take } => {
                 // Forward held records of stage a0 to a1; a full a1 leaves the

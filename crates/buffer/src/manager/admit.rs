@@ -230,7 +230,6 @@ impl<T> BufferManager<T> {
             st.freed(&self.limits, source, entry, &mut wakeups);
         }
         wakeups.wake();
-        self.signals[entry.index()].space.notify_waiters();
         self.freed.notify_waiters();
         Ok(released)
     }
@@ -535,7 +534,13 @@ impl<T> BufferManager<T> {
     /// batch above the limit, other sources holding their share) must still
     /// be woken; a consumer that holds more than half of a limit
     /// uncompleted while it waits for more would still stall its producers.
-    fn wake_need(&self, level: Level, first: Credit, tail: Credit, reserved: Credit) -> Credit {
+    pub(super) fn wake_need(
+        &self,
+        level: Level,
+        first: Credit,
+        tail: Credit,
+        reserved: Credit,
+    ) -> Credit {
         let limit = match level {
             Level::Global => self.limits.global,
             Level::Stage(_) => self.limits.per_stage,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tokio::sync::Notify;
 
 use super::state::{StageState, State, Usage};
-use super::{BufferManager, Credit, PipelineInfo, StageInfo, StageSignals};
+use super::{BufferManager, Credit, PipelineInfo, StageInfo};
 use crate::error::BuildError;
 use crate::limits::{FieldRule, Limits, RetryPolicy};
 use crate::record::{PipelineId, StageId};
@@ -109,7 +109,6 @@ impl BufferManagerBuilder {
             pipelines: pipelines.iter().map(|_| Default::default()).collect(),
         };
         Ok(BufferManager {
-            signals: stages.iter().map(|_| StageSignals::default()).collect(),
             stages,
             pipelines,
             limits: self.limits,

@@ -91,11 +91,10 @@ impl<T> BufferManager<T> {
 
     /// Releases `runs` (the critical section of every completion).
     fn finish_runs(&self, runs: &[Run], end: End) -> Completion {
-        // A run is the first of its source (or stage) in `runs` when no
+        // A run is the first of its source in `runs` when no
         // earlier one has it; a batch holds a few sources, so this is
         // cheaper than collecting them (and allocates nothing).
         let first_of_source = |i: usize| runs[..i].iter().all(|r| r.source != runs[i].source);
-        let first_of_stage = |i: usize| runs[..i].iter().all(|r| r.stage != runs[i].stage);
         let distinct_sources = (0..runs.len()).filter(|&i| first_of_source(i)).count();
         let mut wakeups = Wakeups::default();
         // Allocated before the lock: nothing allocates inside it.
@@ -152,11 +151,6 @@ impl<T> BufferManager<T> {
             }
         }
         wakeups.wake();
-        for (i, run) in runs.iter().enumerate() {
-            if first_of_stage(i) {
-                self.signals[run.stage.index()].space.notify_waiters();
-            }
-        }
         self.freed.notify_waiters();
         Completion { sources }
     }

@@ -3,10 +3,12 @@
 //! [`forward`](BufferManager::forward) to the next stage (with the guard
 //! that puts unmoved records back, so a cancelled forward loses nothing).
 
+use std::task::{Context, Poll};
+
 use super::take::{End, Take};
 use super::{BatchSize, BufferManager, Credit};
 use crate::channel::waiters::{WaiterId, Wakeups};
-use crate::error::BufferError;
+use crate::error::{BufferError, Level};
 use crate::layout::Layout;
 use crate::queue::Taken;
 use crate::record::{BufferedRecord, StageId};
@@ -82,80 +84,14 @@ impl<T> BufferManager<T> {
         let mut pending = PendingForward {
             manager: self,
             records,
+            waiting: None,
         };
-        let signals = &self.signals[next.index()];
-        loop {
-            let notified = signals.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut from: Option<StageId> = None;
-            let mut from_many = Vec::new();
-            let mut wakeups = Wakeups::default();
-            {
-                let mut st = self.state.lock();
-                if st.shutdown {
-                    return Err(BufferError::Closed);
-                }
-                let st = &mut *st;
-                let mut free = st.stages[next.index()].usage.free(self.limits.per_stage);
-                let mut moved = Credit::ZERO;
-                let mut queued = Credit::ZERO;
-                // First account for (and retag) the prefix that fits, then
-                // move it in one go: records are moved once, not popped and
-                // pushed one by one.
-                let mut n = 0;
-                for r in pending.records.iter_mut() {
-                    let size = u64::from(r.size);
-                    if r.stage != next {
-                        if free.records == 0 || free.bytes < size {
-                            break;
-                        }
-                        free.sub(Credit::new(1, size));
-                        st.stages[r.stage.index()].usage.sub(Credit::new(1, size));
-                        match from {
-                            None => from = Some(r.stage),
-                            Some(f) if f != r.stage && !from_many.contains(&r.stage) => {
-                                from_many.push(r.stage)
-                            }
-                            _ => {}
-                        }
-                        moved.add(Credit::new(1, size));
-                        r.stage = next;
-                    }
-                    queued.add(Credit::new(1, size));
-                    n += 1;
-                }
-                let dst = &mut st.stages[next.index()];
-                dst.queued.add(queued);
-                dst.usage.add(moved);
-                if n == pending.records.len() {
-                    dst.ready.push_chunk(
-                        Layout::records(std::mem::take(&mut pending.records)),
-                        queued.bytes,
-                    );
-                } else {
-                    let rest = pending.records.split_off(n);
-                    dst.ready.push_chunk(
-                        Layout::records(std::mem::replace(&mut pending.records, rest)),
-                        queued.bytes,
-                    );
-                }
-                if n > 0 {
-                    dst.ready_waiters.wake_all(&mut wakeups);
-                }
-                for &s in from.iter().chain(&from_many) {
-                    st.space_freed(&self.limits, s, &mut wakeups);
-                }
-            }
-            wakeups.wake();
-            for s in from.into_iter().chain(from_many) {
-                self.signals[s.index()].space.notify_waiters();
-            }
-            if pending.records.is_empty() {
-                return Ok(());
-            }
-            notified.await;
-        }
+        // Waits on `next`'s wait list like a producer refused by that
+        // stage's limit: registered in the critical section that found no
+        // room, taken by the release that makes the room it needs
+        // (invariant 4), so only a completion or forward out of `next`
+        // wakes it, and no lost wake-up.
+        std::future::poll_fn(|cx| pending.attempt(next, cx)).await
     }
 }
 
@@ -164,15 +100,112 @@ impl<T> BufferManager<T> {
 struct PendingForward<'a, T> {
     manager: &'a BufferManager<T>,
     records: Vec<BufferedRecord<T>>,
+    /// The stage whose wait list holds this forward, and its id there.
+    waiting: Option<(StageId, WaiterId)>,
+}
+
+impl<T> PendingForward<'_, T> {
+    /// Moves the prefix of the records that fits into `next` now; while
+    /// some remain, registers the task to be woken when `next` has room for
+    /// them (for the first of them at least, for at most half the stage's
+    /// limit: see `wake_need`).
+    fn attempt(&mut self, next: StageId, cx: &mut Context<'_>) -> Poll<Result<(), BufferError>> {
+        let manager = self.manager;
+        let mut wakeups = Wakeups::default();
+        let mut from: Option<StageId> = None;
+        let mut from_many = Vec::new();
+        {
+            let mut st = manager.state.lock();
+            let st = &mut *st;
+            if let Some((stage, id)) = self.waiting.take() {
+                st.stages[stage.index()].space_waiters.remove(id);
+            }
+            if st.shutdown {
+                return Poll::Ready(Err(BufferError::Closed));
+            }
+            let mut free = st.stages[next.index()].usage.free(manager.limits.per_stage);
+            let mut moved = Credit::ZERO;
+            let mut queued = Credit::ZERO;
+            // First account for (and retag) the prefix that fits, then
+            // move it in one go: records are moved once, not popped and
+            // pushed one by one.
+            let mut n = 0;
+            let mut refused = Credit::ZERO;
+            for r in self.records.iter_mut() {
+                let size = u64::from(r.size);
+                if r.stage != next {
+                    if free.records == 0 || free.bytes < size {
+                        refused = Credit::new(1, size);
+                        break;
+                    }
+                    free.sub(Credit::new(1, size));
+                    st.stages[r.stage.index()].usage.sub(Credit::new(1, size));
+                    match from {
+                        None => from = Some(r.stage),
+                        Some(f) if f != r.stage && !from_many.contains(&r.stage) => {
+                            from_many.push(r.stage)
+                        }
+                        _ => {}
+                    }
+                    moved.add(Credit::new(1, size));
+                    r.stage = next;
+                }
+                queued.add(Credit::new(1, size));
+                n += 1;
+            }
+            let dst = &mut st.stages[next.index()];
+            dst.queued.add(queued);
+            dst.usage.add(moved);
+            if n == self.records.len() {
+                dst.ready.push_chunk(
+                    Layout::records(std::mem::take(&mut self.records)),
+                    queued.bytes,
+                );
+            } else {
+                let rest = self.records.split_off(n);
+                dst.ready.push_chunk(
+                    Layout::records(std::mem::replace(&mut self.records, rest)),
+                    queued.bytes,
+                );
+            }
+            if n > 0 {
+                dst.ready_waiters.wake_all(&mut wakeups);
+            }
+            for &s in from.iter().chain(&from_many) {
+                st.space_freed(&manager.limits, s, &mut wakeups);
+            }
+            if !self.records.is_empty() {
+                let tail = Credit::new(
+                    self.records.len() as u64,
+                    self.records.iter().map(|r| u64::from(r.size)).sum(),
+                );
+                let need = manager.wake_need(Level::Stage(next), refused, tail, Credit::ZERO);
+                let id = WaiterId::next();
+                st.stages[next.index()]
+                    .space_waiters
+                    .register(id, cx.waker(), need);
+                self.waiting = Some((next, id));
+            }
+        }
+        wakeups.wake();
+        if self.records.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl<T> Drop for PendingForward<'_, T> {
     fn drop(&mut self) {
-        if self.records.is_empty() {
+        if self.records.is_empty() && self.waiting.is_none() {
             return;
         }
         let mut wakeups = Wakeups::default();
         let mut st = self.manager.state.lock();
+        if let Some((stage, id)) = self.waiting.take() {
+            st.stages[stage.index()].space_waiters.remove(id);
+        }
         for r in self.records.drain(..) {
             let stage = &mut st.stages[r.stage.index()];
             stage.queued.add(Credit::new(1, u64::from(r.size)));

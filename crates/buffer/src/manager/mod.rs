@@ -307,8 +307,9 @@ pub struct BufferManager<T> {
     ///    if it registered in the critical section in which that level
     ///    refused it, and every change that frees room at a level (or makes
     ///    records ready in a stage) takes that list in its critical section.
-    ///    So no producer sleeps on a level that has the room its refused
-    ///    record needs, and no consumer sleeps on a stage with ready records.
+    ///    So no producer (nor `forward`, which waits on its target stage's
+    ///    list) sleeps on a level that has the room its refused record
+    ///    needs, and no consumer sleeps on a stage with ready records.
     ///
     /// 5. *Acks*: a source's `acks.through` and every range of
     ///    `acks.pending` hold only sequence numbers of records completed by
@@ -331,22 +332,9 @@ pub struct BufferManager<T> {
     retry: RetryPolicy,
     stages: Vec<StageInfo>,
     pipelines: Vec<PipelineInfo>,
-    /// Per-stage wake-ups of `forward`. Protocol (no lost wake-up): a waiter
-    /// *enables* its `Notified` before it inspects the state under the lock,
-    /// and a changer calls `notify_waiters` after it changed the state; so a
-    /// change either happened before the inspection (and is seen) or after
-    /// the enable (and wakes the waiter). (Producers and consumers wait on
-    /// the wait lists under the lock instead, invariant 4.)
-    signals: Vec<StageSignals>,
     /// Notified whenever capacity is released anywhere (complete, release of
     /// a reservation) and at shutdown; `drain` and credit granters wait on it.
     freed: Notify,
-}
-
-#[derive(Default)]
-struct StageSignals {
-    /// The stage's usage fell (forward out of, complete), or shutdown.
-    space: Notify,
 }
 
 impl<T> std::fmt::Debug for BufferManager<T> {
@@ -539,9 +527,6 @@ impl<T> BufferManager<T> {
             st.wake_everyone(&mut wakeups);
         }
         wakeups.wake();
-        for s in &self.signals {
-            s.space.notify_waiters();
-        }
         self.freed.notify_waiters();
     }
 
