@@ -125,43 +125,54 @@ pub struct BufferedRecord<T> {
     pub(crate) retry: Option<Box<RetryState>>,
 }
 
+/// The read-only accessors of a record's bookkeeping, shared by
+/// [`BufferedRecord`] and [`RecordRef`](crate::RecordRef) (fields `seq`,
+/// `source`, `pipeline`, `stage`, `size: u32`, `buffered_at` and a `retry`
+/// that derefs to `Option<&RetryState>`), so that both read alike.
+macro_rules! record_accessors {
+    () => {
+        /// The source's sequence number of this record.
+        pub fn seq(&self) -> u64 {
+            self.seq
+        }
+        /// The source that sent it.
+        pub fn source(&self) -> SourceId {
+            self.source
+        }
+        /// The pipeline it travels through.
+        pub fn pipeline(&self) -> PipelineId {
+            self.pipeline
+        }
+        /// The stage whose queue it counts against (it was taken from).
+        pub fn stage(&self) -> StageId {
+            self.stage
+        }
+        /// The bytes it is charged for at every level.
+        pub fn size(&self) -> u64 {
+            u64::from(self.size)
+        }
+        /// When it was admitted.
+        pub fn buffered_at(&self) -> Instant {
+            self.buffered_at
+        }
+        /// How many times it has been returned with an error (0 for a fresh record).
+        pub fn retry_count(&self) -> u32 {
+            self.retry.as_deref().map_or(0, |r| r.count)
+        }
+        /// The error of its last failure, if any.
+        pub fn last_error(&self) -> Option<&str> {
+            self.retry.as_deref().map(|r| &*r.last_error)
+        }
+        /// It is not handed out again before this time (set by a retry's backoff).
+        pub fn not_before(&self) -> Option<Instant> {
+            self.retry.as_deref().map(|r| r.not_before)
+        }
+    };
+}
+pub(crate) use record_accessors;
+
 impl<T> BufferedRecord<T> {
-    /// The source's sequence number of this record.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-    /// The source that sent it.
-    pub fn source(&self) -> SourceId {
-        self.source
-    }
-    /// The pipeline it travels through.
-    pub fn pipeline(&self) -> PipelineId {
-        self.pipeline
-    }
-    /// The stage whose queue it currently counts against.
-    pub fn stage(&self) -> StageId {
-        self.stage
-    }
-    /// The bytes it is charged for at every level.
-    pub fn size(&self) -> u64 {
-        u64::from(self.size)
-    }
-    /// When it was admitted.
-    pub fn buffered_at(&self) -> Instant {
-        self.buffered_at
-    }
-    /// How many times it has been returned with an error (0 for a fresh record).
-    pub fn retry_count(&self) -> u32 {
-        self.retry.as_ref().map_or(0, |r| r.count)
-    }
-    /// The error of its last failure, if any.
-    pub fn last_error(&self) -> Option<&str> {
-        self.retry.as_deref().map(|r| &*r.last_error)
-    }
-    /// It is not handed out again before this time (set by a retry's backoff).
-    pub fn not_before(&self) -> Option<Instant> {
-        self.retry.as_ref().map(|r| r.not_before)
-    }
+    record_accessors!();
 }
 
 /// A record that failed more than `max_retries` times.

@@ -7,7 +7,7 @@ use crate::layout::{Layout, charged};
 use crate::manager::{Credit, Run};
 use crate::pending::PendingRecord;
 use crate::queue::Taken;
-use crate::record::{BufferedRecord, PipelineId, RetryState, SourceId, StageId};
+use crate::record::{BufferedRecord, PipelineId, RetryState, SourceId, StageId, record_accessors};
 
 /// Records taken from one stage by [`Consumer::recv`](crate::Consumer::recv),
 /// counted against every limit until they are handed to
@@ -276,36 +276,5 @@ pub struct RecordRef<'a, T> {
 }
 
 impl<T> RecordRef<'_, T> {
-    /// The source's sequence number of this record.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-    /// The source that sent it.
-    pub fn source(&self) -> SourceId {
-        self.source
-    }
-    /// The pipeline it travels through.
-    pub fn pipeline(&self) -> PipelineId {
-        self.pipeline
-    }
-    /// The stage whose queue it was taken from.
-    pub fn stage(&self) -> StageId {
-        self.stage
-    }
-    /// The bytes it is charged for at every level.
-    pub fn size(&self) -> u64 {
-        u64::from(self.size)
-    }
-    /// When it was admitted.
-    pub fn buffered_at(&self) -> Instant {
-        self.buffered_at
-    }
-    /// How many times it has been returned with an error (0 for a fresh record).
-    pub fn retry_count(&self) -> u32 {
-        self.retry.map_or(0, |r| r.count)
-    }
-    /// The error of its last failure, if any.
-    pub fn last_error(&self) -> Option<&str> {
-        self.retry.map(|r| &*r.last_error)
-    }
+    record_accessors!();
 }
