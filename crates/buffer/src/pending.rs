@@ -14,8 +14,7 @@ use crate::record::{BufferedRecord, ByteSize, PipelineId, SourceId, StageId};
 /// Which to use: a `Vec<T>` (it converts into a `Pending` for free) is
 /// queued as it is, its bookkeeping kept once for the whole batch, and a
 /// [`Consumer`](crate::Consumer) that takes it whole gets it as it is: the
-/// fastest way through the handles, as fast as a channel of `Vec`s
-/// (BENCHMARKS.md). A `Pending` built with [`push`](Self::push) (into one
+/// fastest way through the handles (BENCHMARKS.md). A `Pending` built with [`push`](Self::push) (into one
 /// made [`with_capacity`](Self::with_capacity)) lays each payload out as a
 /// [`BufferedRecord`], the payload plus the buffer's per-record
 /// bookkeeping, as it is pushed: for a receiver whose records are taken
