@@ -119,7 +119,7 @@ impl<T> Layout<T> {
         }
     }
 
-    /// Splits off the records from the `at`-th on (`at` ≤ `len`).
+    /// Splits off the records from the `from`-th on (`from` ≤ `len`).
     pub(crate) fn split_off(&mut self, from: usize) -> Self {
         match self {
             Layout::Payloads {
