@@ -11,7 +11,6 @@ use sluice_client::ClientOptions;
 use sluice_proto::v1::{RejectReason, engine_message};
 use sluice_tests::*;
 use tokio::task::JoinHandle;
-use tonic::codegen::http;
 
 /// The pool the tests configure (`server.uncovered_message_bytes`).
 const POOL: usize = 64 * 1024;
@@ -41,13 +40,7 @@ impl Partial {
             let _ = conn.await;
         });
         let mut client = client.ready().await.expect("ready");
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/sluice.v1.Ingest/Stream"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("a request");
+        let request = sluice_cli::bench::flood::ingest_stream_request(addr).expect("a request");
         let (response, mut stream) = client.send_request(request, false).expect("sent");
         let open = raw::open_msg(source, "").encode_to_vec();
         let mut data = prefix(open.len() as u32).to_vec();

@@ -77,6 +77,18 @@ fn frame_header(len: u32) -> [u8; 5] {
     [0, l[0], l[1], l[2], l[3]]
 }
 
+/// The HTTP/2 request that opens an `Ingest.Stream` call at `addr`, for
+/// clients that write the gRPC frames themselves (the flood, and tests that
+/// send what no gRPC client sends).
+pub fn ingest_stream_request(addr: SocketAddr) -> Result<http::Request<()>, http::Error> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/sluice.v1.Ingest/Stream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+}
+
 async fn flood_stream(
     client: h2::client::SendRequest<Bytes>,
     addr: SocketAddr,
@@ -86,13 +98,7 @@ async fn flood_stream(
 ) -> Result<(), String> {
     let err = |e: h2::Error| e.to_string();
     let mut client = client.ready().await.map_err(err)?;
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/sluice.v1.Ingest/Stream"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| e.to_string())?;
+    let request = ingest_stream_request(addr).map_err(|e| e.to_string())?;
     // The response is never polled: what the engine sends stays unread.
     let (_response, mut stream) = client.send_request(request, false).map_err(err)?;
     let open = SourceMessage {
